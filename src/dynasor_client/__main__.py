@@ -1,0 +1,4 @@
+from dynasor_client.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,4 @@
+"""The runtime's budget manager and scheduler: global token budget, SLOs, allocation policies.
+
+Not yet implemented (issue 6).
+"""

@@ -1,0 +1,153 @@
+"""The ``dynasor-client`` command.
+
+Subcommands: ``demo`` (the embedded default model, end to end), ``serve-local`` (llama.cpp with
+SmolLM2 for people and other tools), ``generate`` and ``capabilities`` (against any endpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from ._exceptions import DynasorError
+from .endpoints import Endpoint, SamplingParams, Trajectory
+from .local import LocalLlamaServer, serve_forever
+
+DEMO_QUESTION = "Tom has 27 apples and buys 21 more. How many apples does he have now?"
+
+
+def _add_endpoint_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--endpoint", required=True, help="API root including /v1, e.g. http://127.0.0.1:8000/v1"
+    )
+    parser.add_argument("--model", default=None, help="model name (default: the first /v1/models lists)")
+    parser.add_argument("--api-key", default=None, help="API key (default: $OPENAI_API_KEY)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dynasor-client", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="sample a question on the local model, chunk by chunk")
+    demo.add_argument("--question", default=DEMO_QUESTION)
+    demo.add_argument("--samples", type=int, default=4)
+    demo.add_argument("--chunk", type=int, default=32, help="tokens per chunk")
+    demo.add_argument("--max-tokens", type=int, default=192)
+    demo.add_argument("--seed", type=int, default=0)
+
+    serve = sub.add_parser("serve-local", help="serve SmolLM2-135M-Instruct with llama.cpp on 127.0.0.1")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=None, help="default: a free port")
+    serve.add_argument("--n-parallel", type=int, default=8, help="parallel sequences = largest n accepted")
+    serve.add_argument("--n-ctx-per-slot", type=int, default=2048)
+
+    generate = sub.add_parser("generate", help="one request to any OpenAI-compatible endpoint")
+    _add_endpoint_args(generate)
+    generate.add_argument("prompt")
+    generate.add_argument("--chat", action="store_true", help="send the prompt as a user chat message")
+    generate.add_argument("-n", type=int, default=1)
+    generate.add_argument("--max-tokens", type=int, default=128)
+    generate.add_argument("--temperature", type=float, default=None)
+    generate.add_argument("--seed", type=int, default=None)
+
+    caps = sub.add_parser("capabilities", help="probe an endpoint and print what it supports (JSON)")
+    _add_endpoint_args(caps)
+    return parser
+
+
+async def _demo(args: argparse.Namespace) -> None:
+    print("Starting llama.cpp with SmolLM2-135M-Instruct on 127.0.0.1 ...", flush=True)
+    async with (
+        LocalLlamaServer(n_parallel=max(args.samples, 1)) as server,
+        Endpoint(server.base_url) as endpoint,
+    ):
+        caps = await endpoint.capabilities()
+        print(f"Serving {server.model} at {server.base_url}")
+        print(
+            f"Continuation: {'token-exact' if caps.token_exact_continuation else 'text'}; max n {caps.max_n}"
+        )
+        print(f"\nQuestion: {args.question}\n")
+        messages = [{"role": "user", "content": args.question}]
+        trajectories = []
+        for i in range(args.samples):
+            params = SamplingParams(temperature=0.8, seed=args.seed + i)
+            trajectories.append(await Trajectory.start(endpoint, messages=messages, params=params))
+
+        async def grow(trajectory: Trajectory) -> None:
+            while not trajectory.finished and trajectory.num_tokens < args.max_tokens:
+                await trajectory.extend(min(args.chunk, args.max_tokens - trajectory.num_tokens))
+
+        async with asyncio.TaskGroup() as tg:
+            for trajectory in trajectories:
+                tg.create_task(grow(trajectory))
+        for i, trajectory in enumerate(trajectories):
+            state = "finished" if trajectory.finished else "cut at the token limit"
+            print(
+                f"--- sample {i + 1}: {trajectory.num_tokens} tokens in {trajectory.chunks} chunks ({state})"
+            )
+            print(trajectory.answer.strip())
+        total = sum(t.num_tokens for t in trajectories)
+        print(f"\n{total} tokens generated in total. (A 135M model: expect mechanics, not accuracy.)")
+
+
+async def _generate(args: argparse.Namespace) -> None:
+    async with Endpoint(args.endpoint, model=args.model, api_key=args.api_key) as endpoint:
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+        if args.chat:
+            result = await endpoint.chat([{"role": "user", "content": args.prompt}], n=args.n, params=params)
+        else:
+            result = await endpoint.complete(args.prompt, n=args.n, params=params)
+        for choice in result.choices:
+            print(f"--- choice {choice.index} ({choice.num_tokens} tokens, {choice.finish_reason})")
+            if choice.reasoning:
+                print(f"[reasoning] {choice.reasoning}")
+            print(choice.text)
+        ttft = f", first token after {result.ttft_s:.2f}s" if result.ttft_s is not None else ""
+        print(
+            f"--- usage {result.usage.prompt_tokens} prompt + {result.usage.completion_tokens} completion tokens"
+            f" in {result.latency_s:.2f}s{ttft}"
+        )
+
+
+async def _capabilities(args: argparse.Namespace) -> None:
+    async with Endpoint(args.endpoint, model=args.model, api_key=args.api_key) as endpoint:
+        caps = await endpoint.capabilities()
+        print(json.dumps({"model": await endpoint.model_name(), **dataclasses.asdict(caps)}, indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "serve-local":
+            serve_forever(
+                LocalLlamaServer(
+                    host=args.host,
+                    port=args.port,
+                    n_parallel=args.n_parallel,
+                    n_ctx_per_slot=args.n_ctx_per_slot,
+                )
+            )
+        elif args.command == "demo":
+            asyncio.run(_demo(args))
+        elif args.command == "generate":
+            asyncio.run(_generate(args))
+        elif args.command == "capabilities":
+            asyncio.run(_capabilities(args))
+    except (DynasorError, ValueError) as exc:
+        print(f"dynasor-client: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The endpoint layer: the only code that speaks HTTP to model servers.
+
+:class:`Endpoint` wraps one OpenAI-compatible server; :class:`EndpointPool` several replicas;
+:class:`Trajectory` grows one sample chunk by chunk. Everything returns the normalised types of
+:mod:`._types`.
+"""
+
+from ._capabilities import Capabilities, detect
+from ._endpoint import Endpoint
+from ._parse import split_reasoning
+from ._pool import EndpointPool
+from ._retry import RetryPolicy
+from ._trajectory import (
+    Chunk,
+    Continuation,
+    ContinuationMode,
+    PrefillContinuation,
+    TextContinuation,
+    TokenContinuation,
+    Trajectory,
+    start_trajectories,
+)
+from ._types import Choice, Generation, Message, Prompt, SamplingParams, TokenLogprob, Usage
+
+__all__ = [
+    "Capabilities",
+    "Choice",
+    "Chunk",
+    "Continuation",
+    "ContinuationMode",
+    "Endpoint",
+    "EndpointPool",
+    "Generation",
+    "Message",
+    "PrefillContinuation",
+    "Prompt",
+    "RetryPolicy",
+    "SamplingParams",
+    "TextContinuation",
+    "TokenContinuation",
+    "TokenLogprob",
+    "Trajectory",
+    "Usage",
+    "detect",
+    "split_reasoning",
+    "start_trajectories",
+]

@@ -1,0 +1,238 @@
+"""What a server can do, detected once per endpoint with a few tiny requests, then cached.
+
+Servers that speak "the OpenAI API" differ in what matters to reasoning programs: how many samples
+one request may ask for, whether prompts may be token ids (exact chunked continuation), whether a chat
+can be continued from a partial assistant message, whether the generated token ids come back, and
+what a seed means with n > 1. Every probe asks for at most a few tokens; a probe that fails just
+leaves its capability off, and the endpoint falls back (saying so in the debug log).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from .._exceptions import EndpointError
+from .._log import get_logger
+from ._types import Kind
+
+if TYPE_CHECKING:
+    from ._endpoint import Endpoint
+
+log = get_logger("dynasor_client.endpoints")
+
+TokenIdSource = Literal["logprobs", "return_token_ids"]
+TemplateSource = Literal["apply-template", "tokenize-messages"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """Server capabilities. The defaults are what any OpenAI-compatible server is assumed to do.
+
+    - ``max_n``: the largest ``n`` one request may ask (None: no known limit; learnt from a 400 too).
+    - ``token_id_prompts``: ``/v1/completions`` accepts a list of token ids as the prompt.
+    - ``generated_token_ids``: where generated ids come from (llama.cpp puts them in logprobs; vLLM
+      returns them with ``return_token_ids``); needed, with ``tokenize``, for token-exact continuation.
+    - ``tokenize``: the server has a ``/tokenize`` endpoint (llama.cpp and vLLM do).
+    - ``chat_template``: how to render chat messages to a completions prompt on the server.
+    - ``assistant_prefill``: a trailing assistant message is continued rather than answered;
+      ``prefill_echoes``: the returned content repeats the prefill (llama.cpp does).
+    - ``max_top_logprobs``: the most ``top_logprobs`` accepted (requests are clamped to it).
+    - ``streaming_usage``: ``stream_options.include_usage`` is honoured.
+    - ``seeded_n_distinct``: with a seed and n > 1 the choices differ (llama.cpp repeats one sample,
+      so the endpoint then sends n requests with seeds seed, seed+1, ...).
+    """
+
+    max_n: int | None = None
+    token_id_prompts: bool = False
+    generated_token_ids: TokenIdSource | None = None
+    tokenize: bool = False
+    chat_template: TemplateSource | None = None
+    assistant_prefill: bool = False
+    prefill_echoes: bool = False
+    max_top_logprobs: int = 20
+    streaming_usage: bool = True
+    seeded_n_distinct: bool = True
+    completions: bool = True
+    chat: bool = True
+
+    @property
+    def token_exact_continuation(self) -> bool:
+        return self.token_id_prompts and self.generated_token_ids is not None and self.tokenize
+
+    def replace(self, **changes: Any) -> Capabilities:
+        return dataclasses.replace(self, **changes)
+
+
+async def _ok(what: str, probe: Any) -> Any:
+    try:
+        return await probe
+    except EndpointError as exc:
+        log.debug("capability probe %r failed: %s", what, exc)
+        return None
+
+
+async def detect(endpoint: Endpoint) -> Capabilities:
+    """Probe ``endpoint`` with tiny requests; each capability that cannot be shown stays off."""
+    one = {"max_tokens": 1, "temperature": 0.0}
+    completions = await _ok("completions", endpoint.raw_generate("completions", {"prompt": "Hi", **one}))
+    chat = await _ok(
+        "chat",
+        endpoint.raw_generate("chat", {"messages": [{"role": "user", "content": "Hi"}], **one}),
+    )
+    props = await _ok("props", endpoint.root_request("GET", "/props"))
+    max_n = None
+    if isinstance(props, dict) and isinstance(props.get("total_slots"), int):
+        max_n = props["total_slots"]  # llama.cpp: n must not exceed its parallel slots
+
+    ids = await _ok("tokenize", endpoint.tokenize("Hello world"))
+    token_prompts = False
+    if completions is not None:
+        probe_ids = ids if ids else [1, 2, 3]
+        token_prompts = (
+            await _ok("token prompts", endpoint.raw_generate("completions", {"prompt": probe_ids, **one}))
+            is not None
+        )
+
+    generated_ids: TokenIdSource | None = None
+    if completions is not None:
+        with_lp = await _ok(
+            "logprob ids",
+            endpoint.raw_generate("completions", {"prompt": "Hi", "logprobs": 1, "max_tokens": 2}),
+        )
+        if _first_choice(with_lp, "logprobs", "content", 0, "id") is not None:
+            generated_ids = "logprobs"
+        else:
+            with_ids = await _ok(
+                "return_token_ids",
+                endpoint.raw_generate("completions", {"prompt": "Hi", "return_token_ids": True, **one}),
+            )
+            if _first_choice(with_ids, "token_ids") is not None:
+                generated_ids = "return_token_ids"
+
+    template: TemplateSource | None = None
+    messages = [{"role": "user", "content": "Hi"}]
+    rendered = await _ok(
+        "apply-template", endpoint.root_request("POST", "/apply-template", {"messages": messages})
+    )
+    if isinstance(rendered, dict) and isinstance(rendered.get("prompt"), str):
+        template = "apply-template"
+    elif ids is not None:
+        tokenized = await _ok(
+            "tokenize messages",
+            endpoint.root_request(
+                "POST", "/tokenize", {"model": await endpoint.model_name(), "messages": messages}
+            ),
+        )
+        if isinstance(tokenized, dict) and tokenized.get("tokens"):
+            template = "tokenize-messages"
+
+    prefill, echoes = False, False
+    if chat is not None:
+        prefix = "The capital of France is"
+        answer = await _ok(
+            "assistant prefill",
+            endpoint.raw_generate(
+                "chat",
+                {
+                    "messages": [
+                        {"role": "user", "content": "Complete the sentence."},
+                        {"role": "assistant", "content": prefix},
+                    ],
+                    # vLLM needs both flags; llama.cpp continues a trailing assistant message anyway.
+                    "continue_final_message": True,
+                    "add_generation_prompt": False,
+                    "max_tokens": 2,
+                    "temperature": 0.0,
+                },
+            ),
+        )
+        content = _first_choice(answer, "message", "content")
+        if isinstance(content, str):
+            prefill, echoes = True, content.startswith(prefix)
+
+    max_top = 20
+    if completions is not None or chat is not None:
+        max_top = await _top_logprobs_limit(endpoint, chat_only=completions is None)
+
+    streaming_usage = False
+    if completions is not None:
+        chunks = await _ok(
+            "streaming usage",
+            endpoint.raw_generate(
+                "completions",
+                {"prompt": "Hi", "stream_options": {"include_usage": True}, **one},
+                stream=True,
+            ),
+        )
+        streaming_usage = bool(chunks) and any(c.get("usage") for c in chunks)
+
+    seeded_distinct = True
+    if completions is not None and (max_n is None or max_n >= 2):
+        sampled = await _ok(
+            "seeded n>1",
+            endpoint.raw_generate(
+                "completions",
+                {
+                    "prompt": "Write one random word:",
+                    "n": 2,
+                    "seed": 1234,
+                    "temperature": 1.0,
+                    "max_tokens": 8,
+                },
+            ),
+        )
+        if sampled and len(sampled[0]["choices"]) == 2:
+            texts = [c.get("text") for c in sampled[0]["choices"]]
+            seeded_distinct = texts[0] != texts[1]
+
+    caps = Capabilities(
+        max_n=max_n,
+        token_id_prompts=token_prompts,
+        generated_token_ids=generated_ids,
+        tokenize=ids is not None,
+        chat_template=template,
+        assistant_prefill=prefill,
+        prefill_echoes=echoes,
+        max_top_logprobs=max_top,
+        streaming_usage=streaming_usage,
+        seeded_n_distinct=seeded_distinct,
+        completions=completions is not None,
+        chat=chat is not None,
+    )
+    log.debug("detected capabilities of %s: %s", endpoint.name, caps)
+    return caps
+
+
+async def _top_logprobs_limit(endpoint: Endpoint, *, chat_only: bool) -> int:
+    """20 (OpenAI's documented maximum) unless the server refuses it and names its own limit."""
+    kind: Kind = "chat" if chat_only else "completions"
+    body: dict[str, Any] = {"max_tokens": 1}
+    if chat_only:
+        body |= {"messages": [{"role": "user", "content": "Hi"}], "logprobs": True, "top_logprobs": 20}
+    else:
+        body |= {"prompt": "Hi", "logprobs": 20}
+    try:
+        await endpoint.raw_generate(kind, body)
+        return 20
+    except EndpointError as exc:
+        numbers = [int(x) for x in re.findall(r"\b(\d{1,2})\b", str(exc)) if 0 < int(x) < 20]
+        limit = max(numbers) if numbers else 5
+        log.debug("top_logprobs=20 refused (%s); using %d", exc, limit)
+        return limit
+
+
+def _first_choice(bodies: list[dict[str, Any]] | None, *path: Any) -> Any:
+    if not bodies:
+        return None
+    node: Any = (bodies[0].get("choices") or [None])[0]
+    for key in path:
+        if isinstance(node, dict):
+            node = node.get(key)
+        elif isinstance(node, list) and isinstance(key, int) and len(node) > key:
+            node = node[key]
+        else:
+            return None
+    return node

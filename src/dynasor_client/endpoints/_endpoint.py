@@ -1,0 +1,515 @@
+"""The endpoint: one async interface over an OpenAI-compatible server (the only code speaking HTTP).
+
+Requests go through the official ``openai`` SDK (its own retries off: retries happen once, here).
+Per logical request the endpoint plans the HTTP requests it takes (n above the server's limit, or
+seeded n on a server that would repeat one sample, becomes several), runs each under the retry
+policy, a requests-per-second throttle and a bound on requests in flight, and merges the answers
+into one normalised :class:`Generation`. Cancelling the awaiting task closes the connection, which
+makes llama.cpp, vLLM and SGLang abort the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import httpx
+import openai
+from asyncio_throttle.throttler import Throttler
+
+from .._exceptions import BadRequest, EndpointError, MalformedResponse
+from .._log import get_logger, new_id, program_id_var, request_id_var, request_scope
+from ._capabilities import Capabilities, detect
+from ._errors import n_limit_from, translate
+from ._parse import ChoiceAccumulator
+from ._retry import RetryPolicy
+from ._types import Generation, Kind, Message, Prompt, SamplingParams, Usage
+
+log = get_logger("dynasor_client.endpoints")
+
+_SAMPLING_FIELDS = frozenset(SamplingParams.__dataclass_fields__)
+
+
+def sampling(params: SamplingParams | None, overrides: Mapping[str, Any]) -> SamplingParams:
+    """``params`` with keyword overrides applied (``complete(p, max_tokens=8)`` style)."""
+    unknown = set(overrides) - _SAMPLING_FIELDS
+    if unknown:
+        raise TypeError(f"unknown sampling argument(s) {sorted(unknown)}; use extra_body for server extras")
+    if "stop" in overrides and overrides["stop"] is not None:
+        stop = overrides["stop"]
+        overrides = {**overrides, "stop": (stop,) if isinstance(stop, str) else tuple(stop)}
+    return replace(params or SamplingParams(), **overrides)
+
+
+class Endpoint:
+    """An OpenAI-compatible server (vLLM, SGLang, llama.cpp, a hosted API).
+
+    Args:
+        base_url: the API root including ``/v1``, e.g. ``http://127.0.0.1:8000/v1``.
+        model: model name; by default the first one ``/v1/models`` lists.
+        api_key: the key; by default ``OPENAI_API_KEY``, else a placeholder (local servers).
+            It is sent as a bearer token and never logged or shown in ``repr``.
+        timeout: seconds to wait for a connection and for each read.
+        retry: the retry policy (:class:`RetryPolicy`).
+        max_in_flight: most HTTP requests in flight at once.
+        requests_per_second: throttle on starting requests (None: unthrottled).
+        capabilities: ``"detect"`` (probe the server once, on first use) or a :class:`Capabilities`
+            (no probing: use for hosted APIs, where probes cost money).
+        name: a label for logs (default: the URL).
+        stream: stream responses by default (per call: ``stream=``). Streaming is what lets a
+            cancelled request stop the server's work: llama.cpp finishes a non-streaming request even
+            after its client has gone. It also measures time to first token.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        retry: RetryPolicy | None = None,
+        max_in_flight: int = 64,
+        requests_per_second: float | None = None,
+        capabilities: Capabilities | Literal["detect"] = "detect",
+        name: str | None = None,
+        default_headers: Mapping[str, str] | None = None,
+        stream: bool = True,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        if requests_per_second is not None and requests_per_second <= 0:
+            raise ValueError("requests_per_second must be > 0")
+        self.base_url = base_url.rstrip("/")
+        self.root_url = self.base_url.removesuffix("/v1")
+        self.name = name or self.base_url
+        self.timeout = timeout
+        self.stream = stream
+        self.retry = retry or RetryPolicy()
+        self._model = model
+        key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self._headers = {"Authorization": f"Bearer {key}", **(default_headers or {})}
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=key,
+            max_retries=0,
+            timeout=timeout,
+            default_headers=dict(default_headers or {}),
+        )
+        self._http: httpx.AsyncClient | None = None
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._throttler = _throttler(requests_per_second) if requests_per_second else None
+        self._caps: Capabilities | None = None if capabilities == "detect" else capabilities
+        self._caps_lock = asyncio.Lock()
+        self.outstanding = 0  # logical requests running now (read by EndpointPool)
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.base_url!r}, model={self._model!r})"
+
+    async def __aenter__(self) -> Endpoint:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.close()
+        if self._http is not None:
+            await self._http.aclose()
+
+    # ------------------------------------------------------------------ discovery
+
+    async def model_name(self) -> str:
+        """The model to ask for: the one given, else the first listed by ``/v1/models`` (cached)."""
+        if self._model is None:
+            listing = await self.retry.call(
+                lambda: self._guard(self._client.models.list(), "GET /v1/models"), what="GET /v1/models"
+            )
+            if not listing.data:
+                raise MalformedResponse(f"{self.name}: /v1/models lists no model; pass model=")
+            self._model = listing.data[0].id
+        return self._model
+
+    async def capabilities(self) -> Capabilities:
+        """The server's capabilities, probed on first use and cached (see :class:`Capabilities`)."""
+        if self._caps is None:
+            async with self._caps_lock:
+                if self._caps is None:
+                    self._caps = await detect(self)
+        return self._caps
+
+    # ------------------------------------------------------------------ generation
+
+    async def complete(
+        self,
+        prompt: Prompt,
+        *,
+        n: int = 1,
+        stream: bool | None = None,
+        params: SamplingParams | None = None,
+        token_ids: bool = False,
+        **overrides: Any,
+    ) -> Generation:
+        """``/v1/completions``: ``n`` samples continuing ``prompt`` (text or token ids).
+
+        Sampling settings come from ``params`` and/or keywords (``max_tokens=64, temperature=0.7``).
+        ``stream`` (default: the endpoint's) only changes how the answer travels, not the result.
+        ``token_ids=True`` asks for the generated token ids too (``Choice.token_ids``), where the
+        server can give them (see ``Capabilities.generated_token_ids``).
+        """
+        if not isinstance(prompt, str) and not all(isinstance(t, int) for t in prompt):
+            raise TypeError("prompt must be a string or a sequence of token ids")
+        if not prompt:
+            raise ValueError("prompt is empty")
+        payload = {"prompt": prompt if isinstance(prompt, str) else list(prompt)}
+        return await self._generate("completions", payload, n, sampling(params, overrides), stream, token_ids)
+
+    async def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        n: int = 1,
+        stream: bool | None = None,
+        params: SamplingParams | None = None,
+        **overrides: Any,
+    ) -> Generation:
+        """``/v1/chat/completions``: ``n`` assistant replies to ``messages``.
+
+        Reasoning from a ``reasoning_content`` field or from ``<think>`` tags lands in
+        ``Choice.reasoning``; ``Choice.text`` is the answer alone.
+        """
+        if not messages:
+            raise ValueError("chat needs at least one message")
+        payload = {"messages": [dict(m) for m in messages]}
+        return await self._generate("chat", payload, n, sampling(params, overrides), stream, False)
+
+    async def _generate(
+        self,
+        kind: Kind,
+        payload: dict[str, Any],
+        n: int,
+        params: SamplingParams,
+        stream: bool | None,
+        token_ids: bool,
+    ) -> Generation:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        call = _Call(kind, payload, params, self.stream if stream is None else stream, token_ids)
+        with request_scope() as rid:
+            self.outstanding += 1
+            started = time.perf_counter()
+            try:
+                parts = await self._run_planned(call, n, await self.capabilities(), rid)
+            finally:
+                self.outstanding -= 1
+            return _merge(parts, rid, time.perf_counter() - started)
+
+    async def _run_planned(self, call: _Call, n: int, caps: Capabilities, rid: str) -> list[Generation]:
+        plan = _plan(n, call.params, caps)
+        if len(plan) > 1:
+            log.debug(
+                "n=%d split into %d requests (max_n=%s, seeded_n_distinct=%s)",
+                n,
+                len(plan),
+                caps.max_n,
+                caps.seeded_n_distinct,
+            )
+        errors: list[EndpointError] = []
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._one(call, k, p, caps, rid, offset)) for offset, k, p in plan]
+        except* EndpointError as group:
+            errors = [e for e in group.exceptions if isinstance(e, EndpointError)]
+        if not errors:
+            return [t.result() for t in tasks]
+        limit = min(n_limit_from(e) or 0 for e in errors)
+        if limit and (caps.max_n is None or limit < caps.max_n):
+            # Learn the server's n limit from its refusal and plan again.
+            log.debug("server refused n=%d; it accepts at most %d: splitting", n, limit)
+            self._caps = caps = caps.replace(max_n=limit)
+            return await self._run_planned(call, n, caps, rid)
+        raise errors[0]
+
+    async def _one(
+        self, call: _Call, n: int, params: SamplingParams, caps: Capabilities, rid: str, offset: int
+    ) -> Generation:
+        body = {**call.payload, **self._sampling_body(call, n, params, caps)}
+        if call.stream and caps.streaming_usage:
+            body["stream_options"] = {"include_usage": True}
+        what = f"{self.name} {call.kind} n={n}"
+
+        async def attempt() -> Generation:
+            started = time.perf_counter()
+            ttft: list[float] = []
+            bodies = await self.raw_generate(call.kind, body, stream=call.stream, ttft=ttft)
+            if not bodies:
+                raise MalformedResponse(f"{what}: the stream ended without any data", request_id=rid)
+            acc = ChoiceAccumulator(chat=call.kind == "chat")
+            for b in bodies:
+                acc.add(b)
+            choices = acc.build(n_requested=n, keep_logprobs=params.wants_logprobs, index_offset=offset)
+            usage = replace(acc.usage or Usage(), completion_tokens=sum(c.num_tokens for c in choices))
+            return Generation(
+                choices=tuple(choices),
+                usage=usage,
+                model=acc.model,
+                request_id=rid,
+                latency_s=time.perf_counter() - started,
+                ttft_s=ttft[0] - started if ttft else None,
+                prompt_token_ids=tuple(acc.prompt_token_ids) if acc.prompt_token_ids else None,
+            )
+
+        return await self.retry.call(attempt, what=what)
+
+    def _sampling_body(
+        self, call: _Call, n: int, params: SamplingParams, caps: Capabilities
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"n": n}
+        for name in ("max_tokens", "temperature", "top_p", "seed"):
+            value = getattr(params, name)
+            if value is not None:
+                body[name] = value
+        if params.stop:
+            body["stop"] = list(params.stop)
+        top = min(params.top_logprobs, caps.max_top_logprobs)
+        if top < params.top_logprobs:
+            log.debug("top_logprobs=%d clamped to the server's limit %d", params.top_logprobs, top)
+        # With n > 1 each choice is counted from its own token ids or logprobs: usage may count
+        # only the first choice (llama.cpp), and never says how tokens split between choices.
+        need_tokens = n > 1 or call.token_ids
+        return_ids = call.kind == "completions" and caps.generated_token_ids == "return_token_ids"
+        if return_ids and need_tokens:
+            body["return_token_ids"] = True
+        if params.wants_logprobs or (need_tokens and not return_ids):
+            if call.kind == "chat":
+                body["logprobs"] = True
+                if top:
+                    body["top_logprobs"] = top
+            else:
+                # llama.cpp returns nothing for logprobs=0; 1 costs nothing more.
+                body["logprobs"] = max(top, 1) if caps.generated_token_ids == "logprobs" else top
+        return {**body, **params.extra_body}
+
+    # ------------------------------------------------------------------ raw HTTP
+
+    async def raw_generate(
+        self,
+        kind: Kind,
+        body: dict[str, Any],
+        *,
+        stream: bool = False,
+        ttft: list[float] | None = None,
+    ) -> list[dict[str, Any]]:
+        """One HTTP request, no retries: the response body (or every stream chunk) as JSON objects.
+
+        Low level: used by capability probes and by :meth:`complete`/:meth:`chat`. Errors are
+        translated to :class:`EndpointError` subclasses.
+        """
+        model = await self.model_name()
+        known = {
+            "model",
+            "messages",
+            "prompt",
+            "n",
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "seed",
+            "stop",
+            "logprobs",
+            "top_logprobs",
+            "stream_options",
+        }
+        args = {k: v for k, v in body.items() if k in known}
+        extra = {k: v for k, v in body.items() if k not in known}
+        rid = _current_request_id()
+        headers = {"X-Request-Id": rid}
+        if program := program_id_var.get():
+            headers["X-Program-Id"] = program
+        resource: Any = self._client.chat.completions if kind == "chat" else self._client.completions
+        where = f"{self.name} {'chat/completions' if kind == 'chat' else 'completions'}"
+        async with self._slot():
+            try:
+                if not stream:
+                    # Reading the body ourselves inside the context means a cancelled request closes
+                    # its connection (so the server aborts it) instead of finishing in the background.
+                    async with resource.with_streaming_response.create(
+                        model=model, extra_body=extra or None, extra_headers=headers, **args
+                    ) as response:
+                        text = await response.text()
+                    try:
+                        return [json.loads(text)]
+                    except json.JSONDecodeError as exc:
+                        raise MalformedResponse(
+                            f"{where}: the server's answer is not JSON ({exc}): {text[:200]!r}",
+                            request_id=rid,
+                        ) from exc
+                chunks: list[dict[str, Any]] = []
+                response = await resource.create(
+                    model=model, stream=True, extra_body=extra or None, extra_headers=headers, **args
+                )
+                async with contextlib.aclosing(_iterate(response)) as events:
+                    async for chunk in events:
+                        if ttft is not None and not ttft and _has_content(chunk):
+                            ttft.append(time.perf_counter())
+                        chunks.append(chunk)
+                return chunks
+            except EndpointError:
+                raise
+            except Exception as exc:
+                raise translate(exc, where=where, request_id=rid) from exc
+
+    async def root_request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        """A JSON request to a server route outside ``/v1`` (``/tokenize``, ``/slots``, ``/props``)."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                base_url=self.root_url, headers=self._headers, timeout=self.timeout
+            )
+        where = f"{self.name} {method} {path}"
+        try:
+            response = await self._http.request(method, path, json=body)
+        except httpx.TimeoutException as exc:
+            raise translate(exc, where=where, request_id=None) from exc
+        except httpx.TransportError as exc:
+            raise translate(exc, where=where, request_id=None) from exc
+        if response.status_code >= 400:
+            raise BadRequest(
+                f"{where}: HTTP {response.status_code}: {response.text[:200]}", status=response.status_code
+            )
+        try:
+            return response.json()
+        except json.JSONDecodeError as exc:
+            raise MalformedResponse(f"{where}: answer is not JSON: {response.text[:200]!r}") from exc
+
+    async def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` from the server's ``/tokenize`` (llama.cpp and vLLM have one)."""
+        model = await self.model_name()
+        # llama.cpp reads "content", vLLM "prompt"; neither minds the other's field.
+        answer = await self.root_request(
+            "POST",
+            "/tokenize",
+            {
+                "content": text,
+                "prompt": text,
+                "model": model,
+                "add_special": False,
+                "add_special_tokens": False,
+            },
+        )
+        tokens = answer.get("tokens") if isinstance(answer, dict) else None
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise MalformedResponse(f"{self.name}: /tokenize answered {str(answer)[:200]!r}")
+        return tokens
+
+    async def render_chat(self, messages: Sequence[Message]) -> str | list[int]:
+        """The completions prompt for ``messages`` with the server's chat template applied.
+
+        A string (llama.cpp ``/apply-template``) or token ids (vLLM ``/tokenize`` with messages).
+        """
+        caps = await self.capabilities()
+        msgs = [dict(m) for m in messages]
+        if caps.chat_template == "apply-template":
+            answer = await self.root_request("POST", "/apply-template", {"messages": msgs})
+            return str(answer["prompt"])
+        if caps.chat_template == "tokenize-messages":
+            answer = await self.root_request(
+                "POST",
+                "/tokenize",
+                {"model": await self.model_name(), "messages": msgs, "add_generation_prompt": True},
+            )
+            return [int(t) for t in answer["tokens"]]
+        raise BadRequest(
+            f"{self.name}: the server cannot render chat templates; continue chats with assistant prefill "
+            "or pass a chat_template callable"
+        )
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        async with self._in_flight:
+            if self._throttler is not None:
+                async with self._throttler:
+                    pass
+            yield
+
+    async def _guard(self, awaitable: Any, where: str) -> Any:
+        try:
+            return await awaitable
+        except Exception as exc:
+            raise translate(exc, where=f"{self.name} {where}", request_id=None) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One logical generation request, before it is planned into HTTP requests."""
+
+    kind: Kind
+    payload: dict[str, Any]
+    params: SamplingParams
+    stream: bool
+    token_ids: bool
+
+
+def _throttler(requests_per_second: float) -> Throttler:
+    # asyncio-throttle counts whole requests per period: 0.5/s is 1 per 2 s, 7.5/s is 8 per 1.07 s.
+    rate = max(1, round(requests_per_second))
+    return Throttler(rate_limit=rate, period=rate / requests_per_second)
+
+
+def _current_request_id() -> str:
+    return request_id_var.get() or new_id("req")
+
+
+async def _iterate(stream: Any) -> AsyncGenerator[dict[str, Any], None]:
+    """Chunks of an SDK stream as dicts; closing the generator closes the HTTP response."""
+    try:
+        async for chunk in stream:
+            yield chunk.model_dump(exclude_unset=True)
+    finally:
+        await stream.close()
+
+
+def _has_content(chunk: Mapping[str, Any]) -> bool:
+    for choice in chunk.get("choices") or ():
+        part = choice.get("delta") or choice
+        if part.get("text") or part.get("content") or part.get("reasoning_content") or part.get("reasoning"):
+            return True
+    return False
+
+
+def _plan(n: int, params: SamplingParams, caps: Capabilities) -> list[tuple[int, int, SamplingParams]]:
+    """Split n samples into HTTP requests: ``(choice offset, n, params)`` each."""
+    if params.seed is not None and n > 1 and not caps.seeded_n_distinct:
+        return [(i, 1, replace(params, seed=params.seed + i)) for i in range(n)]
+    size = min(n, caps.max_n or n)
+    plan = []
+    for i in range(math.ceil(n / size)):
+        k = min(size, n - i * size)
+        seed = None if params.seed is None else params.seed + i * size
+        plan.append((i * size, k, replace(params, seed=seed) if seed != params.seed else params))
+    return plan
+
+
+def _merge(parts: list[Generation], rid: str, latency: float) -> Generation:
+    if len(parts) == 1:
+        return replace(parts[0], latency_s=latency)
+    usage = Usage()
+    for part in parts:
+        usage = usage + part.usage
+    ttfts = [p.ttft_s for p in parts if p.ttft_s is not None]
+    return Generation(
+        choices=tuple(c for p in parts for c in p.choices),
+        usage=usage,
+        model=parts[0].model,
+        request_id=rid,
+        latency_s=latency,
+        ttft_s=min(ttfts) if ttfts else None,
+        requests=len(parts),
+        prompt_token_ids=parts[0].prompt_token_ids,
+    )

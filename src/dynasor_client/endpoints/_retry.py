@@ -1,0 +1,99 @@
+"""Retry policy: the one place requests are retried (the openai SDK's own retries are switched off).
+
+Retried: 429 (waiting at least what ``Retry-After`` asks), 500/502/503/504, connection errors,
+connections dropped mid-response and timeouts. Never retried: other 4xx and malformed responses,
+which would fail the same way again. Attempts and total time are both bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from .._exceptions import EndpointTimeout, EndpointUnavailable, RateLimited, ServerError
+from .._log import get_logger
+
+T = TypeVar("T")
+log = get_logger("dynasor_client.endpoints")
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, RateLimited | EndpointTimeout | EndpointUnavailable):
+        return True
+    return isinstance(exc, ServerError) and exc.status in RETRYABLE_STATUS
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, bounded by attempts and by total time.
+
+    ``max_attempts=1`` disables retries. A ``Retry-After`` longer than ``max_backoff_s`` or than the
+    time left gives up at once (raising :class:`RateLimited` with ``retry_after`` set) rather than
+    sleeping past the caller's budget.
+    """
+
+    max_attempts: int = 5
+    max_total_s: float = 120.0
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    jitter_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if self.max_total_s <= 0 or self.initial_backoff_s < 0 or self.max_backoff_s < 0:
+            raise ValueError("retry times must be positive")
+
+    def _wait(self, state: RetryCallState) -> float:
+        backoff = wait_exponential_jitter(
+            initial=self.initial_backoff_s, max=self.max_backoff_s, jitter=self.jitter_s
+        )(state)
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+            return max(exc.retry_after, 0.0)
+        return backoff
+
+    def _stop(self, state: RetryCallState) -> bool:
+        if stop_after_attempt(self.max_attempts)(state) or stop_after_delay(self.max_total_s)(state):
+            return True
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimited) and exc.retry_after is not None:
+            too_long = exc.retry_after > self.max_backoff_s
+            past_budget = (state.seconds_since_start or 0.0) + exc.retry_after > self.max_total_s
+            return too_long or past_budget
+        return False
+
+    async def call(self, fn: Callable[[], Awaitable[T]], *, what: str) -> T:
+        """Run ``fn`` under this policy; the last error is re-raised as it was."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            sleep = state.next_action.sleep if state.next_action else 0.0
+            log.warning(
+                "%s failed (attempt %d): %s; retrying in %.2fs", what, state.attempt_number, exc, sleep
+            )
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(is_retryable),
+            stop=self._stop,
+            wait=self._wait,
+            reraise=True,
+            before_sleep=before_sleep,
+        )
+
+        async def run() -> T:  # tenacity treats plain callables (lambdas) as synchronous
+            return await fn()
+
+        return await retrying(run)

@@ -1,0 +1,128 @@
+"""Plain data of the endpoint layer: what a caller asks for and the normalised result it gets back."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+#: The two generation routes: ``/v1/completions`` and ``/v1/chat/completions``.
+Kind: TypeAlias = Literal["completions", "chat"]
+Role: TypeAlias = Literal["system", "user", "assistant", "tool", "developer"]
+#: A chat message as the OpenAI API takes it (``{"role": ..., "content": ...}``, tool calls allowed).
+Message: TypeAlias = Mapping[str, Any]
+#: A completions prompt: text, or token ids for servers that accept them (vLLM, llama.cpp).
+Prompt: TypeAlias = str | Sequence[int]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Sampling settings of one generation request.
+
+    ``extra_body`` passes server extras through untouched (``top_k``, ``min_tokens``, ``priority``,
+    vLLM's ``return_token_ids``, ...). ``top_logprobs`` implies ``logprobs``.
+    """
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False
+    top_logprobs: int = 0
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature is not None and self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_logprobs < 0:
+            raise ValueError(f"top_logprobs must be >= 0, got {self.top_logprobs}")
+        if isinstance(self.stop, str):  # a bare string would be split into characters
+            object.__setattr__(self, "stop", (self.stop,))
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.logprobs or self.top_logprobs > 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token with its log-probability and, when asked for, the top-k alternatives."""
+
+    token: str
+    logprob: float
+    token_id: int | None = None
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One generated sequence, normalised across servers.
+
+    ``text`` is the answer text with any ``<think>...</think>`` block removed; ``reasoning`` is the
+    thinking, from a separate ``reasoning_content``/``reasoning`` field or from in-text think tags;
+    ``raw_text`` is the generated text exactly as the server returned it (what a continuation appends).
+    ``num_tokens`` is counted per choice (never from ``usage`` when n > 1). ``token_ids`` are the
+    generated ids when the server reveals them (llama.cpp logprobs, vLLM ``return_token_ids``).
+    """
+
+    index: int
+    text: str
+    num_tokens: int
+    finish_reason: str | None
+    reasoning: str | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    token_ids: tuple[int, ...] | None = None
+    raw_text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage of one logical request (summed over the HTTP requests it took)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_prompt_tokens: int | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        cached = (
+            None
+            if self.cached_prompt_tokens is None and other.cached_prompt_tokens is None
+            else (self.cached_prompt_tokens or 0) + (other.cached_prompt_tokens or 0)
+        )
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            cached,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """The normalised result of one logical generation request.
+
+    ``usage.completion_tokens`` is the sum of the choices' own counts. ``latency_s`` is wall time
+    from sending to the last byte; ``ttft_s`` the time to the first token (streaming only).
+    ``prompt_token_ids`` is set when the server returned them (vLLM ``return_token_ids``).
+    """
+
+    choices: tuple[Choice, ...]
+    usage: Usage
+    model: str
+    request_id: str
+    latency_s: float
+    ttft_s: float | None = None
+    requests: int = 1
+    prompt_token_ids: tuple[int, ...] | None = None
+
+    @property
+    def texts(self) -> list[str]:
+        return [c.text for c in self.choices]
