@@ -1,4 +1,5 @@
-from dynasor_client.cli import main
 import sys
+
+from dynasor_client.cli import main
 
 sys.exit(main())

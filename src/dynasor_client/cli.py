@@ -110,8 +110,8 @@ async def _generate(args: argparse.Namespace) -> None:
             print(choice.text)
         ttft = f", first token after {result.ttft_s:.2f}s" if result.ttft_s is not None else ""
         print(
-            f"--- usage {result.usage.prompt_tokens} prompt + {result.usage.completion_tokens} completion tokens"
-            f" in {result.latency_s:.2f}s{ttft}"
+            f"--- usage {result.usage.prompt_tokens} prompt + {result.usage.completion_tokens} "
+            f"completion tokens in {result.latency_s:.2f}s{ttft}"
         )
 
 

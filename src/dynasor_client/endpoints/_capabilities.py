@@ -9,10 +9,11 @@ leaves its capability off, and the endpoint falls back (saying so in the debug l
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .._exceptions import EndpointError
 from .._log import get_logger
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from ._endpoint import Endpoint
 
 log = get_logger("dynasor_client.endpoints")
+T = TypeVar("T")
 
 TokenIdSource = Literal["logprobs", "return_token_ids"]
 TemplateSource = Literal["apply-template", "tokenize-messages"]
@@ -74,136 +76,120 @@ async def _ok(what: str, probe: Any) -> Any:
         return None
 
 
+_ONE_TOKEN = {"max_tokens": 1, "temperature": 0.0}
+_HI = [{"role": "user", "content": "Hi"}]
+
+
 async def detect(endpoint: Endpoint) -> Capabilities:
-    """Probe ``endpoint`` with tiny requests; each capability that cannot be shown stays off."""
-    one = {"max_tokens": 1, "temperature": 0.0}
-    completions = await _ok("completions", endpoint.raw_generate("completions", {"prompt": "Hi", **one}))
-    chat = await _ok(
-        "chat",
-        endpoint.raw_generate("chat", {"messages": [{"role": "user", "content": "Hi"}], **one}),
+    """Probe ``endpoint`` with tiny requests; each capability that cannot be shown stays off.
+
+    Two rounds of concurrent probes: what the server has at all, then what those answers make
+    worth asking.
+    """
+    completions, chat, props, ids, rendered = await asyncio.gather(
+        _ok("completions", endpoint.raw_generate("completions", {"prompt": "Hi", **_ONE_TOKEN})),
+        _ok("chat", endpoint.raw_generate("chat", {"messages": _HI, **_ONE_TOKEN})),
+        _ok("props", endpoint.root_request("GET", "/props")),
+        _ok("tokenize", endpoint.tokenize("Hello world")),
+        _ok("apply-template", endpoint.root_request("POST", "/apply-template", {"messages": _HI})),
     )
-    props = await _ok("props", endpoint.root_request("GET", "/props"))
     max_n = None
     if isinstance(props, dict) and isinstance(props.get("total_slots"), int):
         max_n = props["total_slots"]  # llama.cpp: n must not exceed its parallel slots
+    has_completions, has_chat = completions is not None, chat is not None
 
-    ids = await _ok("tokenize", endpoint.tokenize("Hello world"))
-    token_prompts = False
-    if completions is not None:
-        probe_ids = ids if ids else [1, 2, 3]
-        token_prompts = (
-            await _ok("token prompts", endpoint.raw_generate("completions", {"prompt": probe_ids, **one}))
-            is not None
-        )
-
-    generated_ids: TokenIdSource | None = None
-    if completions is not None:
-        with_lp = await _ok(
-            "logprob ids",
-            endpoint.raw_generate("completions", {"prompt": "Hi", "logprobs": 1, "max_tokens": 2}),
-        )
-        if _first_choice(with_lp, "logprobs", "content", 0, "id") is not None:
-            generated_ids = "logprobs"
-        else:
-            with_ids = await _ok(
-                "return_token_ids",
-                endpoint.raw_generate("completions", {"prompt": "Hi", "return_token_ids": True, **one}),
-            )
-            if _first_choice(with_ids, "token_ids") is not None:
-                generated_ids = "return_token_ids"
-
-    template: TemplateSource | None = None
-    messages = [{"role": "user", "content": "Hi"}]
-    rendered = await _ok(
-        "apply-template", endpoint.root_request("POST", "/apply-template", {"messages": messages})
-    )
-    if isinstance(rendered, dict) and isinstance(rendered.get("prompt"), str):
-        template = "apply-template"
-    elif ids is not None:
-        tokenized = await _ok(
-            "tokenize messages",
-            endpoint.root_request(
-                "POST", "/tokenize", {"model": await endpoint.model_name(), "messages": messages}
-            ),
-        )
-        if isinstance(tokenized, dict) and tokenized.get("tokens"):
-            template = "tokenize-messages"
-
-    prefill, echoes = False, False
-    if chat is not None:
-        prefix = "The capital of France is"
-        answer = await _ok(
-            "assistant prefill",
-            endpoint.raw_generate(
-                "chat",
-                {
-                    "messages": [
-                        {"role": "user", "content": "Complete the sentence."},
-                        {"role": "assistant", "content": prefix},
-                    ],
-                    # vLLM needs both flags; llama.cpp continues a trailing assistant message anyway.
-                    "continue_final_message": True,
-                    "add_generation_prompt": False,
-                    "max_tokens": 2,
-                    "temperature": 0.0,
-                },
-            ),
-        )
-        content = _first_choice(answer, "message", "content")
-        if isinstance(content, str):
-            prefill, echoes = True, content.startswith(prefix)
-
-    max_top = 20
-    if completions is not None or chat is not None:
-        max_top = await _top_logprobs_limit(endpoint, chat_only=completions is None)
-
-    streaming_usage = False
-    if completions is not None:
-        chunks = await _ok(
-            "streaming usage",
-            endpoint.raw_generate(
-                "completions",
-                {"prompt": "Hi", "stream_options": {"include_usage": True}, **one},
-                stream=True,
-            ),
-        )
-        streaming_usage = bool(chunks) and any(c.get("usage") for c in chunks)
-
-    seeded_distinct = True
-    if completions is not None and (max_n is None or max_n >= 2):
-        sampled = await _ok(
-            "seeded n>1",
-            endpoint.raw_generate(
-                "completions",
-                {
-                    "prompt": "Write one random word:",
-                    "n": 2,
-                    "seed": 1234,
-                    "temperature": 1.0,
-                    "max_tokens": 8,
-                },
-            ),
-        )
-        if sampled and len(sampled[0]["choices"]) == 2:
-            texts = [c.get("text") for c in sampled[0]["choices"]]
-            seeded_distinct = texts[0] != texts[1]
-
+    async with asyncio.TaskGroup() as tg:
+        token_prompts = tg.create_task(_token_prompts(endpoint, ids) if has_completions else _const(False))
+        generated_ids = tg.create_task(_generated_ids(endpoint) if has_completions else _const(None))
+        template = tg.create_task(_template(endpoint, rendered, ids is not None))
+        prefill = tg.create_task(_prefill(endpoint) if has_chat else _const((False, False)))
+        max_top = tg.create_task(_top_logprobs_limit(endpoint, chat_only=not has_completions))
+        streaming_usage = tg.create_task(_streaming_usage(endpoint) if has_completions else _const(False))
+        try_seed = has_completions and (max_n is None or max_n >= 2)
+        distinct = tg.create_task(_seeded_n_distinct(endpoint) if try_seed else _const(True))
     caps = Capabilities(
         max_n=max_n,
-        token_id_prompts=token_prompts,
-        generated_token_ids=generated_ids,
+        token_id_prompts=token_prompts.result(),
+        generated_token_ids=generated_ids.result(),
         tokenize=ids is not None,
-        chat_template=template,
-        assistant_prefill=prefill,
-        prefill_echoes=echoes,
-        max_top_logprobs=max_top,
-        streaming_usage=streaming_usage,
-        seeded_n_distinct=seeded_distinct,
-        completions=completions is not None,
-        chat=chat is not None,
+        chat_template=template.result(),
+        assistant_prefill=prefill.result()[0],
+        prefill_echoes=prefill.result()[1],
+        max_top_logprobs=max_top.result(),
+        streaming_usage=streaming_usage.result(),
+        seeded_n_distinct=distinct.result(),
+        completions=has_completions,
+        chat=has_chat,
     )
     log.debug("detected capabilities of %s: %s", endpoint.name, caps)
     return caps
+
+
+async def _const(value: T) -> T:
+    return value
+
+
+async def _token_prompts(endpoint: Endpoint, ids: list[int] | None) -> bool:
+    body = {"prompt": ids or [1, 2, 3], **_ONE_TOKEN}
+    return await _ok("token prompts", endpoint.raw_generate("completions", body)) is not None
+
+
+async def _generated_ids(endpoint: Endpoint) -> TokenIdSource | None:
+    body = {"prompt": "Hi", "logprobs": 1, "max_tokens": 2}
+    with_logprobs = await _ok("logprob ids", endpoint.raw_generate("completions", body))
+    if _first_choice(with_logprobs, "logprobs", "content", 0, "id") is not None:
+        return "logprobs"
+    body = {"prompt": "Hi", "return_token_ids": True, **_ONE_TOKEN}
+    with_ids = await _ok("return_token_ids", endpoint.raw_generate("completions", body))
+    return "return_token_ids" if _first_choice(with_ids, "token_ids") is not None else None
+
+
+async def _template(endpoint: Endpoint, rendered: Any, can_tokenize: bool) -> TemplateSource | None:
+    if isinstance(rendered, dict) and isinstance(rendered.get("prompt"), str):
+        return "apply-template"
+    if not can_tokenize:
+        return None
+    body = {"model": await endpoint.model_name(), "messages": _HI}
+    tokenized = await _ok("tokenize messages", endpoint.root_request("POST", "/tokenize", body))
+    return "tokenize-messages" if isinstance(tokenized, dict) and tokenized.get("tokens") else None
+
+
+async def _prefill(endpoint: Endpoint) -> tuple[bool, bool]:
+    """(continues a trailing assistant message, repeats it in the reply)."""
+    prefix = "The capital of France is"
+    body = {
+        "messages": [
+            {"role": "user", "content": "Complete the sentence."},
+            {"role": "assistant", "content": prefix},
+        ],
+        # vLLM needs both flags; llama.cpp continues a trailing assistant message anyway. A server
+        # that refuses the flags (hosted APIs answer 400) cannot be trusted to continue.
+        "continue_final_message": True,
+        "add_generation_prompt": False,
+        "max_tokens": 2,
+        "temperature": 0.0,
+    }
+    content = _first_choice(
+        await _ok("assistant prefill", endpoint.raw_generate("chat", body)), "message", "content"
+    )
+    if not isinstance(content, str):
+        return False, False
+    return True, content.startswith(prefix)
+
+
+async def _streaming_usage(endpoint: Endpoint) -> bool:
+    body = {"prompt": "Hi", "stream_options": {"include_usage": True}, **_ONE_TOKEN}
+    chunks = await _ok("streaming usage", endpoint.raw_generate("completions", body, stream=True))
+    return bool(chunks) and any(c.get("usage") for c in chunks)
+
+
+async def _seeded_n_distinct(endpoint: Endpoint) -> bool:
+    body = {"prompt": "Write one random word:", "n": 2, "seed": 1234, "temperature": 1.0, "max_tokens": 8}
+    sampled = await _ok("seeded n>1", endpoint.raw_generate("completions", body))
+    if not sampled or len(sampled[0].get("choices") or []) != 2:
+        return True
+    first, second = (c.get("text") for c in sampled[0]["choices"])
+    return bool(first != second)
 
 
 async def _top_logprobs_limit(endpoint: Endpoint, *, chat_only: bool) -> int:
