@@ -1,0 +1,425 @@
+"""The endpoint layer against a real, deliberately misbehaving loopback server (tests/support).
+
+Every test asserts what the caller sees *and* how many requests the server received, so retries
+that should happen do, and ones that should not (4xx, malformed answers) do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from dynasor_client import Capabilities, Endpoint
+from dynasor_client._exceptions import (
+    AuthenticationFailed,
+    BadRequest,
+    ContextTooLong,
+    EndpointError,
+    EndpointTimeout,
+    EndpointUnavailable,
+    MalformedResponse,
+    RateLimited,
+    ServerError,
+)
+from dynasor_client.endpoints import RetryPolicy, TokenLogprob
+from tests.support.faulty_server import GOOD_API_KEY, MODEL_ID, REASONING_TEXT, FaultyServer
+
+PROMPT = "what is forty two"
+MESSAGES = [{"role": "user", "content": "what is forty two"}]
+FAST = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=2, jitter_s=0.01, max_total_s=10)
+STREAM = pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+
+
+@pytest.fixture(autouse=True)
+def _fresh(faulty_server: FaultyServer) -> Iterator[None]:
+    # Fault counters live for the whole session; each test starts from zero.
+    faulty_server.reset()
+    yield
+    assert faulty_server.errors() == []
+
+
+def endpoint(server: FaultyServer, scenario: str, **kwargs: Any) -> Endpoint:
+    kwargs.setdefault("retry", FAST)
+    kwargs.setdefault("capabilities", Capabilities())
+    kwargs.setdefault("timeout", 5.0)
+    return Endpoint(server.base_url(scenario), model=MODEL_ID, **kwargs)
+
+
+def generation_bodies(server: FaultyServer, scenario: str) -> list[dict[str, Any]]:
+    return [r.json for r in server.requests(scenario) if r.path.endswith("completions")]
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+# --- retried faults --------------------------------------------------------------------------------
+
+
+@STREAM
+@pytest.mark.parametrize("code", [500, 502, 503, 504])
+async def test_transient_5xx_is_retried(faulty_server: FaultyServer, code: int, stream: bool) -> None:
+    scenario = f"status-{code}-2"
+    async with endpoint(faulty_server, scenario) as ep:
+        generation = await ep.complete(PROMPT, max_tokens=8, stream=stream)
+    assert generation.texts == ["answer 0: 42"]
+    assert generation.requests == 1  # one logical HTTP request, retried under the hood
+    assert faulty_server.generation_count(scenario) == 3
+
+
+@STREAM
+async def test_persistent_503_raises_server_error_after_max_attempts(
+    faulty_server: FaultyServer, stream: bool
+) -> None:
+    async with endpoint(faulty_server, "status-503-99") as ep:
+        with pytest.raises(ServerError) as info:
+            await ep.complete(PROMPT, stream=stream)
+    assert info.value.status == 503
+    assert info.value.request_id is not None
+    assert faulty_server.generation_count("status-503-99") == FAST.max_attempts
+
+
+@STREAM
+async def test_rate_limit_honours_retry_after(faulty_server: FaultyServer, stream: bool) -> None:
+    scenario = "ratelimit-0.3-1"
+    async with endpoint(faulty_server, scenario) as ep:
+        generation = await ep.complete(PROMPT, stream=stream)
+    assert generation.texts == ["answer 0: 42"]
+    assert faulty_server.generation_count(scenario) == 2
+    first, second = faulty_server.requests(scenario)
+    # The backoff alone would be ~0.01 s: the gap is the server's Retry-After.
+    assert second.received_at - first.received_at >= 0.3
+
+
+@STREAM
+async def test_retry_after_beyond_max_backoff_gives_up_at_once(faulty_server: FaultyServer, stream: bool) -> None:
+    scenario = "ratelimit-5-1"
+    started = time.monotonic()
+    async with endpoint(faulty_server, scenario) as ep:
+        with pytest.raises(RateLimited) as info:
+            await ep.complete(PROMPT, stream=stream)
+    assert time.monotonic() - started < 1.0
+    assert info.value.retry_after == 5
+    assert info.value.status == 429
+    assert "requests_per_second" in str(info.value)  # says what to do
+    assert faulty_server.generation_count(scenario) == 1
+
+
+@STREAM
+async def test_dropped_connection_is_retried(faulty_server: FaultyServer, stream: bool) -> None:
+    async with endpoint(faulty_server, "drop-1") as ep:
+        generation = await ep.complete(PROMPT, stream=stream)
+        chat = await ep.chat(MESSAGES, stream=stream)  # the fault budget is spent: plain success
+    assert generation.texts == ["answer 0: 42"]
+    assert generation.choices[0].num_tokens == 4
+    assert chat.texts == ["answer 0: 42"]
+    assert faulty_server.generation_count("drop-1") == 3
+
+
+@STREAM
+async def test_connection_always_dropped_raises_unavailable(faulty_server: FaultyServer, stream: bool) -> None:
+    async with endpoint(faulty_server, "drop-99") as ep:
+        with pytest.raises(EndpointUnavailable) as info:
+            await ep.complete(PROMPT, stream=stream)
+    assert "reachable" in str(info.value)
+    assert faulty_server.generation_count("drop-99") == FAST.max_attempts
+
+
+@STREAM
+async def test_slow_server_times_out(faulty_server: FaultyServer, stream: bool) -> None:
+    retry = RetryPolicy(max_attempts=2, initial_backoff_s=0.01, max_backoff_s=2, jitter_s=0.01, max_total_s=10)
+    started = time.monotonic()
+    async with endpoint(faulty_server, "slow-3", timeout=0.3, retry=retry) as ep:
+        with pytest.raises(EndpointTimeout) as info:
+            await ep.complete(PROMPT, stream=stream)
+    assert time.monotonic() - started < 2.0
+    assert "timeout" in str(info.value)
+    assert faulty_server.generation_count("slow-3") == 2
+
+
+@STREAM
+async def test_slow_server_within_timeout_succeeds(faulty_server: FaultyServer, stream: bool) -> None:
+    async with endpoint(faulty_server, "slow-0.2", timeout=2.0) as ep:
+        generation = await ep.complete(PROMPT, stream=stream)
+    assert generation.texts == ["answer 0: 42"]
+    assert generation.latency_s >= 0.2
+    assert faulty_server.generation_count("slow-0.2") == 1
+
+
+# --- faults that are not retried -------------------------------------------------------------------
+
+
+@STREAM
+@pytest.mark.parametrize("code", [400, 404, 422])
+async def test_other_4xx_are_not_retried(faulty_server: FaultyServer, code: int, stream: bool) -> None:
+    scenario = f"status-{code}-99"
+    async with endpoint(faulty_server, scenario) as ep:
+        with pytest.raises(BadRequest) as info:
+            await ep.complete(PROMPT, stream=stream)
+    assert type(info.value) is BadRequest
+    assert info.value.status == code
+    assert faulty_server.generation_count(scenario) == 1
+
+
+@STREAM
+async def test_wrong_api_key_fails_at_once(faulty_server: FaultyServer, stream: bool) -> None:
+    async with endpoint(faulty_server, "auth", api_key="wrong-key") as ep:
+        with pytest.raises(AuthenticationFailed) as info:
+            await ep.complete(PROMPT, stream=stream)
+    assert isinstance(info.value, BadRequest)
+    assert info.value.status == 401
+    assert "OPENAI_API_KEY" in str(info.value)  # says what to do
+    assert len(generation_bodies(faulty_server, "auth")) == 1
+
+
+@STREAM
+async def test_good_api_key_succeeds(faulty_server: FaultyServer, stream: bool) -> None:
+    async with endpoint(faulty_server, "auth", api_key=GOOD_API_KEY) as ep:
+        generation = await ep.complete(PROMPT, stream=stream)
+    assert generation.texts == ["answer 0: 42"]
+    assert faulty_server.generation_count("auth") == 1
+
+
+async def test_api_key_comes_from_the_environment(
+    faulty_server: FaultyServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", GOOD_API_KEY)
+    async with endpoint(faulty_server, "auth") as ep:
+        generation = await ep.chat(MESSAGES)
+    assert generation.texts == ["answer 0: 42"]
+    (request,) = faulty_server.requests("auth")
+    assert request.headers["authorization"] == f"Bearer {GOOD_API_KEY}"
+
+
+async def test_api_key_is_never_logged_nor_shown(
+    faulty_server: FaultyServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "sk-very-secret-0123456789"
+    caplog.set_level(logging.DEBUG)  # every logger, dynasor_client's included
+    caplog.set_level(logging.DEBUG, logger="dynasor_client")
+    async with endpoint(faulty_server, "status-503-1", api_key=secret) as ep:
+        assert secret not in repr(ep)
+        assert secret not in str(ep.name)
+        await ep.complete(PROMPT, n=2)  # one retry: logs a warning
+    async with endpoint(faulty_server, "auth", api_key=secret) as ep:
+        with pytest.raises(AuthenticationFailed) as info:
+            await ep.complete(PROMPT)
+    assert secret not in str(info.value)
+    ours = [r for r in caplog.records if r.name.startswith("dynasor_client")]
+    assert ours, "expected the retry to be logged"
+    for record in caplog.records:
+        assert secret not in record.getMessage()
+        assert secret not in repr(record.__dict__)
+    # The server did receive it, as a bearer token.
+    assert faulty_server.requests("auth")[0].headers["authorization"] == f"Bearer {secret}"
+
+
+@STREAM
+async def test_context_too_long(faulty_server: FaultyServer, stream: bool) -> None:
+    async with endpoint(faulty_server, "context-too-long") as ep:
+        with pytest.raises(ContextTooLong) as info:
+            await ep.chat(MESSAGES, stream=stream)
+    assert isinstance(info.value, BadRequest)
+    assert info.value.status == 400
+    assert "shorten the prompt or lower max_tokens" in str(info.value)
+    assert faulty_server.generation_count("context-too-long") == 1
+
+
+async def test_malformed_json_is_not_retried(faulty_server: FaultyServer) -> None:
+    async with endpoint(faulty_server, "malformed") as ep:
+        with pytest.raises(MalformedResponse) as info:
+            await ep.complete(PROMPT, stream=False)
+    assert "not JSON" in str(info.value)
+    assert faulty_server.generation_count("malformed") == 1
+
+
+async def test_malformed_answer_to_a_stream_is_a_clear_error(faulty_server: FaultyServer) -> None:
+    # Asked to stream, the server answers with a broken (non-SSE) JSON body: no event ever arrives.
+    async with endpoint(faulty_server, "malformed") as ep:
+        with pytest.raises(MalformedResponse) as info:
+            await asyncio.wait_for(ep.chat(MESSAGES, stream=True), timeout=3)
+    assert "without any data" in str(info.value)
+    assert faulty_server.generation_count("malformed") == 1
+
+
+# --- normalisation ---------------------------------------------------------------------------------
+
+
+def assert_logprobs(logprobs: tuple[TokenLogprob, ...] | None, text: str, top: int) -> None:
+    assert logprobs is not None
+    assert "".join(lp.token for lp in logprobs) == text
+    for lp in logprobs:
+        assert lp.logprob < 0
+        assert len(lp.top) == top
+        assert lp.top[0] == (lp.token, lp.logprob)  # the chosen token leads its alternatives
+
+
+@STREAM
+async def test_legacy_logprobs_shape(faulty_server: FaultyServer, stream: bool) -> None:
+    async with endpoint(faulty_server, "legacy-logprobs") as ep:
+        generation = await ep.complete(PROMPT, top_logprobs=2, stream=stream)
+    (choice,) = generation.choices
+    assert choice.text == "answer 0: 42"
+    assert_logprobs(choice.logprobs, choice.text, top=2)
+    assert choice.logprobs is not None
+    assert [lp.token for lp in choice.logprobs] == ["answer", " 0", ":", " 42"]
+    assert choice.num_tokens == 4
+    assert generation_bodies(faulty_server, "legacy-logprobs")[0]["logprobs"] == 2
+    assert faulty_server.generation_count("legacy-logprobs") == 1
+
+
+@STREAM
+async def test_chat_logprobs_shape(faulty_server: FaultyServer, stream: bool) -> None:
+    async with endpoint(faulty_server, "ok") as ep:
+        chat = await ep.chat(MESSAGES, top_logprobs=2, stream=stream)
+        # llama.cpp answers /v1/completions in the chat shape too.
+        completion = await ep.complete(PROMPT, top_logprobs=2, stream=stream)
+    for generation in (chat, completion):
+        (choice,) = generation.choices
+        assert_logprobs(choice.logprobs, "answer 0: 42", top=2)
+        assert choice.token_ids == (100, 101, 102, 103)  # the chat shape carries ids
+        assert choice.num_tokens == 4
+    chat_body, completion_body = generation_bodies(faulty_server, "ok")
+    assert chat_body["logprobs"] is True and chat_body["top_logprobs"] == 2
+    assert completion_body["logprobs"] == 2
+
+
+@STREAM
+async def test_n_above_the_server_limit_is_split(faulty_server: FaultyServer, stream: bool) -> None:
+    async with endpoint(faulty_server, "max-n-2") as ep:
+        assert (await ep.capabilities()).max_n is None
+        generation = await ep.complete(PROMPT, n=5, stream=stream)
+        assert (await ep.capabilities()).max_n == 2  # learnt from the refusal
+    assert [c.index for c in generation.choices] == [0, 1, 2, 3, 4]
+    assert all(c.text.endswith(": 42") and c.num_tokens == 4 for c in generation.choices)
+    assert generation.requests == 3
+    assert generation.usage.completion_tokens == 20
+    # The refused n=5 request, then n=2, 2, 1.
+    assert faulty_server.generation_count("max-n-2") == 4
+    bodies = generation_bodies(faulty_server, "max-n-2")
+    assert bodies[0]["n"] == 5
+    assert sorted(b["n"] for b in bodies[1:]) == [1, 2, 2]
+
+
+async def test_split_n_with_seed_gets_distinct_seeds(faulty_server: FaultyServer) -> None:
+    async with endpoint(faulty_server, "max-n-2") as ep:
+        generation = await ep.complete(PROMPT, n=5, seed=10, stream=False)
+        # The limit is known now: the next request is split from the start.
+        again = await ep.complete(PROMPT, n=3, seed=7, stream=False)
+    assert len(generation.choices) == 5 and generation.requests == 3
+    assert [c.index for c in again.choices] == [0, 1, 2]
+    assert faulty_server.generation_count("max-n-2") == 4 + 2
+    bodies = generation_bodies(faulty_server, "max-n-2")
+    assert (bodies[0]["n"], bodies[0]["seed"]) == (5, 10)
+    assert sorted((b["seed"], b["n"]) for b in bodies[1:4]) == [(10, 2), (12, 2), (14, 1)]
+    assert sorted((b["seed"], b["n"]) for b in bodies[4:]) == [(7, 2), (9, 1)]
+
+
+@STREAM
+async def test_reasoning_field(faulty_server: FaultyServer, stream: bool) -> None:
+    async with endpoint(faulty_server, "reasoning") as ep:
+        generation = await ep.chat(MESSAGES, stream=stream)
+    (choice,) = generation.choices
+    assert choice.reasoning == REASONING_TEXT
+    assert choice.text == "42"
+    assert choice.finish_reason == "stop"
+    assert faulty_server.generation_count("reasoning") == 1
+
+
+@STREAM
+@pytest.mark.parametrize("kind", ["completions", "chat"])
+async def test_usage_counts_each_choice(faulty_server: FaultyServer, kind: str, stream: bool) -> None:
+    async with endpoint(faulty_server, "ok") as ep:
+        if kind == "chat":
+            generation = await ep.chat(MESSAGES, n=3, stream=stream)
+        else:
+            generation = await ep.complete(PROMPT, n=3, stream=stream)
+    assert [c.text for c in generation.choices] == [f"answer {i}: 42" for i in range(3)]
+    assert [c.num_tokens for c in generation.choices] == [4, 4, 4]
+    assert generation.usage.completion_tokens == sum(c.num_tokens for c in generation.choices) == 12
+    assert generation.usage.prompt_tokens > 0
+    # Per-token info was asked for, to count each choice, but the caller did not want logprobs.
+    (body,) = generation_bodies(faulty_server, "ok")
+    assert "logprobs" in body
+    assert all(c.logprobs is None for c in generation.choices)
+    if stream:
+        assert body["stream_options"] == {"include_usage": True}
+        assert generation.ttft_s is not None
+
+
+# --- load control and cancellation -----------------------------------------------------------------
+
+
+async def test_in_flight_bound(faulty_server: FaultyServer) -> None:
+    scenario = "slow-0.3"
+    started = time.monotonic()
+    async with endpoint(faulty_server, scenario, max_in_flight=2) as ep:
+        generations = await asyncio.gather(*(ep.complete(PROMPT) for _ in range(6)))
+    elapsed = time.monotonic() - started
+    assert all(g.texts == ["answer 0: 42"] for g in generations)
+    assert faulty_server.generation_count(scenario) == 6
+    assert elapsed >= 0.9  # three waves of two
+    received = sorted(r.received_at for r in faulty_server.requests(scenario))
+    # Each request takes 0.3 s of service: no three start within less than that.
+    assert all(later - earlier >= 0.25 for earlier, later in zip(received, received[2:], strict=False))
+
+
+async def test_requests_per_second(faulty_server: FaultyServer) -> None:
+    started = time.monotonic()
+    async with endpoint(faulty_server, "ok", requests_per_second=5) as ep:
+        await asyncio.gather(*(ep.complete(PROMPT, stream=False) for _ in range(6)))
+    assert time.monotonic() - started >= 0.8
+    assert faulty_server.generation_count("ok") == 6
+
+
+@STREAM
+async def test_cancellation_returns_promptly(faulty_server: FaultyServer, stream: bool) -> None:
+    async with endpoint(faulty_server, "slow-5") as ep:
+        task = asyncio.create_task(ep.complete(PROMPT, stream=stream))
+        await eventually(lambda: faulty_server.generation_count("slow-5") == 1)
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - started < 0.5
+        assert ep.outstanding == 0
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    assert faulty_server.generation_count("slow-5") == 1  # not retried
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+
+async def test_bad_input_gets_clear_errors(faulty_server: FaultyServer) -> None:
+    async with endpoint(faulty_server, "ok") as ep:
+        with pytest.raises(ValueError, match="n must be >= 1"):
+            await ep.complete(PROMPT, n=0)
+        with pytest.raises(ValueError, match="empty"):
+            await ep.complete("")
+        with pytest.raises(ValueError, match="empty"):
+            await ep.complete([])
+        with pytest.raises(TypeError, match="extra_body"):
+            await ep.complete(PROMPT, top_k=5)
+        with pytest.raises(TypeError, match="extra_body"):
+            await ep.chat(MESSAGES, frequency_penalty=0.5)
+        with pytest.raises(ValueError, match="max_tokens"):
+            await ep.complete(PROMPT, max_tokens=0)
+        with pytest.raises(ValueError, match="message"):
+            await ep.chat([])
+        with pytest.raises(TypeError, match="token ids"):
+            await ep.complete(["not", "ids"])  # type: ignore[list-item]
+    assert faulty_server.requests("ok") == []
+
+
+def test_errors_share_one_base() -> None:
+    for error in (AuthenticationFailed, ContextTooLong, EndpointTimeout, EndpointUnavailable, MalformedResponse,
+                  RateLimited, ServerError):
+        assert issubclass(error, EndpointError)
