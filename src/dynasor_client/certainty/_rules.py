@@ -1,0 +1,292 @@
+"""Stop rules: tiny composable policy objects, in the spirit of tenacity's stop strategies.
+
+    rule = cap(30) | (entropy_at_least(0.7, at=[5]) & reward_at_least(0.4)) | hopeless(after=16, below=0.2)
+
+A rule answers "stop now?" for a program (``rule(obs)``) and, for calibration, after every prefix
+of many replayed sample orders at once (``rule.batch(obs)``, a ``[B, K]`` boolean array). ``&`` and
+``|`` combine rules; the cap and the budget are rules of the same kind. Every rule serialises to
+JSON (``to_dict`` / :func:`rule_from_dict`) so a calibrated rule can be saved, shipped and loaded.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ._observations import BoolArray, IntArray, Observations
+from ._signal import EntropyCertainty, Signal
+
+_RULES: dict[str, type[StopRule]] = {}
+_SIGNALS: dict[str, Callable[..., Signal]] = {"entropy": EntropyCertainty}
+
+
+def register_signal(name: str, factory: Callable[..., Signal]) -> None:
+    """Make a signal loadable from JSON by ``name`` (built-in signals register themselves)."""
+    _SIGNALS[name] = factory
+
+
+def signal_from_dict(data: dict[str, Any]) -> Signal:
+    try:
+        factory = _SIGNALS[data["name"]]
+    except KeyError as exc:
+        raise ValueError(f"unknown signal {data.get('name')!r}; known: {sorted(_SIGNALS)}") from exc
+    return factory(**data.get("params", {}))
+
+
+def signal_to_dict(signal: Signal) -> dict[str, Any]:
+    return {"name": signal.name, "params": signal.params()}
+
+
+class StopRule(ABC):
+    """Base class: ``rule(obs) -> bool`` for one program, ``rule.batch(obs)`` for many."""
+
+    kind: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            _RULES[cls.kind] = cls
+
+    @abstractmethod
+    def batch(self, obs: Observations) -> BoolArray:
+        """``out[b, k]``: stop after the first k+1 observations of row b."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]: ...
+
+    @classmethod
+    @abstractmethod
+    def from_dict(cls, data: dict[str, Any]) -> StopRule: ...
+
+    def __call__(self, obs: Observations) -> bool:
+        if obs.shape[0] != 1:
+            raise ValueError("call a rule on one program (B = 1); use .batch() for many")
+        if not obs.valid.any():
+            return False
+        last = int(np.flatnonzero(obs.valid[0])[-1])
+        return bool(self.batch(obs)[0, last])
+
+    def __and__(self, other: StopRule) -> StopRule:
+        return AllOf([*_parts(self, AllOf), *_parts(other, AllOf)])
+
+    def __or__(self, other: StopRule) -> StopRule:
+        return AnyOf([*_parts(self, AnyOf), *_parts(other, AnyOf)])
+
+    def __repr__(self) -> str:
+        return f"rule_from_dict({self.to_dict()!r})"
+
+
+def _parts(rule: StopRule, kind: type[AllOf] | type[AnyOf]) -> list[StopRule]:
+    return list(rule.rules) if isinstance(rule, kind) else [rule]
+
+
+class AllOf(StopRule):
+    """Stop when every rule says stop (``a & b``)."""
+
+    kind = "all"
+
+    def __init__(self, rules: Sequence[StopRule]) -> None:
+        self.rules = tuple(rules)
+
+    def batch(self, obs: Observations) -> BoolArray:
+        return np.asarray(np.logical_and.reduce([r.batch(obs) for r in self.rules]), dtype=bool)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "rules": [r.to_dict() for r in self.rules]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StopRule:
+        return cls([rule_from_dict(r) for r in data["rules"]])
+
+
+class AnyOf(StopRule):
+    """Stop when any rule says stop (``a | b``)."""
+
+    kind = "any"
+
+    def __init__(self, rules: Sequence[StopRule]) -> None:
+        self.rules = tuple(rules)
+
+    def batch(self, obs: Observations) -> BoolArray:
+        return np.asarray(np.logical_or.reduce([r.batch(obs) for r in self.rules]), dtype=bool)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "rules": [r.to_dict() for r in self.rules]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StopRule:
+        return cls([rule_from_dict(r) for r in data["rules"]])
+
+
+def _checkpoints(counts: IntArray, at: Sequence[int] | None, every: int | None, min_obs: int) -> BoolArray:
+    """Where a rule may fire: at the listed observation counts, or every ``every`` observations."""
+    mask = counts >= min_obs
+    if at is not None:
+        mask &= np.isin(counts, np.asarray(at))
+    if every is not None:
+        mask &= counts % every == 0
+    return mask
+
+
+class Threshold(StopRule):
+    """Stop when ``signal >= at_least``, checked only at observation counts ``at`` (a detect step)
+    or every ``every`` observations, and never before ``min_obs`` observations."""
+
+    kind = "threshold"
+
+    def __init__(
+        self,
+        signal: Signal,
+        at_least: float,
+        *,
+        at: Iterable[int] | None = None,
+        every: int | None = None,
+        min_obs: int = 1,
+    ) -> None:
+        if not 0.0 <= at_least <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {at_least}")
+        if every is not None and every < 1:
+            raise ValueError("every must be >= 1")
+        self.signal, self.at_least = signal, float(at_least)
+        self.at = tuple(sorted(at)) if at is not None else None
+        self.every, self.min_obs = every, min_obs
+
+    def batch(self, obs: Observations) -> BoolArray:
+        values = self.signal.batch(obs)
+        fires = np.nan_to_num(values, nan=-1.0) >= self.at_least
+        return fires & _checkpoints(obs.counts, self.at, self.every, self.min_obs) & obs.valid
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "signal": signal_to_dict(self.signal),
+            "at_least": self.at_least,
+            "at": list(self.at) if self.at is not None else None,
+            "every": self.every,
+            "min_obs": self.min_obs,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StopRule:
+        return cls(
+            signal_from_dict(data["signal"]),
+            data["at_least"],
+            at=data.get("at"),
+            every=data.get("every"),
+            min_obs=data.get("min_obs", 1),
+        )
+
+
+class Hopeless(StopRule):
+    """Cut a program whose certaindex is still below ``below`` after ``after`` observations."""
+
+    kind = "hopeless"
+
+    def __init__(self, after: int, below: float, signal: Signal | None = None) -> None:
+        if after < 1:
+            raise ValueError("after must be >= 1")
+        self.after, self.below = after, float(below)
+        self.signal = signal or EntropyCertainty()
+
+    def batch(self, obs: Observations) -> BoolArray:
+        values = np.nan_to_num(self.signal.batch(obs), nan=0.0)
+        return (obs.counts >= self.after) & (values < self.below) & obs.valid
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "after": self.after,
+            "below": self.below,
+            "signal": signal_to_dict(self.signal),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StopRule:
+        return cls(data["after"], data["below"], signal_from_dict(data["signal"]))
+
+
+class Cap(StopRule):
+    """Stop after ``n`` observations (the knob's maximum)."""
+
+    kind = "cap"
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError("cap must be >= 1")
+        self.n = n
+
+    def batch(self, obs: Observations) -> BoolArray:
+        return (obs.counts >= self.n) & obs.valid
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "n": self.n}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StopRule:
+        return cls(data["n"])
+
+
+class TokenBudget(StopRule):
+    """Stop once the observations so far cost ``tokens`` or more."""
+
+    kind = "token_budget"
+
+    def __init__(self, tokens: int) -> None:
+        if tokens < 1:
+            raise ValueError("token budget must be >= 1")
+        self.tokens = tokens
+
+    def batch(self, obs: Observations) -> BoolArray:
+        spent = np.cumsum(np.where(obs.valid, obs.tokens, 0), axis=1)
+        return (spent >= self.tokens) & obs.valid
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "tokens": self.tokens}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StopRule:
+        return cls(data["tokens"])
+
+
+def rule_from_dict(data: dict[str, Any]) -> StopRule:
+    """Rebuild a rule saved with ``to_dict`` (calibration JSON)."""
+    try:
+        cls = _RULES[data["kind"]]
+    except KeyError as exc:
+        raise ValueError(f"unknown rule kind {data.get('kind')!r}; known: {sorted(_RULES)}") from exc
+    return cls.from_dict(data)
+
+
+def first_stop(mask: BoolArray, valid: BoolArray) -> IntArray:
+    """Index of the first True per row (the last valid position where the rule never fires)."""
+    last_valid = valid.shape[1] - 1 - np.argmax(valid[:, ::-1], axis=1)
+    fired = mask.any(axis=1)
+    return np.asarray(np.where(fired, np.argmax(mask, axis=1), last_valid), dtype=np.int64)
+
+
+# -- the vocabulary users write rules in ------------------------------------------------------------
+
+
+def entropy_at_least(
+    threshold: float, *, at: Iterable[int] | None = None, every: int | None = None, min_obs: int = 2
+) -> StopRule:
+    """Stop when the entropy certaindex H~ reaches ``threshold`` (the paper: 0.7 at a detect step of 5)."""
+    return Threshold(EntropyCertainty(), threshold, at=at, every=every, min_obs=min_obs)
+
+
+def cap(n: int) -> StopRule:
+    """Stop after ``n`` observations."""
+    return Cap(n)
+
+
+def token_budget(tokens: int) -> StopRule:
+    """Stop once a program's observations cost ``tokens`` tokens."""
+    return TokenBudget(tokens)
+
+
+def hopeless(after: int, below: float, signal: Signal | None = None) -> StopRule:
+    """Cut programs whose certaindex (default: entropy) is below ``below`` after ``after`` observations."""
+    return Hopeless(after, below, signal)
