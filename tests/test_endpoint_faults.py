@@ -54,8 +54,8 @@ def generation_bodies(server: FaultyServer, scenario: str) -> list[dict[str, Any
     return [r.json for r in server.requests(scenario) if r.path.endswith("completions")]
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
+async def eventually(condition: Callable[[], bool], within: float = 2.0) -> None:
+    deadline = time.monotonic() + within
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.005)
@@ -100,7 +100,9 @@ async def test_rate_limit_honours_retry_after(faulty_server: FaultyServer, strea
 
 
 @STREAM
-async def test_retry_after_beyond_max_backoff_gives_up_at_once(faulty_server: FaultyServer, stream: bool) -> None:
+async def test_retry_after_beyond_max_backoff_gives_up_at_once(
+    faulty_server: FaultyServer, stream: bool
+) -> None:
     scenario = "ratelimit-5-1"
     started = time.monotonic()
     async with endpoint(faulty_server, scenario) as ep:
@@ -125,7 +127,9 @@ async def test_dropped_connection_is_retried(faulty_server: FaultyServer, stream
 
 
 @STREAM
-async def test_connection_always_dropped_raises_unavailable(faulty_server: FaultyServer, stream: bool) -> None:
+async def test_connection_always_dropped_raises_unavailable(
+    faulty_server: FaultyServer, stream: bool
+) -> None:
     async with endpoint(faulty_server, "drop-99") as ep:
         with pytest.raises(EndpointUnavailable) as info:
             await ep.complete(PROMPT, stream=stream)
@@ -135,7 +139,9 @@ async def test_connection_always_dropped_raises_unavailable(faulty_server: Fault
 
 @STREAM
 async def test_slow_server_times_out(faulty_server: FaultyServer, stream: bool) -> None:
-    retry = RetryPolicy(max_attempts=2, initial_backoff_s=0.01, max_backoff_s=2, jitter_s=0.01, max_total_s=10)
+    retry = RetryPolicy(
+        max_attempts=2, initial_backoff_s=0.01, max_backoff_s=2, jitter_s=0.01, max_total_s=10
+    )
     started = time.monotonic()
     async with endpoint(faulty_server, "slow-3", timeout=0.3, retry=retry) as ep:
         with pytest.raises(EndpointTimeout) as info:
@@ -248,6 +254,21 @@ async def test_malformed_answer_to_a_stream_is_a_clear_error(faulty_server: Faul
             await asyncio.wait_for(ep.chat(MESSAGES, stream=True), timeout=3)
     assert "without any data" in str(info.value)
     assert faulty_server.generation_count("malformed") == 1
+
+
+@pytest.mark.parametrize("n", [1, 3])
+async def test_json_of_the_wrong_shape_is_malformed(
+    faulty_server: FaultyServer, monkeypatch: pytest.MonkeyPatch, n: int
+) -> None:
+    # Valid JSON, wrong shape: must be a MalformedResponse, not a bare (grouped) ValueError.
+    async def wrong_shape(kind: str, body: dict[str, Any], **_: Any) -> list[dict[str, Any]]:
+        choices = [{"index": i, "text": "x", "token_ids": ["not-an-id"]} for i in range(body["n"])]
+        return [{"model": MODEL_ID, "choices": choices}]
+
+    async with endpoint(faulty_server, "ok") as ep:
+        monkeypatch.setattr(ep, "raw_generate", wrong_shape)
+        with pytest.raises(MalformedResponse, match="malformed"):
+            await ep.complete(PROMPT, n=n)
 
 
 # --- normalisation ---------------------------------------------------------------------------------
@@ -420,6 +441,13 @@ async def test_bad_input_gets_clear_errors(faulty_server: FaultyServer) -> None:
 
 
 def test_errors_share_one_base() -> None:
-    for error in (AuthenticationFailed, ContextTooLong, EndpointTimeout, EndpointUnavailable, MalformedResponse,
-                  RateLimited, ServerError):
+    for error in (
+        AuthenticationFailed,
+        ContextTooLong,
+        EndpointTimeout,
+        EndpointUnavailable,
+        MalformedResponse,
+        RateLimited,
+        ServerError,
+    ):
         assert issubclass(error, EndpointError)

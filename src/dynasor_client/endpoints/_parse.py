@@ -73,10 +73,13 @@ def parse_logprobs(raw: Any) -> list[TokenLogprob] | None:
     if len(token_logprobs) != len(tokens):
         raise MalformedResponse("legacy logprobs: 'tokens' and 'token_logprobs' differ in length")
     parsed = []
-    for i, (token, logprob) in enumerate(zip(tokens, token_logprobs, strict=True)):
-        alternatives = top_list[i] if i < len(top_list) and top_list[i] else {}
-        top = tuple((str(t), float(lp)) for t, lp in alternatives.items())
-        parsed.append(TokenLogprob(token, _as_float(logprob), _token_id(token, None), top))
+    try:
+        for i, (token, logprob) in enumerate(zip(tokens, token_logprobs, strict=True)):
+            alternatives = top_list[i] if i < len(top_list) and top_list[i] else {}
+            top = tuple((str(t), _as_float(lp)) for t, lp in alternatives.items())
+            parsed.append(TokenLogprob(token, _as_float(logprob), _token_id(token, None), top))
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise MalformedResponse(f"malformed legacy logprobs: {exc}") from exc
     return parsed
 
 
@@ -85,7 +88,7 @@ def _parse_chat_logprob(item: Mapping[str, Any]) -> TokenLogprob:
         token = str(item["token"])
         top = tuple((str(t["token"]), _as_float(t["logprob"])) for t in item.get("top_logprobs") or ())
         return TokenLogprob(token, _as_float(item["logprob"]), _token_id(token, item.get("id")), top)
-    except (KeyError, TypeError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise MalformedResponse(f"malformed logprob entry {item!r}: {exc}") from exc
 
 
@@ -130,9 +133,16 @@ class ChoiceAccumulator:
         self.got_content = False
 
     def add(self, body: Mapping[str, Any]) -> None:
-        """Fold one response body or stream chunk in."""
+        """Fold one response body or stream chunk in (MalformedResponse if it has the wrong shape)."""
         if not isinstance(body, Mapping) or "choices" not in body:
             raise MalformedResponse(f"response has no 'choices': {str(body)[:200]!r}")
+        try:
+            self._add(body)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            # JSON of the wrong shape (a string where an object belongs, "abc" as a count, ...).
+            raise MalformedResponse(f"malformed response ({exc}): {str(body)[:200]!r}") from exc
+
+    def _add(self, body: Mapping[str, Any]) -> None:
         self.model = str(body.get("model") or self.model)
         if body.get("prompt_token_ids"):
             self.prompt_token_ids = [int(t) for t in body["prompt_token_ids"]]

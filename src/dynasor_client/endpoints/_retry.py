@@ -17,7 +17,8 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from .._exceptions import EndpointTimeout, EndpointUnavailable, RateLimited, ServerError
@@ -57,9 +58,11 @@ class RetryPolicy:
             raise ValueError("retry times must be positive")
 
     def _wait(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(
-            initial=self.initial_backoff_s, max=self.max_backoff_s, jitter=self.jitter_s
-        )(state)
+        backoff = min(
+            wait_exponential(multiplier=self.initial_backoff_s, max=self.max_backoff_s)(state)
+            + wait_random(0, self.jitter_s)(state),
+            self.max_backoff_s,
+        )
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RateLimited) and exc.retry_after is not None:
             return max(exc.retry_after, 0.0)
