@@ -41,21 +41,18 @@ def get_logger(name: str) -> logging.LoggerAdapter[logging.Logger]:
 
 
 @contextlib.contextmanager
-def program_scope(program_id: str | None = None) -> Iterator[str]:
+def _scoped(var: ContextVar[str | None], value: str) -> Iterator[str]:
+    token = var.set(value)
+    try:
+        yield value
+    finally:
+        var.reset(token)
+
+
+def program_scope(program_id: str | None = None) -> contextlib.AbstractContextManager[str]:
     """Tag every request and log record inside the block with a program id (made up if not given)."""
-    pid = program_id or new_id("prog")
-    token = program_id_var.set(pid)
-    try:
-        yield pid
-    finally:
-        program_id_var.reset(token)
+    return _scoped(program_id_var, program_id or new_id("prog"))
 
 
-@contextlib.contextmanager
-def request_scope(request_id: str | None = None) -> Iterator[str]:
-    rid = request_id or new_id("req")
-    token = request_id_var.set(rid)
-    try:
-        yield rid
-    finally:
-        request_id_var.reset(token)
+def request_scope(request_id: str | None = None) -> contextlib.AbstractContextManager[str]:
+    return _scoped(request_id_var, request_id or new_id("req"))

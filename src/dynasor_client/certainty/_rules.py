@@ -83,42 +83,39 @@ def _parts(rule: StopRule, kind: type[AllOf] | type[AnyOf]) -> list[StopRule]:
     return list(rule.rules) if isinstance(rule, kind) else [rule]
 
 
-class AllOf(StopRule):
+class _Combination(StopRule):
+    """Rules joined by a logical operator."""
+
+    _combine: ClassVar[np.ufunc]
+
+    def __init__(self, rules: Sequence[StopRule]) -> None:
+        if not rules:
+            raise ValueError(f"{type(self).__name__} needs at least one rule")
+        self.rules = tuple(rules)
+
+    def batch(self, obs: Observations) -> BoolArray:
+        return np.asarray(self._combine.reduce([r.batch(obs) for r in self.rules]), dtype=bool)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "rules": [r.to_dict() for r in self.rules]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StopRule:
+        return cls([rule_from_dict(r) for r in data["rules"]])
+
+
+class AllOf(_Combination):
     """Stop when every rule says stop (``a & b``)."""
 
     kind = "all"
-
-    def __init__(self, rules: Sequence[StopRule]) -> None:
-        self.rules = tuple(rules)
-
-    def batch(self, obs: Observations) -> BoolArray:
-        return np.asarray(np.logical_and.reduce([r.batch(obs) for r in self.rules]), dtype=bool)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "rules": [r.to_dict() for r in self.rules]}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StopRule:
-        return cls([rule_from_dict(r) for r in data["rules"]])
+    _combine = np.logical_and
 
 
-class AnyOf(StopRule):
+class AnyOf(_Combination):
     """Stop when any rule says stop (``a | b``)."""
 
     kind = "any"
-
-    def __init__(self, rules: Sequence[StopRule]) -> None:
-        self.rules = tuple(rules)
-
-    def batch(self, obs: Observations) -> BoolArray:
-        return np.asarray(np.logical_or.reduce([r.batch(obs) for r in self.rules]), dtype=bool)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "rules": [r.to_dict() for r in self.rules]}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StopRule:
-        return cls([rule_from_dict(r) for r in data["rules"]])
+    _combine = np.logical_or
 
 
 def _checkpoints(counts: IntArray, at: Sequence[int] | None, every: int | None, min_obs: int) -> BoolArray:
