@@ -1,0 +1,28 @@
+"""The probe of Dynasor-CoT: one constant shared by the algorithms, the recorder and the replay engine.
+
+A probe asks a reasoning model for its answer so far: the prompt is the question, the partial chain
+of thought, then :data:`PROBE_SUFFIX`; the model writes a short answer and closes the box. The probe's
+text is discarded afterwards; only the answer is kept.
+"""
+
+from __future__ import annotations
+
+PROBE_SUFFIX = "... Oh, I suddenly got the answer to the whole problem, **Final Answer**\n\n\\[ \\boxed{"
+#: How a probe reply ends: the answer, then the closing of the box opened by the suffix.
+PROBE_CLOSE = "}\n\\]"
+#: Enough tokens for a short answer and the closing brace.
+PROBE_MAX_TOKENS = 20
+
+
+def probe_answer(reply: str) -> str | None:
+    """The answer in a probe reply: the text before the brace that closes the suffix's ``\\boxed{``."""
+    depth = 0
+    for i, ch in enumerate(reply):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            if depth == 0:
+                answer = reply[:i].strip()
+                return answer or None
+            depth -= 1
+    return None

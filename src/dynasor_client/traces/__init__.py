@@ -1,0 +1,33 @@
+"""Recorded real-model samples (traces): the format, loading and the train/test split.
+
+See :mod:`._format` for the format. ``dynasor-client record`` writes it; the replay engine serves it;
+calibration and the benchmarks replay it.
+"""
+
+from ._format import (
+    TEST_FRACTION,
+    Split,
+    TraceQuestion,
+    TraceSample,
+    append_question,
+    fold_of,
+    load_traces,
+    question_from_json,
+    question_to_json,
+    select_split,
+    split_of,
+)
+
+__all__ = [
+    "TEST_FRACTION",
+    "Split",
+    "TraceQuestion",
+    "TraceSample",
+    "append_question",
+    "fold_of",
+    "load_traces",
+    "question_from_json",
+    "question_to_json",
+    "select_split",
+    "split_of",
+]
