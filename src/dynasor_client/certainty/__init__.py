@@ -4,6 +4,7 @@
   confidences) as ``[B, K]`` arrays; B = 1 for a live program, many rows for calibration.
 - :class:`Signal` — one interface for every confidence signal (value in [0, 1] + support).
 - :class:`StopRule` — composable stop rules (``&``, ``|``), serialisable to JSON.
+- :mod:`.answers` — answer extraction, normalisation, equivalence classes and voting.
 """
 
 from ._features import (
@@ -53,18 +54,34 @@ from ._signals import (
     probe_consistency_at_least,
     reward_at_least,
 )
+from .answers import (
+    AnswerClusters,
+    Equivalence,
+    ExactEquivalence,
+    Extractor,
+    MathEquivalence,
+    cluster_answers,
+    get_extractor,
+    majority_vote,
+    normalize_answer,
+)
 
 __all__ = [
     "DEFAULT_HESITATION_WORDS",
     "NONE",
     "AllOf",
+    "AnswerClusters",
     "AnyOf",
     "BayesianAgreement",
     "Cap",
     "Certainty",
     "ConfidenceCertainty",
     "EntropyCertainty",
+    "Equivalence",
+    "ExactEquivalence",
+    "Extractor",
     "Hopeless",
+    "MathEquivalence",
     "MeanLogprobCertainty",
     "Observations",
     "OutputLengthCertainty",
@@ -78,18 +95,22 @@ __all__ = [
     "adaptive_consistency",
     "bottom_group_confidence",
     "cap",
+    "cluster_answers",
     "confidence_at_least",
     "entropy_at_least",
     "esc",
     "first_stop",
+    "get_extractor",
     "group_confidence",
     "hopeless",
     "is_hesitant",
     "leader_posterior",
     "lowest_group_confidence",
     "lowest_window_mean_logprob",
+    "majority_vote",
     "mean_logprob",
     "normalised_entropy_certainty",
+    "normalize_answer",
     "prefix_class_counts",
     "probe_consistency_at_least",
     "reduce_step_rewards",
