@@ -17,17 +17,37 @@ from ._format import (
     select_split,
     split_of,
 )
+from ._recorder import (
+    DEFAULT_SYSTEM_PROMPT,
+    DatasetError,
+    DatasetItem,
+    RecordError,
+    RecordOptions,
+    RecordSummary,
+    load_dataset,
+    question_seed,
+    record,
+)
 
 __all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
     "TEST_FRACTION",
+    "DatasetError",
+    "DatasetItem",
+    "RecordError",
+    "RecordOptions",
+    "RecordSummary",
     "Split",
     "TraceQuestion",
     "TraceSample",
     "append_question",
     "fold_of",
+    "load_dataset",
     "load_traces",
     "question_from_json",
+    "question_seed",
     "question_to_json",
+    "record",
     "select_split",
     "split_of",
 ]
