@@ -1,7 +1,9 @@
 """The ``dynasor-client`` command.
 
 Subcommands: ``demo`` (the embedded default model, end to end), ``serve-local`` (llama.cpp with
-SmolLM2 for people and other tools), ``generate`` and ``capabilities`` (against any endpoint).
+SmolLM2 for people and other tools), ``generate`` and ``capabilities`` (against any endpoint),
+``record`` (sample a dataset into a traces file, resumable),
+``calibrate`` (choose a stop rule from labelled traces) and ``bench certaindex`` (hot-path speed).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 from ._exceptions import DynasorError
 from .endpoints import Endpoint, SamplingParams, Trajectory
 from .local import LocalLlamaServer, serve_forever
+from .traces._recorder import add_record_arguments, record_command
 
 DEMO_QUESTION = "Tom has 27 apples and buys 21 more. How many apples does he have now?"
 
@@ -58,6 +61,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     caps = sub.add_parser("capabilities", help="probe an endpoint and print what it supports (JSON)")
     _add_endpoint_args(caps)
+
+    rec = sub.add_parser("record", help="record N samples per dataset question as traces (resumable)")
+    _add_endpoint_args(rec)
+    add_record_arguments(rec)
+
+    splits = ["train", "test", "all"]
+    cal = sub.add_parser(
+        "calibrate",
+        help="choose the stop rule that minimises tokens at full-budget accuracy - epsilon (from traces)",
+        description="Splits are by a hash of the question id (sha256; 30% test), the same in every command.",
+    )
+    cal.add_argument(
+        "--traces", required=True, help="labelled traces (JSON lines, shared/data/traces format)"
+    )
+    cal.add_argument("--out", required=True, help="where to write the calibration JSON")
+    cal.add_argument("--cap", type=int, default=30, help="most samples per question (the full budget)")
+    cal.add_argument(
+        "--epsilon", type=float, default=0.002, help="accuracy allowed below full budget (fraction)"
+    )
+    cal.add_argument("--split", choices=splits, default="train", help="questions to calibrate on")
+    cal.add_argument("--orders", type=int, default=20, help="random sample orders replayed per question")
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--objective", choices=["tokens", "samples", "rounds"], default="tokens")
+    cal.add_argument("--max-rounds", type=float, default=None, help="most mean sequential rounds allowed")
+    cal.add_argument("--folds", type=int, default=5, help="cross-validation folds (1: judge in-sample)")
+    cal.add_argument(
+        "--safety",
+        type=float,
+        default=1.0,
+        help="standard errors of the accuracy difference a rule must clear the bound by (0: none)",
+    )
+    cal.add_argument(
+        "--evaluate-split", choices=splits, default=None, help="also score the rule on this split (e.g. test)"
+    )
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    bench_ci = bench_sub.add_parser("certaindex", help="speed of clustering answers and evaluating rules")
+    bench_ci.add_argument("--json", dest="json_out", default=None, help="write the figures here (JSON)")
+    bench_ci.add_argument("--traces", default=None, help="replay these traces (default: synthetic questions)")
+    bench_ci.add_argument("--questions", type=int, default=1000)
+    bench_ci.add_argument("--orders", type=int, default=20)
     return parser
 
 
@@ -115,6 +160,44 @@ async def _generate(args: argparse.Namespace) -> None:
         )
 
 
+def _calibrate(args: argparse.Namespace) -> None:
+    from .certainty.calibration import _commands
+
+    try:
+        result = _commands.calibrate_command(
+            traces=args.traces,
+            out=args.out,
+            cap=args.cap,
+            epsilon=args.epsilon,
+            split=args.split,
+            orders=args.orders,
+            seed=args.seed,
+            objective=args.objective,
+            max_rounds=args.max_rounds,
+            folds=args.folds,
+            safety=args.safety,
+            evaluate_split=args.evaluate_split,
+        )
+    except OSError as exc:  # a missing traces file or unwritable output: a usage error, not a crash
+        raise ValueError(str(exc)) from exc
+    print(result.summary())
+    if result.held_out is not None:
+        print(_commands.held_out_summary(result.held_out))
+    print(f"wrote {args.out}")
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from .certainty.calibration import _commands
+
+    try:
+        figures = _commands.bench_command(
+            json_out=args.json_out, traces=args.traces, questions=args.questions, orders=args.orders
+        )
+    except OSError as exc:
+        raise ValueError(str(exc)) from exc
+    print(_commands.bench_summary(figures))
+
+
 async def _capabilities(args: argparse.Namespace) -> None:
     async with Endpoint(args.endpoint, model=args.model, api_key=args.api_key) as endpoint:
         caps = await endpoint.capabilities()
@@ -141,6 +224,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_generate(args))
         elif args.command == "capabilities":
             asyncio.run(_capabilities(args))
+        elif args.command == "record":
+            return asyncio.run(record_command(args))
+        elif args.command == "calibrate":
+            _calibrate(args)
+        elif args.command == "bench":
+            _bench(args)
     except (DynasorError, ValueError) as exc:
         print(f"dynasor-client: error: {exc}", file=sys.stderr)
         return 2

@@ -4,9 +4,21 @@
   confidences) as ``[B, K]`` arrays; B = 1 for a live program, many rows for calibration.
 - :class:`Signal` — one interface for every confidence signal (value in [0, 1] + support).
 - :class:`StopRule` — composable stop rules (``&``, ``|``), serialisable to JSON.
+- allocation policies (static, multi-step, curve fit, dynamic curve fit) and :func:`default_rule`,
+  calibrated on the SVAMP train split; :mod:`.calibration` — the profiler that fits rules to traces.
 - :mod:`.answers` — answer extraction, normalisation, equivalence classes and voting.
 """
 
+from ._allocation import (
+    CurveFitAllocation,
+    DynamicCurveFit,
+    HopelessCut,
+    MultiStepThreshold,
+    RemainingCurve,
+    StaticThreshold,
+    default_rule,
+    remaining,
+)
 from ._features import (
     DEFAULT_HESITATION_WORDS,
     bottom_group_confidence,
@@ -33,6 +45,7 @@ from ._rules import (
     first_stop,
     hopeless,
     register_signal,
+    registered_signals,
     rule_from_dict,
     signal_from_dict,
     signal_to_dict,
@@ -76,18 +89,24 @@ __all__ = [
     "Cap",
     "Certainty",
     "ConfidenceCertainty",
+    "CurveFitAllocation",
+    "DynamicCurveFit",
     "EntropyCertainty",
     "Equivalence",
     "ExactEquivalence",
     "Extractor",
     "Hopeless",
+    "HopelessCut",
     "MathEquivalence",
     "MeanLogprobCertainty",
+    "MultiStepThreshold",
     "Observations",
     "OutputLengthCertainty",
     "ProbeConsistency",
+    "RemainingCurve",
     "RewardCertainty",
     "Signal",
+    "StaticThreshold",
     "StopRule",
     "Threshold",
     "TokenBudget",
@@ -97,6 +116,7 @@ __all__ = [
     "cap",
     "cluster_answers",
     "confidence_at_least",
+    "default_rule",
     "entropy_at_least",
     "esc",
     "first_stop",
@@ -115,6 +135,8 @@ __all__ = [
     "probe_consistency_at_least",
     "reduce_step_rewards",
     "register_signal",
+    "registered_signals",
+    "remaining",
     "reward_at_least",
     "rule_from_dict",
     "signal_from_dict",

@@ -28,6 +28,11 @@ def register_signal(name: str, factory: Callable[..., Signal]) -> None:
     _SIGNALS[name] = factory
 
 
+def registered_signals() -> dict[str, Callable[..., Signal]]:
+    """Every signal loadable by name (the candidates calibration tries)."""
+    return dict(_SIGNALS)
+
+
 def signal_from_dict(data: dict[str, Any]) -> Signal:
     try:
         factory = _SIGNALS[data["name"]]

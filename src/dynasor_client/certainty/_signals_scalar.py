@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy.special import expit  # type: ignore[import-untyped,unused-ignore]
+from scipy.special import expit
 
 from ._observations import BoolArray, FloatArray, IntArray, Observations
 from ._rules import register_signal

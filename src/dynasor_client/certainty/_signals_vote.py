@@ -7,8 +7,8 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
-from scipy.linalg import eigh_tridiagonal  # type: ignore[import-untyped,unused-ignore]
-from scipy.special import gammainc  # type: ignore[import-untyped,unused-ignore]
+from scipy.linalg import eigh_tridiagonal
+from scipy.special import gammainc
 
 from ._observations import BoolArray, Certainty, FloatArray, IntArray, Observations
 from ._rules import register_signal

@@ -1,0 +1,113 @@
+"""Calibration (the paper's profiler): choose a stop rule from labelled traces, and judge rules.
+
+    questions = load_traces("svamp-codex-sc30.jsonl")
+    result = calibrate(select_split(questions, "train"), epsilon=0.002)   # minimise tokens s.t. accuracy
+    result.save("calib.json")                                           # >= full budget - 0.2 points
+    print(evaluate(result.rule, select_split(questions, "test")))       # judge on held-out questions
+
+- :func:`load_traces`, :func:`split_of`, :func:`select_split` — the traces format and the
+  deterministic train/test split (sha256 of the question id; 30% test).
+- :class:`Replay`, :func:`evaluate` — many random sample orders at once; accuracy, tokens, rounds.
+- :func:`calibrate` — the search (families of recipes, cross-validated); :class:`CalibrationResult`.
+- :func:`default_rule` — the shipped rule (parameters calibrated on SVAMP train).
+"""
+
+from .._allocation import default_rule
+from ._bench import bench_certaindex
+from ._curves import fit_remaining_curve, settle_counts
+from ._families import (
+    CurveFitFamily,
+    DynamicCurveFitFamily,
+    Family,
+    Fitted,
+    MultiStepFamily,
+    Recipe,
+    StaticFamily,
+    default_families,
+    default_schedules,
+    fit_curve,
+)
+from ._replay import (
+    Evaluation,
+    LabelledTraces,
+    Replay,
+    Score,
+    checkpoint_mask,
+    checkpoints,
+    evaluate,
+    label_traces,
+    prefix_majority,
+    sample_orders,
+)
+from ._result import CalibrationResult, load_rule
+from ._search import (
+    Candidate,
+    Objective,
+    SearchOutcome,
+    SearchSpace,
+    View,
+    calibrate,
+    candidate_signals,
+    paper_rule,
+    search,
+)
+from ._steps import StepTable, fit_step_thresholds, threshold_grid
+from ._traces import (
+    TEST_FRACTION,
+    TraceQuestion,
+    TraceSample,
+    exact_cluster,
+    fold_of,
+    load_traces,
+    select_split,
+    split_of,
+)
+
+__all__ = [
+    "TEST_FRACTION",
+    "CalibrationResult",
+    "Candidate",
+    "CurveFitFamily",
+    "DynamicCurveFitFamily",
+    "Evaluation",
+    "Family",
+    "Fitted",
+    "LabelledTraces",
+    "MultiStepFamily",
+    "Objective",
+    "Recipe",
+    "Replay",
+    "Score",
+    "SearchOutcome",
+    "SearchSpace",
+    "StaticFamily",
+    "StepTable",
+    "TraceQuestion",
+    "TraceSample",
+    "View",
+    "bench_certaindex",
+    "calibrate",
+    "candidate_signals",
+    "checkpoint_mask",
+    "checkpoints",
+    "default_families",
+    "default_rule",
+    "default_schedules",
+    "evaluate",
+    "exact_cluster",
+    "fit_curve",
+    "fit_remaining_curve",
+    "fit_step_thresholds",
+    "fold_of",
+    "label_traces",
+    "load_rule",
+    "load_traces",
+    "paper_rule",
+    "prefix_majority",
+    "sample_orders",
+    "search",
+    "select_split",
+    "settle_counts",
+    "split_of",
+    "threshold_grid",
+]
