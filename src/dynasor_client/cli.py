@@ -3,7 +3,9 @@
 Subcommands: ``demo`` (the embedded default model, end to end), ``serve-local`` (llama.cpp with
 SmolLM2 for people and other tools), ``generate`` and ``capabilities`` (against any endpoint),
 ``record`` (sample a dataset into a traces file, resumable),
-``calibrate`` (choose a stop rule from labelled traces) and ``bench certaindex`` (hot-path speed).
+``calibrate`` (choose a stop rule from labelled traces) and ``bench certaindex`` (hot-path speed),
+``serve-replay`` (recorded traces as an OpenAI-compatible server with GPU-like timing) and
+``bench replay`` (how many concurrent streams that server sustains).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from ._exceptions import DynasorError
 from .endpoints import Endpoint, SamplingParams, Trajectory
@@ -103,7 +106,72 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ci.add_argument("--traces", default=None, help="replay these traces (default: synthetic questions)")
     bench_ci.add_argument("--questions", type=int, default=1000)
     bench_ci.add_argument("--orders", type=int, default=20)
+    _add_replay_parsers(sub, bench_sub)
     return parser
+
+
+def _add_replay_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], bench_sub: Any) -> None:
+    """``serve-replay`` and ``bench replay`` (the replay server: see ``dynasor_client.replay``)."""
+    replay = sub.add_parser(
+        "serve-replay",
+        help="answer OpenAI-compatible requests from recorded traces, timed like a GPU",
+        description="Needs the [server] extra. The rules (matching, draws, probes, tokens) are documented "
+        "in dynasor_client.replay.",
+    )
+    replay.add_argument("--traces", required=True, help="traces file (JSON lines, shared/data/traces format)")
+    replay.add_argument("--host", default="127.0.0.1")
+    replay.add_argument("--port", type=int, default=None, help="default: a free port")
+    replay.add_argument("--profile", default="llama3-8b-h100-80gb", help="GPU profile name or JSON file")
+    replay.add_argument("--time-scale", type=float, default=1.0, help="wall s per modelled s (0: no waiting)")
+    replay.add_argument("--seed", type=int, default=0, help="seed of the per-program sample draws")
+    replay.add_argument("--logprobs-shape", choices=["auto", "chat", "legacy"], default="auto")
+    replay.add_argument("--probe-fallback", choices=["explicit", "math", "none"], default="explicit")
+    replay.add_argument("--flush-interval", type=float, default=0.05, help="least seconds between SSE events")
+    bench_replay = bench_sub.add_parser(
+        "replay", help="concurrent streams and tokens/s the replay server sustains"
+    )
+    bench_replay.add_argument("--json", dest="json_out", default=None, help="write the figures here (JSON)")
+    bench_replay.add_argument("--streams", type=int, nargs="+", default=[500, 1000, 2000, 4000])
+    bench_replay.add_argument("--traces", default=None, help="replay these traces (default: synthetic)")
+    bench_replay.add_argument(
+        "--profile", default="llama3-8b-h100-80gb", help="GPU profile of the real-time run"
+    )
+    bench_replay.add_argument("--window", type=float, default=6.0, help="seconds measured per run")
+    bench_replay.add_argument("--no-realtime", action="store_true", help="measure the ceiling only")
+
+
+def _serve_replay(args: argparse.Namespace) -> None:
+    try:
+        from .replay._server import serve_replay
+    except ImportError as exc:
+        raise ValueError(
+            f"serve-replay needs the server extra: pip install 'dynasor-client[server]' ({exc})"
+        ) from exc
+    try:
+        serve_replay(
+            args.traces,
+            host=args.host,
+            port=args.port,
+            profile=args.profile,
+            time_scale=args.time_scale,
+            seed=args.seed,
+            logprobs_shape=args.logprobs_shape,
+            probe_fallback=args.probe_fallback,
+            flush_interval_s=args.flush_interval,
+        )
+    except OSError as exc:  # a missing traces file: a usage error, not a crash
+        raise ValueError(str(exc)) from exc
+
+
+def _bench_replay(args: argparse.Namespace) -> None:
+    from .replay._bench import main_bench
+
+    try:
+        main_bench(
+            args.json_out, tuple(args.streams), args.traces, args.profile, args.window, not args.no_realtime
+        )
+    except OSError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 async def _demo(args: argparse.Namespace) -> None:
@@ -228,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(record_command(args))
         elif args.command == "calibrate":
             _calibrate(args)
+        elif args.command == "serve-replay":
+            _serve_replay(args)
+        elif args.command == "bench" and args.bench == "replay":
+            _bench_replay(args)
         elif args.command == "bench":
             _bench(args)
     except (DynasorError, ValueError) as exc:

@@ -1,1 +1,73 @@
-"""Replay engine: answers OpenAI-compatible requests from recorded model outputs with GPU-like timing."""
+"""Replay engine: answers OpenAI-compatible requests from recorded model outputs with GPU-like timing.
+
+- What a request gets back: :class:`ReplayEngine` (:mod:`._engine`; question matching in
+  :mod:`._matching`, token pieces in :mod:`._pieces`). Every rule is documented there.
+- When it gets it: the continuous-batching GPU model :class:`BatchingModel` (:mod:`._timing`) under a
+  :class:`GPUProfile` (:mod:`._profiles`), run in real time by :class:`RealtimeDriver` or on a
+  virtual clock by :class:`VirtualClockSimulator` (:mod:`._timing_drivers`); :func:`fit_profile`
+  fits a profile to measured timings.
+- Over HTTP: :class:`ReplayServer` (``dynasor-client serve-replay``; :mod:`._server`, needs the
+  ``[server]`` extra, imported on first use) and its benchmark :func:`bench_replay`
+  (``dynasor-client bench replay``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._engine import NoMatch, RecordingEnds, ReplayChoice, ReplayEngine, ReplayPlan, RewardScores
+from ._pieces import Pieces, split_pieces
+from ._profiles import PROFILES, GPUProfile, get_profile
+from ._timing import BatchingModel, Metrics, RequestState, SimRequest
+from ._timing_drivers import RealtimeDriver, RequestHandle, VirtualClockSimulator
+from ._timing_fit import TimingSample, fit_profile, load_timing_samples
+
+if TYPE_CHECKING:
+    from ._bench import bench_replay
+    from ._server import REPLAY_CAPABILITIES, ReplayServer, serve_replay
+
+_LAZY = {
+    "REPLAY_CAPABILITIES": "._server",
+    "ReplayServer": "._server",
+    "serve_replay": "._server",
+    "bench_replay": "._bench",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The server and its benchmark load on first use (they need the ``[server]`` extra)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module, __name__), name)
+
+
+__all__ = [
+    "PROFILES",
+    "REPLAY_CAPABILITIES",
+    "BatchingModel",
+    "GPUProfile",
+    "Metrics",
+    "NoMatch",
+    "Pieces",
+    "RealtimeDriver",
+    "RecordingEnds",
+    "ReplayChoice",
+    "ReplayEngine",
+    "ReplayPlan",
+    "ReplayServer",
+    "RequestHandle",
+    "RequestState",
+    "RewardScores",
+    "SimRequest",
+    "TimingSample",
+    "VirtualClockSimulator",
+    "bench_replay",
+    "fit_profile",
+    "get_profile",
+    "load_timing_samples",
+    "serve_replay",
+    "split_pieces",
+]

@@ -1,0 +1,406 @@
+"""The replay server over real HTTP: the official openai SDK, our Endpoint, aborts, metrics, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from dynasor_client import Endpoint
+from dynasor_client._log import program_scope
+from dynasor_client._probe import PROBE_SUFFIX, probe_answer
+from dynasor_client.endpoints import Trajectory
+from dynasor_client.replay._server import ReplayServer
+from dynasor_client.traces import TraceQuestion, TraceSample, load_traces
+from tests.test_replay_engine import TRACES, tiny_questions
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+async def tiny() -> AsyncIterator[ReplayServer]:
+    async with ReplayServer(tiny_questions(), profile="test", time_scale=0.01, seed=1) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gsm8k() -> list[TraceQuestion]:
+    if not TRACES.is_dir():
+        pytest.skip(f"recorded traces not found at {TRACES} (the shared data checkout)")
+    return load_traces(TRACES / "gsm8k-qwen25coder05b-sc8-logprobs.jsonl")
+
+
+@pytest.fixture(scope="module")
+def math_traces() -> list[TraceQuestion]:
+    if not TRACES.is_dir():
+        pytest.skip(f"recorded traces not found at {TRACES} (the shared data checkout)")
+    return load_traces(TRACES / "math-qwen25math-sc8.jsonl")
+
+
+def long_questions() -> list[TraceQuestion]:
+    """One question with samples of 1,500 tokens: two fill the test profile's 4,096-token KV cache."""
+    words = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    samples = tuple(
+        TraceSample(
+            answer=str(i),
+            num_tokens=1500,
+            text=" ".join(words[(i + j) % 5] for j in range(1499)) + f" {i}",
+            finish_reason="stop",
+        )
+        for i in range(4)
+    )
+    return [
+        TraceQuestion(id="long", question="Recite the long list of Greek letters.", gold="0", samples=samples)
+    ]
+
+
+async def _metrics(server: ReplayServer) -> dict[str, float]:
+    async with httpx.AsyncClient() as client:
+        return dict((await client.get(server.root_url + "/metrics?format=json")).json())
+
+
+# ---------------------------------------------------------------------------- the official SDK
+
+
+async def test_openai_sdk_unchanged(tiny: ReplayServer) -> None:
+    q = tiny.engine.questions[0]
+    client = openai.AsyncOpenAI(base_url=tiny.base_url, api_key="unused")
+    try:
+        models = await client.models.list()
+        assert models.data[0].id == tiny.model
+
+        completion = await client.completions.create(
+            model=tiny.model, prompt=f"Q: {q.question}\nA:", max_tokens=4, n=2, user="sdk"
+        )
+        assert len(completion.choices) == 2
+        assert all(c.finish_reason == "length" for c in completion.choices)
+        assert completion.usage is not None and completion.usage.completion_tokens == 8
+        assert completion.usage.prompt_tokens > 17
+
+        chat = await client.chat.completions.create(
+            model=tiny.model, messages=[{"role": "user", "content": q.question}], user="sdk"
+        )
+        text = chat.choices[0].message.content
+        assert text in {s.text for s in q.samples}
+        assert chat.choices[0].finish_reason == "stop"
+
+        stream = await client.chat.completions.create(
+            model=tiny.model,
+            messages=[{"role": "user", "content": q.question}],
+            stream=True,
+            stream_options={"include_usage": True},
+            user="sdk",
+        )
+        pieces, usage = [], None
+        async for chunk in stream:
+            if chunk.choices:
+                pieces.append(chunk.choices[0].delta.content or "")
+            if chunk.usage is not None:
+                usage = chunk.usage
+        assert "".join(pieces) in {s.text for s in q.samples}
+        assert usage is not None and usage.completion_tokens > 0
+
+        streamed = await client.completions.create(
+            model=tiny.model, prompt=q.question, stream=True, max_tokens=3, user="sdk"
+        )
+        texts = [c.choices[0].text async for c in streamed if c.choices]
+        assert len("".join(texts)) > 0
+
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.completions.create(model=tiny.model, prompt="Tell me a joke.", max_tokens=3)
+        assert "no recorded question" in str(info.value)
+        assert info.value.code == "no_recorded_question"
+    finally:
+        await client.close()
+
+
+async def test_errors_are_openai_shaped(tiny: ReplayServer) -> None:
+    async with httpx.AsyncClient(base_url=tiny.root_url) as client:
+        bad = await client.post("/v1/completions", content=b"{not json")
+        assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+        unknown = await client.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+        )
+        assert unknown.status_code == 400 and "no recorded question" in unknown.json()["error"]["message"]
+        bad_n = await client.post("/v1/completions", json={"prompt": "What is 2 + 2?", "n": 0})
+        assert bad_n.status_code == 400 and bad_n.json()["error"]["param"] == "n"
+        echo = await client.post("/v1/completions", json={"prompt": "What is 2 + 2?", "echo": True})
+        assert echo.status_code == 400
+        missing = await client.get("/v1/nothing")
+        assert missing.status_code == 404 and "error" in missing.json()
+        health = await client.get("/health")
+        assert health.json() == {"status": "ok"}
+
+
+# ---------------------------------------------------------------------------- our client
+
+
+async def test_endpoint_chunks_reproduce_recorded_samples(gsm8k: list[TraceQuestion]) -> None:
+    async with (
+        ReplayServer(gsm8k, profile="test", time_scale=0.001) as server,
+        Endpoint(server.base_url, capabilities=server.capabilities) as endpoint,
+    ):
+        for q in gsm8k[:2]:
+            for mode in ("text", "auto"):  # auto: token-id continuation with the server's ids
+                with program_scope(f"chunks-{q.id}-{mode}"):
+                    trajectories = [
+                        await Trajectory.start(endpoint, f"Question: {q.question}\nAnswer:", mode=mode)
+                        for _ in range(3)
+                    ]
+
+                    longest = max(s.num_tokens for s in q.samples)
+
+                    async def grow(t: Trajectory, longest: int = longest) -> None:
+                        while not t.finished and t.num_tokens < longest:
+                            await t.extend(16)
+
+                    await asyncio.gather(*(grow(t) for t in trajectories))
+                for t in trajectories:
+                    assert t.mode == ("text" if mode == "text" else "tokens")
+                    matches = [s for s in q.samples if s.text == t.text]
+                    assert matches, "the chunked text is not a recorded sample"
+                    assert t.num_tokens == matches[0].num_tokens
+
+
+async def test_chat_prefill_chunks_reproduce_recorded_samples(tiny: ReplayServer) -> None:
+    q = tiny.engine.questions[1]  # its samples share a long prefix
+    async with Endpoint(tiny.base_url, capabilities=tiny.capabilities) as endpoint:
+        with program_scope("prefill"):
+            trajectories = [
+                await Trajectory.start(endpoint, messages=[{"role": "user", "content": q.question}])
+                for _ in range(len(q.samples))
+            ]
+            for t in trajectories:  # one after the other: each gets its own sample back
+                while not t.finished:
+                    await t.extend(4)
+    assert all(t.mode == "prefill" for t in trajectories)
+    assert sorted(t.text for t in trajectories) == sorted(s.text for s in q.samples)
+    counts = {s.text: s.num_tokens for s in q.samples}
+    assert all(t.num_tokens == counts[t.text] for t in trajectories)
+
+
+@pytest.mark.parametrize("kind", ["completions", "chat"])
+@pytest.mark.parametrize("stream", [True, False])
+async def test_endpoint_n_choices_are_distinct_and_counted(
+    tiny: ReplayServer, kind: str, stream: bool
+) -> None:
+    q = tiny.engine.questions[0]
+    async with Endpoint(tiny.base_url, capabilities=tiny.capabilities, stream=stream) as endpoint:
+        with program_scope(f"n-choices-{kind}-{stream}"):
+            if kind == "chat":  # counted from logprobs, or token ids where none were recorded
+                result = await endpoint.chat([{"role": "user", "content": q.question}], n=4)
+            else:  # counted from return_token_ids
+                result = await endpoint.complete(q.question, n=4)
+    texts = [c.raw_text for c in result.choices]
+    assert sorted(texts) == sorted(s.text for s in q.samples)  # without replacement
+    by_text = {s.text: s.num_tokens for s in q.samples}
+    assert all(c.num_tokens == by_text[c.raw_text] for c in result.choices)
+    assert result.usage.completion_tokens == sum(s.num_tokens for s in q.samples)
+
+
+async def test_draws_ignore_arrival_order(gsm8k: list[TraceQuestion]) -> None:
+    """Concurrent requests of several programs, in two orders: each program gets the same samples."""
+
+    async def run(order: list[tuple[str, int]]) -> dict[tuple[str, int], list[str]]:
+        async with ReplayServer(gsm8k, profile="test", time_scale=0.001, seed=5) as server:
+            client = openai.AsyncOpenAI(base_url=server.base_url, api_key="x")
+
+            async def one(program: str, qi: int) -> tuple[tuple[str, int], str]:
+                r = await client.completions.create(
+                    model="m", prompt=gsm8k[qi].question, max_tokens=8, user=program
+                )
+                return (program, qi), r.choices[0].text
+
+            results = await asyncio.gather(*(one(p, qi) for p, qi in order))
+            await client.close()
+        out: dict[tuple[str, int], list[str]] = {}
+        for key, text in results:
+            out.setdefault(key, []).append(text)
+        return {k: sorted(v) for k, v in out.items()}
+
+    requests = [(p, qi) for p in ("a", "b", "c") for qi in (0, 1) for _ in range(3)]
+    first = await run(requests)
+    second = await run(list(reversed(requests)))
+    assert first == second
+    assert first[("a", 0)] != first[("b", 0)] or first[("a", 1)] != first[("b", 1)]
+
+
+# ---------------------------------------------------------------------------- probes and rewards
+
+
+async def test_probe_over_http(tiny: ReplayServer) -> None:
+    q = tiny.engine.questions[0]
+    p = tiny.engine.pieces(0, 0)
+    client = openai.AsyncOpenAI(base_url=tiny.base_url, api_key="x")
+    try:
+        recorded = await client.completions.create(
+            model="m", prompt=q.question + "\n" + p.prefix(4) + PROBE_SUFFIX, max_tokens=20
+        )
+        assert probe_answer(recorded.choices[0].text) == "3"
+        assert recorded.choices[0].finish_reason == "stop"
+        cut = await client.completions.create(
+            model="m", prompt=q.question + "\n" + p.prefix(len(p) - 2) + PROBE_SUFFIX, max_tokens=20
+        )
+        assert probe_answer(cut.choices[0].text) is None  # never the final answer
+        chat = await client.chat.completions.create(
+            model="m",
+            messages=[
+                {"role": "user", "content": q.question},
+                {"role": "assistant", "content": p.prefix(len(p)) + PROBE_SUFFIX},
+            ],
+            max_tokens=20,
+        )
+        assert probe_answer(chat.choices[0].message.content or "") == "7"
+    finally:
+        await client.close()
+    assert (await _metrics(tiny))["probes_total"] == 3
+
+
+async def test_pooling_rewards(math_traces: list[TraceQuestion]) -> None:
+    q = next(q for q in math_traces if q.samples[0].reward is not None)
+    async with (
+        ReplayServer(math_traces, profile="test", time_scale=0.001) as server,
+        httpx.AsyncClient(base_url=server.root_url) as client,
+    ):
+        full = await client.post(
+            "/pooling", json={"model": "m", "input": q.question + "\n" + q.samples[0].text}
+        )
+        body = full.json()
+        assert body["object"] == "list" and body["data"][0]["object"] == "pooling"
+        assert body["data"][0]["data"] == [[q.samples[0].reward]]
+        assert "approximation" not in body["data"][0]
+        half = await client.post(
+            "/pooling",
+            json={"input": [q.question + "\n" + q.samples[0].text[: len(q.samples[0].text) // 2]]},
+        )
+        item = half.json()["data"][0]
+        assert item["data"] == [[q.samples[0].reward]] and "outcome reward" in item["approximation"]
+        bad = await client.post("/pooling", json={"input": q.question})
+        assert bad.status_code == 400
+
+
+async def test_logprobs_in_both_shapes(gsm8k: list[TraceQuestion]) -> None:
+    q = gsm8k[0]
+    for shape in ("auto", "chat", "legacy"):
+        async with (
+            ReplayServer(gsm8k, profile="test", time_scale=0.001, logprobs_shape=shape) as server,
+            httpx.AsyncClient(base_url=server.base_url) as client,
+        ):
+            r = await client.post("/completions", json={"prompt": q.question, "max_tokens": 3, "logprobs": 1})
+            choice = r.json()["choices"][0]
+            lp = choice["logprobs"]
+            sample = next(s for s in q.samples if s.text.startswith(choice["text"]))
+            values = [x["logprob"] for x in lp["content"]] if shape == "chat" else lp["token_logprobs"]
+            assert values == list(sample.token_logprobs[:3])
+            assert ("content" in lp) == (shape == "chat")
+
+
+# ---------------------------------------------------------------------------- aborts and metrics
+
+
+async def _first_event(client: httpx.AsyncClient, body: dict[str, object]) -> None:
+    async with client.stream("POST", "/v1/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                return  # leaving the block closes the connection mid-stream
+
+
+async def test_disconnect_aborts_and_frees_capacity() -> None:
+    q = long_questions()[0]
+    async with (
+        ReplayServer([q], profile="test", time_scale=1.0) as server,
+        httpx.AsyncClient(base_url=server.root_url, timeout=30) as client,
+    ):
+        body = {"prompt": q.question, "stream": True, "user": "abort"}
+        await _first_event(client, body)
+        await asyncio.sleep(0.1)
+        after = await _metrics(server)
+        assert after["running"] == 0 and after["aborted"] == 1
+        assert after["client_disconnects_total"] == 1 and after["kv_used_tokens"] == 0
+
+        # The test profile's KV cache (4,096 tokens) holds two of these: the rest queue.
+        streams = [
+            await client.send(client.build_request("POST", "/v1/completions", json=body), stream=True)
+            for _ in range(8)
+        ]
+        await asyncio.sleep(0.2)
+        full = await _metrics(server)
+        assert full["running"] >= 1 and full["waiting"] >= 1
+        for response in streams:  # running and queued requests alike are removed at once
+            await response.aclose()
+        await asyncio.sleep(0.2)
+        freed = await _metrics(server)
+        assert freed["running"] == 0 and freed["waiting"] == 0 and freed["kv_used_tokens"] == 0
+        assert freed["aborted"] == 1 + len(streams)
+        assert freed["client_disconnects_total"] == 1 + len(streams)
+
+        # The freed memory admits a new request at once.
+        await _first_event(client, body)
+        assert (await _metrics(server))["waiting"] == 0
+
+
+async def test_non_streaming_disconnect_aborts() -> None:
+    q = long_questions()[0]
+    async with (
+        ReplayServer([q], profile="test", time_scale=1.0) as server,
+        httpx.AsyncClient(base_url=server.root_url, timeout=30) as client,
+    ):
+        task = asyncio.create_task(client.post("/v1/completions", json={"prompt": q.question}))
+        await asyncio.sleep(0.3)
+        assert (await _metrics(server))["running"] == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.1)
+        m = await _metrics(server)
+        assert m["running"] == 0 and m["aborted"] == 1
+
+
+async def test_metrics_prometheus_text(tiny: ReplayServer) -> None:
+    q = tiny.engine.questions[1]
+    async with httpx.AsyncClient(base_url=tiny.root_url) as client:
+        for _ in range(3):
+            await client.post("/v1/completions", json={"prompt": q.question, "user": "m"})
+        text = (await client.get("/metrics")).text
+    for name in (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:generation_tokens_total",
+        "vllm:num_requests_aborted_total",
+        "vllm:gpu_prefix_cache_hit_rate",
+        "replay:requests_total",
+    ):
+        assert f"\n{name} " in "\n" + text
+    m = await _metrics(tiny)
+    assert m["requests_total"] == 3 and m["finished"] == 3 and m["tokens_generated"] > 0
+    assert 0 < m["prefix_cache_hit_rate"] <= 1  # samples of one question share its prompt
+
+
+def test_traces_path_and_model_name(tmp_path: Path) -> None:
+    from dynasor_client.traces import question_to_json
+
+    path = tmp_path / "tiny-traces.jsonl"
+    path.write_text("".join(json.dumps(question_to_json(q)) + "\n" for q in tiny_questions()))
+
+    async def main() -> str:
+        async with ReplayServer(path, time_scale=0) as server, httpx.AsyncClient() as client:
+            return str((await client.get(server.base_url + "/models")).json()["data"][0]["id"])
+
+    assert asyncio.run(main()) == "replay-tiny-traces"
+
+
+def test_cli_commands(tmp_path: Path) -> None:
+    from dynasor_client.cli import main
+
+    assert main(["serve-replay", "--traces", str(tmp_path / "missing.jsonl")]) == 2
+    from dynasor_client.replay import _bench
+
+    figures = _bench.bench_replay(streams=(20,), window_s=0.5, warmup_s=0.3, realtime=False, max_tokens=64)
+    row = figures["ceiling"][0]
+    assert row["streams"] == 20 and row["tokens_per_s"] > 0 and row["requests_failed"] == 0
+    assert "tokens/s" in _bench.bench_summary(figures)
