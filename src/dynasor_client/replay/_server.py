@@ -39,6 +39,16 @@ answers each route in its OpenAI shape (chat on chat, legacy on completions), ``
 ``completion_tokens`` the sum of every choice's pieces, ``prompt_tokens_details.cached_tokens`` the
 prefix-cache hits of the timing model (for ``n > 1``, those of the first choice).
 
+**replay_timings** (an extension field of this server, absent from OpenAI's API): every
+non-streaming response body, and the usage chunk of a stream (``stream_options.include_usage``),
+carries ``"replay_timings"``, a list with one object per choice (in choice order) of
+``{"arrival", "first_token", "finish", "prompt_tokens", "output_tokens", "cached_prompt_tokens"}``:
+the times in modelled seconds on the timing driver's clock (``first_token`` and ``finish`` are
+``null`` for a choice that never got there), the token counts those of the timing model. With
+``record_submissions=True`` the service also keeps, in :attr:`ReplayService.submissions`, every
+choice it submitted to the driver as ``(request_id, arrival_time, prompt_keys, output_tokens)``:
+enough to replay the same workload in a :class:`~._timing_drivers.VirtualClockSimulator`.
+
 **Rewards** (``POST /pooling``, vLLM's shape for process reward models): the body has ``input`` (or
 ``prompt``: a string or a list of strings) or ``messages``; each input is a question followed by a
 prefix of one of its samples. The answer is ``{"object": "list", "data": [{"index": i,
@@ -84,7 +94,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -198,6 +208,7 @@ class ReplayService:
         model: str,
         logprobs_shape: LogprobsShape = "auto",
         flush_interval_s: float = 0.05,
+        record_submissions: bool = False,
     ) -> None:
         if logprobs_shape not in ("auto", "chat", "legacy"):
             raise ValueError(f"logprobs_shape must be 'auto', 'chat' or 'legacy', got {logprobs_shape!r}")
@@ -214,6 +225,10 @@ class ReplayService:
         self.counters = _Counters()
         self.created = int(time.time())
         self._ids = itertools.count(1)
+        self.record_submissions = record_submissions
+        self.submissions: list[tuple[str, float, tuple[Hashable, ...], int]] = []
+        """With ``record_submissions``: ``(request_id, arrival_time, prompt_keys, output_tokens)``
+        of every choice submitted to the driver, in submission order."""
 
     # ------------------------------------------------------------------ request parsing
 
@@ -336,7 +351,12 @@ class ReplayService:
         handles: list[RequestHandle] = []
         try:
             for i, choice in enumerate(plan.choices):
-                handles.append(self.driver.submit(f"{rid}/{i}", plan.prompt_keys, choice.tokens))
+                handle = self.driver.submit(f"{rid}/{i}", plan.prompt_keys, choice.tokens)
+                handles.append(handle)
+                if self.record_submissions:
+                    self.submissions.append(
+                        (f"{rid}/{i}", handle.arrival_time, tuple(plan.prompt_keys), choice.tokens)
+                    )
         except ValueError as exc:
             for handle in handles:
                 handle.abort()
@@ -732,6 +752,20 @@ class _Reply:
             "prompt_tokens_details": {"cached_tokens": cached},
         }
 
+    def _timings(self) -> list[dict[str, Any]]:
+        """The ``replay_timings`` extension field: each choice's modelled times and token counts."""
+        return [
+            {
+                "arrival": h.arrival_time,
+                "first_token": h.first_token_time,
+                "finish": h.finish_time,
+                "prompt_tokens": h.prompt_tokens,
+                "output_tokens": h.output_tokens,
+                "cached_prompt_tokens": h.cached_prompt_tokens,
+            }
+            for h in self.handles
+        ]
+
     def _extra(self, fields: dict[str, Any]) -> bytes:
         """A chunk without choice content (usage, prompt token ids)."""
         chunk = {
@@ -763,7 +797,7 @@ class _Reply:
         body = (
             f'{{"id":"{self.rid}","object":"{obj}","created":{self.created},'
             f'"model":{_quote(self.service.model)},"choices":[{",".join(parts)}],'
-            f'"usage":{_dumps(self._usage())}{extra}}}'
+            f'"usage":{_dumps(self._usage())},"replay_timings":{_dumps(self._timings())}{extra}}}'
         ).encode()
         await send({"type": "http.response.start", "status": 200, "headers": _JSON_HEADERS})
         await send({"type": "http.response.body", "body": body})
@@ -825,7 +859,9 @@ class _Reply:
             if open_ and not driver.running:
                 return
         if self.include_usage:
-            await send(_body(self._extra({"choices": [], "usage": self._usage()})))
+            await send(
+                _body(self._extra({"choices": [], "usage": self._usage(), "replay_timings": self._timings()}))
+            )
         await send(_body(b"data: [DONE]\n\n"))
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -976,6 +1012,8 @@ class ReplayServer:
         host, port: where to listen (port None: a free one).
         model: the model name served (default ``replay-<traces file stem>``).
         logprobs_shape, probe_fallback, flush_interval_s: see the module and engine docs.
+        record_submissions: keep every submitted choice in ``service.submissions`` (see the module
+            docs, ``replay_timings``).
     """
 
     def __init__(
@@ -992,6 +1030,7 @@ class ReplayServer:
         probe_fallback: ProbeFallback = "explicit",
         flush_interval_s: float = 0.05,
         log_level: str = "warning",
+        record_submissions: bool = False,
     ) -> None:
         self.profile = get_profile(profile)
         self.engine = ReplayEngine(_questions(traces), seed=seed, probe_fallback=probe_fallback)
@@ -1002,6 +1041,7 @@ class ReplayServer:
             model=_model_name(traces, model),
             logprobs_shape=logprobs_shape,
             flush_interval_s=flush_interval_s,
+            record_submissions=record_submissions,
         )
         self.app = create_app(self.service)
         self.host = host
