@@ -451,3 +451,29 @@ def test_errors_share_one_base() -> None:
         ServerError,
     ):
         assert issubclass(error, EndpointError)
+
+
+# --- capability detection ----------------------------------------------------------------------------
+
+
+async def test_detection_on_a_server_that_refuses_every_probe_assumes_defaults(
+    faulty_server: FaultyServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Like the replay engine, which only answers recorded questions: learn nothing, guess nothing.
+    caplog.set_level(logging.WARNING, logger="dynasor_client")
+    async with endpoint(faulty_server, "status-400-99", capabilities="detect", retry=RetryPolicy(1)) as ep:
+        caps = await ep.capabilities()
+    assert caps == Capabilities()
+    assert any("capability probes got no answer" in r.getMessage() for r in caplog.records)
+    assert faulty_server.generation_count("status-400-99") == 2  # one probe per route, then nothing
+
+
+async def test_detection_learns_what_a_healthy_server_supports(faulty_server: FaultyServer) -> None:
+    async with endpoint(faulty_server, "ok", capabilities="detect") as ep:
+        caps = await ep.capabilities()
+    assert caps.completions and caps.chat
+    assert caps.max_top_logprobs == 20 and caps.streaming_usage
+    assert caps.token_id_prompts and caps.generated_token_ids == "logprobs"  # ids ride in its logprobs
+    assert not caps.tokenize and caps.chat_template is None  # no /tokenize, no /apply-template (404)
+    assert not caps.token_exact_continuation  # prompts could not be tokenised
+    assert caps.assistant_prefill and not caps.prefill_echoes

@@ -97,6 +97,14 @@ async def detect(endpoint: Endpoint) -> Capabilities:
     if isinstance(props, dict) and isinstance(props.get("total_slots"), int):
         max_n = props["total_slots"]  # llama.cpp: n must not exceed its parallel slots
     has_completions, has_chat = completions is not None, chat is not None
+    if not has_completions and not has_chat:
+        # Neither route answered a plain "Hi" (a server that only knows certain prompts, such as the
+        # replay engine, or a broken one): nothing can be learnt, so assume the defaults.
+        log.warning(
+            "%s: capability probes got no answer; assuming defaults (pass capabilities= to choose)",
+            endpoint.name,
+        )
+        return Capabilities(max_n=max_n, tokenize=ids is not None)
 
     async with asyncio.TaskGroup() as tg:
         token_prompts = tg.create_task(_token_prompts(endpoint, ids) if has_completions else _const(False))
@@ -204,6 +212,8 @@ async def _top_logprobs_limit(endpoint: Endpoint, *, chat_only: bool) -> int:
         await endpoint.raw_generate(kind, body)
         return 20
     except EndpointError as exc:
+        if "logprob" not in str(exc).lower():
+            return 20  # refused for another reason: nothing learnt about the limit
         numbers = [int(x) for x in re.findall(r"\b(\d{1,2})\b", str(exc)) if 0 < int(x) < 20]
         limit = max(numbers) if numbers else 5
         log.debug("top_logprobs=20 refused (%s); using %d", exc, limit)
