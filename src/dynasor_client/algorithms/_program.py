@@ -1,0 +1,193 @@
+"""The program abstraction: what a reasoning program needs from the outside, and what it returns.
+
+A reasoning program is an async algorithm for one query. Everything it needs comes through a
+:class:`ProgramContext`: generation, its allowance (tokens and time left), reporting certaindex, and
+asking whether to go on. :class:`StandaloneContext` implements the protocol over one endpoint; the
+runtime (a later issue) implements it for many programs at once, so an algorithm never knows which
+one it runs under. A program returns a :class:`ProgramResult`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from .._log import new_id, program_scope
+from ..certainty import Cap, Hopeless, HopelessCut, Observations, StopRule, TokenBudget
+from ..certainty._rules import AnyOf
+from ..endpoints import Endpoint, Generation, Message, Prompt, SamplingParams, Usage
+
+
+class TokenKind(StrEnum):
+    """What tokens were spent on."""
+
+    GENERATED = "generated"
+    PROBE = "probe"
+    REWARD = "reward"
+
+
+class StopReason(StrEnum):
+    """Why a program stopped."""
+
+    CONFIDENT = "confident"  # its certaindex said the answer is settled
+    CAP = "cap"  # the knob reached its maximum
+    HOPELESS = "hopeless"  # still uncertain after many observations: cut
+    BUDGET = "budget"  # its token allowance ran out
+    DEADLINE = "deadline"  # its time ran out
+
+
+@dataclass(slots=True)
+class TokenUsage:
+    """Tokens a program used, by kind. Prompt tokens are counted for every kind of request."""
+
+    prompt: int = 0
+    cached_prompt: int = 0
+    generated: int = 0
+    probe: int = 0
+    reward: int = 0
+
+    @property
+    def total(self) -> int:
+        """Everything the server processed: uncached prompt plus generated, probe and reward tokens."""
+        return self.prompt - self.cached_prompt + self.generated + self.probe + self.reward
+
+    def add(self, kind: TokenKind, usage: Usage) -> None:
+        self.prompt += usage.prompt_tokens
+        self.cached_prompt += usage.cached_prompt_tokens or 0
+        setattr(self, kind.value, getattr(self, kind.value) + usage.completion_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class CertaindexPoint:
+    """The program's certaindex after ``observations`` observations, ``elapsed_s`` after it started."""
+
+    observations: int
+    value: float
+    tokens: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramResult:
+    """What a program returns."""
+
+    answer: str | None
+    confidence: float
+    tokens: TokenUsage
+    steps: int
+    stop_reason: StopReason
+    certaindex: tuple[CertaindexPoint, ...]
+    program_id: str
+    answers: tuple[str | None, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class ProgramContext(Protocol):
+    """Everything a program needs from the outside (see the module docs)."""
+
+    program_id: str
+    endpoint: Endpoint
+    usage: TokenUsage
+    certaindex: list[CertaindexPoint]
+
+    async def generate(
+        self,
+        prompt: Prompt | None = None,
+        *,
+        messages: Sequence[Message] | None = None,
+        n: int = 1,
+        params: SamplingParams | None = None,
+        kind: TokenKind = TokenKind.GENERATED,
+    ) -> Generation: ...
+
+    def tokens_left(self) -> int | None: ...
+
+    def seconds_left(self) -> float | None: ...
+
+    def report(self, value: float, observations: int) -> None: ...
+
+    def stop_reason(self, obs: Observations) -> StopReason | None: ...
+
+
+def rule_stop_reason(rule: StopRule, obs: Observations) -> StopReason | None:
+    """Which kind of rule fired: the first part of an ``a | b | ...`` rule that says stop."""
+    if not rule(obs):
+        return None
+    for part in rule.rules if isinstance(rule, AnyOf) else (rule,):
+        if part(obs):
+            if isinstance(part, Cap):
+                return StopReason.CAP
+            if isinstance(part, Hopeless | HopelessCut):
+                return StopReason.HOPELESS
+            if isinstance(part, TokenBudget):
+                return StopReason.BUDGET
+            return StopReason.CONFIDENT
+    return StopReason.CONFIDENT
+
+
+class StandaloneContext:
+    """The program context over one endpoint, for one program: ``rule`` decides when to stop,
+    ``token_budget`` and ``deadline_s`` bound what it may spend (checked between steps)."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        rule: StopRule,
+        *,
+        token_budget: int | None = None,
+        deadline_s: float | None = None,
+        program_id: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if token_budget is not None and token_budget < 1:
+            raise ValueError("token_budget must be >= 1")
+        if deadline_s is not None and deadline_s <= 0:
+            raise ValueError("deadline_s must be > 0")
+        self.endpoint, self.rule = endpoint, rule
+        self.token_budget, self.deadline_s = token_budget, deadline_s
+        self.program_id = program_id or new_id("prog")
+        self.usage = TokenUsage()
+        self.certaindex: list[CertaindexPoint] = []
+        self._clock = clock
+        self._started = clock()
+
+    async def generate(
+        self,
+        prompt: Prompt | None = None,
+        *,
+        messages: Sequence[Message] | None = None,
+        n: int = 1,
+        params: SamplingParams | None = None,
+        kind: TokenKind = TokenKind.GENERATED,
+    ) -> Generation:
+        if (prompt is None) == (messages is None):
+            raise ValueError("give exactly one of prompt= or messages=")
+        with program_scope(self.program_id):  # sent as X-Program-Id: one program, one replica
+            if messages is not None:
+                generation = await self.endpoint.chat(messages, n=n, params=params)
+            else:
+                assert prompt is not None
+                generation = await self.endpoint.complete(prompt, n=n, params=params)
+        self.usage.add(kind, generation.usage)
+        return generation
+
+    def tokens_left(self) -> int | None:
+        return None if self.token_budget is None else self.token_budget - self.usage.total
+
+    def seconds_left(self) -> float | None:
+        return None if self.deadline_s is None else self.deadline_s - (self._clock() - self._started)
+
+    def report(self, value: float, observations: int) -> None:
+        elapsed = self._clock() - self._started
+        self.certaindex.append(CertaindexPoint(observations, value, self.usage.total, elapsed))
+
+    def stop_reason(self, obs: Observations) -> StopReason | None:
+        tokens, seconds = self.tokens_left(), self.seconds_left()
+        if tokens is not None and tokens <= 0:
+            return StopReason.BUDGET
+        if seconds is not None and seconds <= 0:
+            return StopReason.DEADLINE
+        return rule_stop_reason(self.rule, obs)

@@ -1,0 +1,143 @@
+"""Self-consistency driven by certaindex (the paper's first program).
+
+sample a detect round; while the stop rule does not fire: sample the next round
+answer = majority over answer-equivalence classes; certaindex = entropy H~ of those classes
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from ..certainty import (
+    AnswerClusters,
+    EntropyCertainty,
+    Equivalence,
+    Observations,
+    StopRule,
+    adaptive_consistency,
+    cap,
+    entropy_at_least,
+    get_extractor,
+)
+from ..certainty.calibration import load_rule
+from ..endpoints import Endpoint, Message, SamplingParams
+from ._program import ProgramContext, ProgramResult, StandaloneContext, StopReason
+
+RoundSchedule = Literal["detect", "doubling", "one"] | Sequence[int]
+DEFAULT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def round_sizes(schedule: RoundSchedule, n: int, detect: int = 5) -> list[int]:
+    """Samples per round, summing to ``n``: ``"detect"`` = detect then the rest (the paper),
+    ``"doubling"`` = detect, then doubling, ``"one"`` = one at a time, or explicit sizes."""
+    if schedule == "detect":
+        sizes = [detect, n - detect]
+    elif schedule == "doubling":
+        sizes, size = [], detect
+        while sum(sizes) < n:
+            sizes.append(size)
+            size *= 2
+    elif schedule == "one":
+        sizes = [1] * n
+    elif isinstance(schedule, str):
+        raise ValueError(f"unknown round schedule {schedule!r}: 'detect', 'doubling', 'one' or sizes")
+    else:
+        sizes = list(schedule)
+    out, total = [], 0
+    for size in sizes:
+        if size < 1 and total < n:
+            raise ValueError(f"round sizes must be >= 1, got {list(sizes)}")
+        take = min(size, n - total)
+        if take > 0:
+            out.append(take)
+            total += take
+    if total < n:
+        out.append(n - total)
+    return out
+
+
+def self_consistency_rule(
+    rule: StopRule | Literal["paper", "adaptive"] | str | Path, n: int, detect: int
+) -> StopRule:
+    """The stop rule: a rule object, ``"paper"`` (H~ >= 0.7 at the detect round), ``"adaptive"``
+    (Adaptive-Consistency, 0.95) or the path of a calibration JSON; the cap ``n`` always applies."""
+    if isinstance(rule, StopRule):
+        chosen = rule
+    elif rule == "paper":
+        chosen = entropy_at_least(0.7, at=[detect])
+    elif rule == "adaptive":
+        chosen = adaptive_consistency(0.95)
+    else:
+        chosen = load_rule(rule)
+    return cap(n) | chosen
+
+
+async def self_consistency(
+    question: str,
+    *,
+    endpoint: Endpoint | None = None,
+    context: ProgramContext | None = None,
+    n: int = 30,
+    detect: int = 5,
+    rounds: RoundSchedule = "detect",
+    rule: StopRule | Literal["paper", "adaptive"] | str | Path = "paper",
+    task: str = "math",
+    equivalence: Equivalence | None = None,
+    params: SamplingParams | None = None,
+    system: str | None = DEFAULT_SYSTEM,
+    messages: Sequence[Message] | None = None,
+    token_budget: int | None = None,
+    deadline_s: float | None = None,
+) -> ProgramResult:
+    """Sample answers in rounds until the stop rule fires (or ``n`` samples); return the majority.
+
+    Usable in one line: ``await self_consistency(question, endpoint=endpoint)``.
+    """
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    stop_rule = self_consistency_rule(rule, n, detect)
+    if context is None:
+        if endpoint is None:
+            raise ValueError("give endpoint= (or a program context=)")
+        context = StandaloneContext(endpoint, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
+    chat = (
+        list(messages)
+        if messages is not None
+        else [
+            *([{"role": "system", "content": system}] if system else []),
+            {"role": "user", "content": question},
+        ]
+    )
+    extract, clusters = get_extractor(task), AnswerClusters(equivalence)
+    answers: list[str | None] = []
+    tokens: list[int] = []
+    reason = None
+    for size in round_sizes(rounds, n, detect):
+        generation = await context.generate(
+            messages=chat, n=size, params=params or SamplingParams(temperature=0.7)
+        )
+        for choice in generation.choices:
+            answer = extract(choice.text)
+            answers.append(answer)
+            tokens.append(choice.num_tokens)
+            await asyncio.to_thread(clusters.add, answer)  # symbolic checks may block for a moment
+        obs = Observations.single(clusters.labels, tokens=tokens)
+        certainty = EntropyCertainty()(obs).value
+        context.report(certainty, len(answers))
+        reason = context.stop_reason(obs)
+        if reason is not None:
+            break
+    winner = clusters.majority()
+    return ProgramResult(
+        answer=None if winner is None else winner[1],
+        confidence=context.certaindex[-1].value if context.certaindex else 0.0,
+        tokens=context.usage,
+        steps=len(context.certaindex),
+        stop_reason=reason or StopReason.CAP,  # every round ran: the cap
+        certaindex=tuple(context.certaindex),
+        program_id=context.program_id,
+        answers=tuple(answers),
+    )

@@ -1,0 +1,120 @@
+"""Self-consistency end to end: over HTTP against the replay engine (real Codex samples) and SmolLM2."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from dynasor_client import Endpoint, SamplingParams
+from dynasor_client.algorithms import StandaloneContext, StopReason, round_sizes, self_consistency
+from dynasor_client.certainty import cap, cluster_answers, entropy_at_least
+from dynasor_client.traces import TraceQuestion, load_traces
+
+SVAMP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces" / "svamp-codex-sc30.jsonl"
+
+
+@pytest.fixture(scope="module")
+def svamp() -> list[TraceQuestion]:
+    if not SVAMP.exists():
+        pytest.skip(f"recorded traces not found: {SVAMP} (the shared data folder is absent)")
+    return load_traces(SVAMP)
+
+
+@pytest.fixture
+async def replay(svamp: list[TraceQuestion]) -> AsyncIterator[Endpoint]:
+    from dynasor_client.replay import ReplayServer
+
+    async with (
+        ReplayServer(svamp[:40], profile="llama3-8b-h100-80gb", time_scale=0.0, seed=3) as server,
+        Endpoint(server.base_url, capabilities=server.capabilities) as endpoint,
+    ):
+        yield endpoint
+
+
+def _agreement(question: TraceQuestion, k: int) -> int:
+    labels = cluster_answers([s.answer for s in question.samples[:k]])
+    return max(labels.count(label) for label in set(labels))
+
+
+def test_round_schedules() -> None:
+    assert round_sizes("detect", 30) == [5, 25]
+    assert round_sizes("doubling", 30) == [5, 10, 15]
+    assert round_sizes("one", 3) == [1, 1, 1]
+    assert round_sizes([4, 4], 10) == [4, 4, 2]
+    with pytest.raises(ValueError, match="round schedule"):
+        round_sizes("halving", 10)
+
+
+async def test_unanimous_question_stops_at_the_detect_round(
+    replay: Endpoint, svamp: list[TraceQuestion]
+) -> None:
+    # A question all 30 recorded samples agree on: the paper's rule stops after 5.
+    question = next(q for q in svamp[:40] if _agreement(q, 30) == 30)
+    result = await self_consistency(question.question, endpoint=replay, n=30)
+    assert result.stop_reason is StopReason.CONFIDENT
+    assert len(result.answers) == 5 and result.steps == 1
+    assert result.certaindex[0].value == 1.0
+    assert cluster_answers([result.answer, question.samples[0].answer]) == [0, 0]
+    longest_five = sorted(s.num_tokens for s in question.samples)[-5:]
+    assert 0 < result.tokens.generated <= sum(longest_five)
+
+
+async def test_split_question_runs_to_the_cap(replay: Endpoint, svamp: list[TraceQuestion]) -> None:
+    question = next(q for q in svamp[:40] if _agreement(q, 30) <= 20)
+    result = await self_consistency(question.question, endpoint=replay, n=30)
+    assert result.stop_reason is StopReason.CAP
+    assert len(result.answers) == 30 and result.steps == 2
+    assert result.certaindex[0].value < 0.7  # uncertain at the detect round
+    # Drawn without replacement: all 30 recorded samples, so the vote is the recorded majority.
+    recorded = [s.answer for s in question.samples]
+    assert sorted(map(str, result.answers)) == sorted(map(str, recorded))
+    assert result.tokens.generated == sum(s.num_tokens for s in question.samples)
+
+
+async def test_deterministic_under_seed(svamp: list[TraceQuestion]) -> None:
+    from dynasor_client.replay import ReplayServer
+
+    question = next(q for q in svamp[:40] if _agreement(q, 30) <= 25)
+    rule = cap(12) | entropy_at_least(0.9, every=4)
+    runs = []
+    for _ in range(2):  # a fresh server each time: the same seed and program draw the same samples
+        async with (
+            ReplayServer(svamp[:40], profile="llama3-8b-h100-80gb", time_scale=0.0, seed=7) as server,
+            Endpoint(server.base_url, capabilities=server.capabilities) as endpoint,
+        ):
+            context = StandaloneContext(endpoint, rule, program_id="prog-fixed")
+            runs.append(await self_consistency(question.question, context=context, n=12, rounds=[4, 4, 4]))
+    assert runs[0].answers == runs[1].answers
+    assert runs[0].tokens.generated == runs[1].tokens.generated
+    assert runs[0].stop_reason == runs[1].stop_reason
+
+
+async def test_token_budget_stops_the_program(replay: Endpoint, svamp: list[TraceQuestion]) -> None:
+    question = next(q for q in svamp[:40] if _agreement(q, 30) <= 20)
+    result = await self_consistency(question.question, endpoint=replay, n=30, rounds="one", token_budget=150)
+    assert result.stop_reason is StopReason.BUDGET
+    assert result.tokens.total >= 150 and len(result.answers) < 30
+
+
+async def test_runs_on_the_local_model(local_endpoint: Endpoint) -> None:
+    # SmolLM2-135M answers all over the place: the mechanics, not the accuracy.
+    result = await self_consistency(
+        "Tom has 27 apples and buys 21 more. How many apples does he have?",
+        endpoint=local_endpoint,
+        n=8,
+        detect=4,
+        params=SamplingParams(temperature=0.8, max_tokens=48, seed=1),
+    )
+    assert len(result.answers) in (4, 8)
+    assert result.stop_reason in (StopReason.CONFIDENT, StopReason.CAP)
+    assert result.tokens.generated > 0 and result.tokens.prompt > 0
+    assert all(0.0 <= p.value <= 1.0 for p in result.certaindex)
+
+
+async def test_bad_input_is_refused(replay: Endpoint) -> None:
+    with pytest.raises(ValueError, match="n must be"):
+        await self_consistency("q", endpoint=replay, n=0)
+    with pytest.raises(ValueError, match="endpoint"):
+        await self_consistency("q")
