@@ -39,6 +39,8 @@ def _agreement(question: TraceQuestion, k: int) -> int:
 
 
 def test_round_schedules() -> None:
+    assert round_sizes("auto", 30, rule=cap(30) | entropy_at_least(0.7, at=[5])) == [5, 25]
+    assert round_sizes("auto", 12, rule=cap(12) | entropy_at_least(0.9, every=4)) == [4, 4, 4]
     assert round_sizes("detect", 30) == [5, 25]
     assert round_sizes("doubling", 30) == [5, 10, 15]
     assert round_sizes("one", 3) == [1, 1, 1]

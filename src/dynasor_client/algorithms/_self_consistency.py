@@ -22,18 +22,26 @@ from ..certainty import (
     entropy_at_least,
     get_extractor,
 )
-from ..certainty.calibration import load_rule
+from ..certainty.calibration import checkpoints, load_rule
 from ..endpoints import Endpoint, Message, SamplingParams
 from ._program import ProgramContext, ProgramResult, StandaloneContext, StopReason
 
-RoundSchedule = Literal["detect", "doubling", "one"] | Sequence[int]
+RoundSchedule = Literal["auto", "detect", "doubling", "one"] | Sequence[int]
 DEFAULT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
-def round_sizes(schedule: RoundSchedule, n: int, detect: int = 5) -> list[int]:
-    """Samples per round, summing to ``n``: ``"detect"`` = detect then the rest (the paper),
-    ``"doubling"`` = detect, then doubling, ``"one"`` = one at a time, or explicit sizes."""
-    if schedule == "detect":
+def round_sizes(
+    schedule: RoundSchedule, n: int, detect: int = 5, rule: StopRule | None = None
+) -> list[int]:
+    """Samples per round, summing to ``n``: ``"auto"`` = one round per point where ``rule`` may fire
+    (so no sample is drawn past a check that would have stopped), ``"detect"`` = detect then the
+    rest (the paper), ``"doubling"`` = detect, then doubling, ``"one"`` = one at a time, or sizes."""
+    if schedule == "auto":
+        if rule is None:
+            raise ValueError("round schedule 'auto' needs the stop rule")
+        points = checkpoints(rule, n)
+        sizes = [b - a for a, b in zip((0, *points), points, strict=False)]
+    elif schedule == "detect":
         sizes = [detect, n - detect]
     elif schedule == "doubling":
         sizes, size = [], detect
@@ -82,7 +90,7 @@ async def self_consistency(
     context: ProgramContext | None = None,
     n: int = 30,
     detect: int = 5,
-    rounds: RoundSchedule = "detect",
+    rounds: RoundSchedule = "auto",
     rule: StopRule | Literal["paper", "adaptive"] | str | Path = "paper",
     task: str = "math",
     equivalence: Equivalence | None = None,
@@ -115,7 +123,7 @@ async def self_consistency(
     answers: list[str | None] = []
     tokens: list[int] = []
     reason = None
-    for size in round_sizes(rounds, n, detect):
+    for size in round_sizes(rounds, n, detect, stop_rule):
         generation = await context.generate(
             messages=chat, n=size, params=params or SamplingParams(temperature=0.7)
         )
