@@ -2,10 +2,14 @@
 
 A program gets everything from a :class:`ProgramContext` (generation, allowance, certaindex
 reporting, whether to go on) and returns a :class:`ProgramResult`. :class:`StandaloneContext` runs
-one program over one endpoint. So far: :func:`self_consistency` (issue 5 adds best-of-N, Rebase,
-MCTS and Dynasor-CoT on the same protocol).
+one program over one endpoint. So far: :func:`self_consistency`, :func:`best_of_n` (with weighted
+majority) and reward-model clients (:class:`PoolingRewardModel` for vLLM's ``/pooling`` PRMs and the
+replay engine, :class:`JudgeRewardModel` on any chat endpoint) and :func:`dynasor_cot` (long chain
+of thought with concurrent probes). Rebase and MCTS are still to come.
 """
 
+from ._best_of_n import best_index, best_of_n, best_of_n_rule, weighted_majority
+from ._dynasor_cot import dynasor_cot, in_thinking
 from ._program import (
     CertaindexPoint,
     ProgramContext,
@@ -16,18 +20,40 @@ from ._program import (
     TokenUsage,
     rule_stop_reason,
 )
+from ._reward import (
+    JudgeRewardModel,
+    MeteredRewardModel,
+    PoolingRewardModel,
+    RewardScore,
+    parse_pooling_scores,
+    yes_probability,
+)
+from ._reward_protocol import RewardModel
 from ._self_consistency import round_sizes, self_consistency, self_consistency_rule
 
 __all__ = [
     "CertaindexPoint",
+    "JudgeRewardModel",
+    "MeteredRewardModel",
+    "PoolingRewardModel",
     "ProgramContext",
     "ProgramResult",
+    "RewardModel",
+    "RewardScore",
     "StandaloneContext",
     "StopReason",
     "TokenKind",
     "TokenUsage",
+    "best_index",
+    "best_of_n",
+    "best_of_n_rule",
+    "dynasor_cot",
+    "in_thinking",
+    "parse_pooling_scores",
     "round_sizes",
     "rule_stop_reason",
     "self_consistency",
     "self_consistency_rule",
+    "weighted_majority",
+    "yes_probability",
 ]

@@ -30,9 +30,7 @@ RoundSchedule = Literal["auto", "detect", "doubling", "one"] | Sequence[int]
 DEFAULT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
-def round_sizes(
-    schedule: RoundSchedule, n: int, detect: int = 5, rule: StopRule | None = None
-) -> list[int]:
+def round_sizes(schedule: RoundSchedule, n: int, detect: int = 5, rule: StopRule | None = None) -> list[int]:
     """Samples per round, summing to ``n``: ``"auto"`` = one round per point where ``rule`` may fire
     (so no sample is drawn past a check that would have stopped), ``"detect"`` = detect then the
     rest (the paper), ``"doubling"`` = detect, then doubling, ``"one"`` = one at a time, or sizes."""

@@ -1,0 +1,182 @@
+"""Best-of-N with a reward model, driven by certaindex.
+
+sample a round; score every response with the reward model; while the stop rule does not fire: next round
+answer = the highest-reward response's answer ("max") or the class with the largest total reward
+("weighted_majority"); certaindex = the mean normalised reward (RewardCertainty)
+
+Each response is split into steps at ``step_separator`` and scored; a process reward model's step
+scores are reduced to one per response (``step_reduce``: the weakest step by default), recorded in
+``Observations.rewards`` so reward rules (``reward_at_least``) see them. The default stop rule:
+``cap(n) | (reward_at_least(0.9, at=[detect]) & entropy_at_least(0.7, at=[detect]))``: stop at the
+detect round when the responses both score well and agree; otherwise draw all ``n``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from ..certainty import (
+    AnswerClusters,
+    Equivalence,
+    Observations,
+    RewardCertainty,
+    StopRule,
+    cap,
+    entropy_at_least,
+    get_extractor,
+    reduce_step_rewards,
+    reward_at_least,
+)
+from ..endpoints import Endpoint, Message, SamplingParams
+from ._program import ProgramContext, ProgramResult, StandaloneContext, StopReason, TokenKind
+from ._reward import MeteredRewardModel
+from ._reward_protocol import RewardModel
+from ._self_consistency import DEFAULT_SYSTEM, RoundSchedule, round_sizes
+
+Aggregate = Literal["max", "weighted_majority"]
+
+
+def best_of_n_rule(n: int, detect: int) -> StopRule:
+    """The default stop rule (module docs)."""
+    return cap(n) | (reward_at_least(0.9, at=[detect]) & entropy_at_least(0.7, at=[detect]))
+
+
+async def _score(
+    model: RewardModel, question: str, text: str, separator: str, context: ProgramContext
+) -> list[float]:
+    steps = text.split(separator)
+    if isinstance(model, MeteredRewardModel):
+        scored = await model.score_with_usage(question, steps)
+        if scored.usage is not None:
+            context.usage.add(TokenKind.REWARD, scored.usage)
+        return scored.scores
+    return await model.score(question, steps)
+
+
+def best_index(labels: Sequence[int], rewards: Sequence[float]) -> int | None:
+    """Index of the highest-reward answered response (ties: the first drawn); NaN rewards and
+    missing answers (label < 0) never count. None when nothing is both answered and scored."""
+    scored = [i for i, r in enumerate(rewards) if labels[i] >= 0 and not math.isnan(r)]
+    return max(scored, key=lambda i: rewards[i]) if scored else None
+
+
+def weighted_majority(labels: Sequence[int], rewards: Sequence[float], signal: RewardCertainty) -> int | None:
+    """The class label with the largest sum of normalised rewards (``signal.normalise``; ties: the
+    class seen first); NaN rewards and missing answers never count. None when nothing counts."""
+    totals: dict[int, float] = {}
+    weights = signal.normalise(np.asarray(rewards, dtype=np.float64))
+    for label, weight in zip(labels, weights, strict=True):
+        if label >= 0 and not math.isnan(weight):
+            totals[label] = totals.get(label, 0.0) + float(weight)
+    return max(totals, key=lambda label: (totals[label], -label)) if totals else None
+
+
+async def best_of_n(
+    question: str,
+    *,
+    reward_model: RewardModel,
+    endpoint: Endpoint | None = None,
+    context: ProgramContext | None = None,
+    n: int = 16,
+    detect: int = 4,
+    rounds: RoundSchedule = "auto",
+    rule: StopRule | None = None,
+    aggregate: Aggregate = "max",
+    signal: RewardCertainty | None = None,
+    step_separator: str | None = None,
+    step_reduce: Literal["min", "last"] = "min",
+    task: str = "math",
+    equivalence: Equivalence | None = None,
+    params: SamplingParams | None = None,
+    system: str | None = DEFAULT_SYSTEM,
+    messages: Sequence[Message] | None = None,
+    token_budget: int | None = None,
+    deadline_s: float | None = None,
+) -> ProgramResult:
+    """Sample in rounds, score every response, stop when the rule fires (or ``n``); return the best.
+
+    ``rule`` (default :func:`best_of_n_rule`) is always combined with ``cap(n)``. ``signal``
+    normalises raw rewards for the certaindex and the weights of ``"weighted_majority"`` (default
+    ``RewardCertainty("mean")``: a sigmoid, for raw outcome-model scores; for a PRM's probabilities
+    use ``RewardCertainty(bounds=(0, 1))``). ``step_separator`` defaults to the reward model's own
+    (``"\\n\\n"`` if it has none). ``details``: ``rewards`` (one per response, drawn order),
+    ``step_rewards``, ``labels``, ``best`` (index of the response whose answer won under ``"max"``).
+    """
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    if aggregate not in ("max", "weighted_majority"):
+        raise ValueError(f"aggregate must be 'max' or 'weighted_majority', got {aggregate!r}")
+    stop_rule = cap(n) | rule if rule is not None else best_of_n_rule(n, detect)
+    signal = signal or RewardCertainty("mean")
+    separator = step_separator or getattr(reward_model, "step_separator", None) or "\n\n"
+    if context is None:
+        if endpoint is None:
+            raise ValueError("give endpoint= (or a program context=)")
+        context = StandaloneContext(endpoint, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
+    chat = (
+        list(messages)
+        if messages is not None
+        else [
+            *([{"role": "system", "content": system}] if system else []),
+            {"role": "user", "content": question},
+        ]
+    )
+    extract, clusters = get_extractor(task), AnswerClusters(equivalence)
+    answers: list[str | None] = []
+    tokens: list[int] = []
+    step_rewards: list[list[float]] = []
+    rewards: list[float] = []
+    reason = None
+    for size in round_sizes(rounds, n, detect, stop_rule):
+        generation = await context.generate(
+            messages=chat, n=size, params=params or SamplingParams(temperature=0.7)
+        )
+        async with asyncio.TaskGroup() as group:
+            scoring = [
+                group.create_task(_score(reward_model, question, c.text, separator, context))
+                for c in generation.choices
+            ]
+        for choice, task_ in zip(generation.choices, scoring, strict=True):
+            answer = extract(choice.text)
+            answers.append(answer)
+            tokens.append(choice.num_tokens)
+            step_rewards.append(task_.result())
+            await asyncio.to_thread(clusters.add, answer)
+        rewards = [reduce_step_rewards(s, step_reduce) for s in step_rewards]
+        obs = Observations.single(clusters.labels, rewards=rewards, tokens=tokens)
+        certainty = signal(obs).value
+        context.report(0.0 if math.isnan(certainty) else certainty, len(answers))
+        reason = context.stop_reason(obs)
+        if reason is not None:
+            break
+    labels = clusters.labels
+    best = best_index(labels, rewards)
+    if aggregate == "max":
+        answer = None if best is None else answers[best]
+    else:
+        label = weighted_majority(labels, rewards, signal)
+        answer = None if label is None else clusters.representatives[label]
+    if answer is None and (majority := clusters.majority()) is not None:
+        answer = majority[1]  # nothing scored: the plain majority
+    return ProgramResult(
+        answer=answer,
+        confidence=context.certaindex[-1].value if context.certaindex else 0.0,
+        tokens=context.usage,
+        steps=len(context.certaindex),
+        stop_reason=reason or StopReason.CAP,
+        certaindex=tuple(context.certaindex),
+        program_id=context.program_id,
+        answers=tuple(answers),
+        details={
+            "rewards": rewards,
+            "step_rewards": step_rewards,
+            "labels": labels,
+            "aggregate": aggregate,
+            "best": best,
+        },
+    )

@@ -1,0 +1,120 @@
+"""Dynasor-CoT: chunked decoding with concurrent probes, on the local model and the replay engine.
+
+SmolLM2-135M tests mechanics only (probe offsets, token accounting, overlap, the stop rule's meaning,
+the forced answer); the replay engine runs the program end to end on recorded GSM8K samples. No
+recorded trace holds probes, so savings cannot be measured here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dynasor_client import Endpoint, SamplingParams
+from dynasor_client.algorithms import StopReason
+from dynasor_client.algorithms._dynasor_cot import dynasor_cot, in_thinking
+from dynasor_client.certainty import is_hesitant, probe_consistency_at_least
+from dynasor_client.traces import load_traces
+
+GSM8K = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "data"
+    / "traces"
+    / "gsm8k-qwen25coder05b-sc8-logprobs.jsonl"
+)
+QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
+
+
+def test_in_thinking() -> None:
+    assert in_thinking("<think>so far")
+    assert not in_thinking("<think>done</think>the answer")
+    assert not in_thinking("no tags at all")
+    assert in_thinking("continuing", prompt="<|assistant|>\n<think>\n")
+    assert not in_thinking("x</think>y", prompt="<think>\n")
+
+
+async def test_probes_follow_chunks_and_overlap_decoding(local_endpoint: Endpoint) -> None:
+    result = await dynasor_cot(
+        QUESTION,
+        endpoint=local_endpoint,
+        chunk_tokens=16,
+        window=2,
+        max_tokens=96,
+        params=SamplingParams(temperature=0.7, seed=1),
+    )
+    d = result.details
+    offsets = [offset for offset, _, _ in d["probes"]]
+    assert offsets == [16 * (i + 1) for i in range(len(offsets))] and offsets
+    # Probe tokens are counted, and only as probe tokens: generated = the chunks kept.
+    assert result.tokens.probe > 0
+    assert result.tokens.generated == d["generated_tokens"] <= 96
+    assert len(result.certaindex) == len(offsets) == result.steps
+    # Each probe ran while the next chunk decoded: their intervals overlap.
+    for i, (p_start, p_end) in enumerate(d["probe_times"]):
+        if i + 1 < len(d["chunk_times"]):
+            c_start, c_end = d["chunk_times"][i + 1]
+            assert p_start < c_end and c_start < p_end
+    # The stop rule's meaning.
+    if result.stop_reason is StopReason.CONFIDENT:
+        last = d["probes"][-2:]
+        assert len(last) == 2 and last[0][1] == last[1][1] is not None
+        assert not any(hesitant for _, _, hesitant in last)
+        assert result.certaindex[-1].value == 1.0
+    else:
+        assert result.stop_reason is StopReason.CAP
+    if d["finished"]:
+        assert not d["forced"] and d["forced_answer"] is None
+    else:
+        assert d["forced"] and result.answer == d["forced_answer"]
+
+
+async def test_rule_firing_cancels_the_chunk_and_forces_the_answer(local_endpoint: Endpoint) -> None:
+    # A rule that fires at the first probe: the decode in flight is cancelled, the answer forced.
+    result = await dynasor_cot(
+        QUESTION,
+        endpoint=local_endpoint,
+        chunk_tokens=16,
+        window=1,
+        max_tokens=96,
+        rule=probe_consistency_at_least(0.0, 1),
+        params=SamplingParams(temperature=0.0),
+    )
+    d = result.details
+    if d["finished"]:  # the model answered within one chunk: nothing to probe
+        pytest.skip("the model finished within the first chunk")
+    assert result.stop_reason is StopReason.CONFIDENT and result.steps == 1
+    assert d["forced"] and result.answer == d["forced_answer"]
+    assert d["cancelled_chunk"] and result.tokens.generated == 16 == d["generated_tokens"]
+    assert len(d["chunk_times"]) == 1 and len(d["probe_times"]) == 1
+
+
+async def test_replay_end_to_end() -> None:
+    if not GSM8K.exists():
+        pytest.skip(f"recorded traces not found: {GSM8K} (the shared data folder is absent)")
+    from dynasor_client.replay import ReplayServer
+
+    questions = load_traces(GSM8K)[:8]  # gsm8k-4 has samples cut at 320 tokens: a full context
+    async with (
+        ReplayServer(questions, profile="llama3-8b-h100-80gb", time_scale=0.0, seed=0) as server,
+        Endpoint(server.base_url, capabilities=server.capabilities) as endpoint,
+    ):
+        stops = []
+        for question in questions:
+            result = await dynasor_cot(question.question, endpoint=endpoint, chunk_tokens=32, window=2)
+            d = result.details
+            stops.append(result.stop_reason)
+            assert d["probes"] and result.tokens.probe > 0
+            assert [o for o, _, _ in d["probes"]] == [32 * (i + 1) for i in range(len(d["probes"]))]
+            # The replay's probe rule: an answer only when the partial text already contains it.
+            for _, answer, _ in d["probes"]:  # every probed prefix is a prefix of the kept text
+                assert answer is None or answer in d["text"]
+            assert d["finished"] or d["forced"]
+            if d["finished"]:
+                assert result.answer in {s.answer for s in question.samples}
+        assert set(stops) <= {StopReason.CONFIDENT, StopReason.CAP}
+
+
+def test_hesitation_words_checked_on_chunk_text() -> None:
+    assert is_hesitant("Wait, let me recheck") and not is_hesitant("Now the total is 7")
