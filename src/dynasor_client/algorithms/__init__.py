@@ -5,11 +5,12 @@ reporting, whether to go on) and returns a :class:`ProgramResult`. :class:`Stand
 one program over one endpoint. So far: :func:`self_consistency`, :func:`best_of_n` (with weighted
 majority) and reward-model clients (:class:`PoolingRewardModel` for vLLM's ``/pooling`` PRMs and the
 replay engine, :class:`JudgeRewardModel` on any chat endpoint) and :func:`dynasor_cot` (long chain
-of thought with concurrent probes). Rebase and MCTS are still to come.
+of thought with concurrent probes), :func:`rebase` (reward-weighted tree expansion) and :func:`mcts`.
 """
 
 from ._best_of_n import best_index, best_of_n, best_of_n_rule, weighted_majority
 from ._dynasor_cot import dynasor_cot, in_thinking
+from ._mcts import Node, backpropagate, mcts, select, uct
 from ._program import (
     CertaindexPoint,
     ProgramContext,
@@ -20,6 +21,7 @@ from ._program import (
     TokenUsage,
     rule_stop_reason,
 )
+from ._rebase import allocate_width, rebase, tree_certaindex
 from ._reward import (
     JudgeRewardModel,
     MeteredRewardModel,
@@ -35,6 +37,7 @@ __all__ = [
     "CertaindexPoint",
     "JudgeRewardModel",
     "MeteredRewardModel",
+    "Node",
     "PoolingRewardModel",
     "ProgramContext",
     "ProgramResult",
@@ -44,16 +47,23 @@ __all__ = [
     "StopReason",
     "TokenKind",
     "TokenUsage",
+    "allocate_width",
+    "backpropagate",
     "best_index",
     "best_of_n",
     "best_of_n_rule",
     "dynasor_cot",
     "in_thinking",
+    "mcts",
     "parse_pooling_scores",
+    "rebase",
     "round_sizes",
     "rule_stop_reason",
+    "select",
     "self_consistency",
     "self_consistency_rule",
+    "tree_certaindex",
+    "uct",
     "weighted_majority",
     "yes_probability",
 ]

@@ -1,0 +1,107 @@
+"""Rebase and MCTS: the tree functions as pure functions, then end to end (mechanics only) on the
+local model and the replay engine. No accuracy claims: the recorded data has one outcome reward per
+sample and few shared step prefixes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from dynasor_client import Endpoint
+from dynasor_client.algorithms._mcts import Node, backpropagate, mcts, select, uct
+from dynasor_client.algorithms._rebase import allocate_width, rebase
+from dynasor_client.algorithms._reward import JudgeRewardModel, PoolingRewardModel
+from dynasor_client.traces import TraceQuestion, load_traces
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MATH = DATA / "traces" / "math-qwen25math-sc8.jsonl"
+
+
+def test_allocate_width() -> None:
+    shares = allocate_width([0.9, 0.5, 0.1], 8, 0.2)
+    assert sum(shares) == 8 and shares[0] > shares[1] >= shares[2]
+    assert allocate_width([0.3, 0.3, 0.3], 4, 0.2) == [2, 1, 1]  # largest remainder, ties: earlier
+    assert allocate_width([float("nan")] * 2, 3, 1.0) == [2, 1]
+    assert sum(allocate_width([1.0, float("nan"), 0.0], 5, 0.5)) == 5
+    assert allocate_width([], 3, 1.0) == [] and allocate_width([1.0], 0, 1.0) == [0]
+    with pytest.raises(ValueError):
+        allocate_width([1.0], 1, 0.0)
+
+
+def test_uct_select_backpropagate() -> None:
+    root = Node()
+    a, b = Node(parent=root, depth=1), Node(parent=root, depth=1)
+    root.children = [a, b]
+    assert select(root, 1.4) is a  # both unvisited: the first
+    backpropagate(a, 0.2)
+    assert select(root, 1.4) is b  # unvisited first
+    backpropagate(b, 0.9)
+    assert root.visits == 2 and root.value_sum == pytest.approx(1.1)
+    assert select(root, 0.0) is b  # pure exploitation
+    c = Node(parent=b, depth=2)
+    b.children = [c]
+    backpropagate(c, 0.5)
+    assert (c.visits, b.visits, root.visits) == (1, 2, 3)
+    assert b.value_sum == pytest.approx(1.4) and root.value_sum == pytest.approx(1.6)
+    assert uct(a, 1.0) == pytest.approx(0.2 + math.log(3) ** 0.5)
+
+
+async def test_rebase_local(local_endpoint: Endpoint) -> None:
+    result = await rebase(
+        "What is 2 + 3?", reward_model=JudgeRewardModel(local_endpoint), endpoint=local_endpoint,
+        width=4, max_depth=3, step_tokens=32,
+    )  # fmt: skip
+    d = result.details
+    assert len(result.answers) <= 4
+    for shares, left in zip(d["allocations"], d["width_left"], strict=True):
+        assert sum(shares) == left
+    for shares, rewards in zip(d["allocations"][1:], d["frontier_rewards"], strict=True):
+        best, worst = rewards.index(max(rewards)), rewards.index(min(rewards))
+        assert shares[best] >= shares[worst]
+    assert result.tokens.generated > 0 and result.tokens.reward > 0
+    assert result.answer is None or result.answer in result.answers
+
+
+async def test_mcts_local(local_endpoint: Endpoint) -> None:
+    result = await mcts(
+        "What is 2 + 3?", reward_model=JudgeRewardModel(local_endpoint), endpoint=local_endpoint,
+        iterations=4, expansions=2, max_depth=3, step_tokens=32,
+    )  # fmt: skip
+    assert result.details["root_visits"] == result.details["iterations"] == 4
+    assert result.tokens.generated > 0 and result.tokens.reward > 0
+    assert result.answer is None or result.answer in result.answers
+
+
+@pytest.fixture(scope="module")
+def questions() -> list[TraceQuestion]:
+    if not MATH.exists():
+        pytest.skip(f"recorded traces not found: {MATH}")
+    return load_traces(MATH)
+
+
+@pytest.fixture
+async def replay(questions: list[TraceQuestion]) -> AsyncIterator[Endpoint]:
+    from dynasor_client.replay import ReplayServer
+
+    async with (
+        ReplayServer(questions, profile="llama3-8b-h100-80gb", time_scale=0.0, seed=0) as server,
+        Endpoint(server.base_url, capabilities=server.capabilities) as endpoint,
+    ):
+        yield endpoint
+
+
+async def test_rebase_and_mcts_on_replay(replay: Endpoint, questions: list[TraceQuestion]) -> None:
+    q = questions[0]
+    recorded = {s.answer for s in q.samples}
+    model = PoolingRewardModel(replay)
+    r = await rebase(q.question, reward_model=model, endpoint=replay, width=4, max_depth=4, step_tokens=64)
+    assert len(r.answers) <= 4 and (r.answer is None or r.answer in recorded)
+    for shares, left in zip(r.details["allocations"], r.details["width_left"], strict=True):
+        assert sum(shares) == left
+    m = await mcts(q.question, reward_model=model, endpoint=replay, iterations=6, max_depth=4, step_tokens=64)
+    assert m.details["root_visits"] == m.details["iterations"]
+    assert m.answer is None or m.answer in recorded
+    assert r.tokens.generated > 0 and m.tokens.generated > 0
