@@ -33,7 +33,14 @@ from ..certainty import (
     reward_at_least,
 )
 from ..endpoints import Endpoint, Message, SamplingParams
-from ._program import ProgramContext, ProgramResult, StandaloneContext, StopReason, TokenKind
+from ._program import (
+    ProgramContext,
+    ProgramResult,
+    StopReason,
+    TokenKind,
+    program_context,
+    question_messages,
+)
 from ._reward import MeteredRewardModel
 from ._reward_protocol import RewardModel
 from ._self_consistency import DEFAULT_SYSTEM, RoundSchedule, round_sizes
@@ -114,18 +121,8 @@ async def best_of_n(
     stop_rule = cap(n) | rule if rule is not None else best_of_n_rule(n, detect)
     signal = signal or RewardCertainty("mean")
     separator = step_separator or getattr(reward_model, "step_separator", None) or "\n\n"
-    if context is None:
-        if endpoint is None:
-            raise ValueError("give endpoint= (or a program context=)")
-        context = StandaloneContext(endpoint, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
-    chat = (
-        list(messages)
-        if messages is not None
-        else [
-            *([{"role": "system", "content": system}] if system else []),
-            {"role": "user", "content": question},
-        ]
-    )
+    context = program_context(endpoint, context, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
+    chat = question_messages(question, system, messages)
     extract, clusters = get_extractor(task), AnswerClusters(equivalence)
     answers: list[str | None] = []
     tokens: list[int] = []

@@ -61,7 +61,14 @@ from ..certainty import (
 )
 from ..endpoints import Endpoint, Generation, Message, SamplingParams, Trajectory
 from ..endpoints._trajectory import PrefillContinuation, TextContinuation, TokenContinuation
-from ._program import ProgramContext, ProgramResult, StandaloneContext, StopReason, TokenKind
+from ._program import (
+    ProgramContext,
+    ProgramResult,
+    StopReason,
+    TokenKind,
+    program_context,
+    question_messages,
+)
 from ._self_consistency import DEFAULT_SYSTEM
 
 log = get_logger("dynasor_client.algorithms")
@@ -101,20 +108,10 @@ async def dynasor_cot(
     """
     if chunk_tokens < 1 or max_tokens < 1:
         raise ValueError("chunk_tokens and max_tokens must be >= 1")
-    if context is None:
-        if endpoint is None:
-            raise ValueError("give endpoint= (or a program context=)")
-        stop_rule = rule or probe_consistency_at_least(1.0, window)
-        context = StandaloneContext(endpoint, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
+    stop_rule = rule or probe_consistency_at_least(1.0, window)
+    context = program_context(endpoint, context, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
     ctx = context
-    chat = (
-        list(messages)
-        if messages is not None
-        else [
-            *([{"role": "system", "content": system}] if system else []),
-            {"role": "user", "content": question},
-        ]
-    )
+    chat = question_messages(question, system, messages)
     started = time.monotonic()
     signal, extract, clusters = ProbeConsistency(window), get_extractor(task), AnswerClusters(equivalence)
     probes: list[tuple[int, str | None, bool]] = []

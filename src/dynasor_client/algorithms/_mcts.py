@@ -22,7 +22,13 @@ import numpy as np
 from ..certainty import AnswerClusters, Equivalence, RewardCertainty, StopRule, cap
 from ..endpoints import Endpoint, Message, SamplingParams, Trajectory
 from ._best_of_n import best_index
-from ._program import ProgramContext, ProgramResult, StandaloneContext, StopReason
+from ._program import (
+    ProgramContext,
+    ProgramResult,
+    StopReason,
+    program_context,
+    question_messages,
+)
 from ._rebase import Step, close_step, expand, stop_check, tree_certaindex
 from ._reward_protocol import RewardModel
 from ._self_consistency import DEFAULT_SYSTEM
@@ -102,14 +108,8 @@ async def mcts(
         raise ValueError("iterations, expansions, max_depth and step_tokens must be >= 1")
     stop_rule = cap(iterations * expansions) | rule if rule is not None else cap(iterations * expansions)
     signal = signal or RewardCertainty("mean")
-    if context is None:
-        if endpoint is None:
-            raise ValueError("give endpoint= (or a program context=)")
-        context = StandaloneContext(endpoint, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
-    chat = list(messages) if messages is not None else [
-        *([{"role": "system", "content": system}] if system else []),
-        {"role": "user", "content": question},
-    ]  # fmt: skip
+    context = program_context(endpoint, context, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
+    chat = question_messages(question, system, messages)
     start = await Trajectory.start(
         context.endpoint, messages=chat, params=params or SamplingParams(temperature=0.7)
     )

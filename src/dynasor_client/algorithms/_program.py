@@ -112,6 +112,34 @@ class ProgramContext(Protocol):
     def stop_reason(self, obs: Observations) -> StopReason | None: ...
 
 
+def program_context(
+    endpoint: Endpoint | None,
+    context: ProgramContext | None,
+    rule: StopRule,
+    *,
+    token_budget: int | None = None,
+    deadline_s: float | None = None,
+) -> ProgramContext:
+    """The context an algorithm runs under: the one given, else a standalone one over ``endpoint``."""
+    if context is not None:
+        return context
+    if endpoint is None:
+        raise ValueError("give endpoint= (or a program context=)")
+    return StandaloneContext(endpoint, rule, token_budget=token_budget, deadline_s=deadline_s)
+
+
+def question_messages(
+    question: str, system: str | None, messages: Sequence[Message] | None = None
+) -> list[Message]:
+    """The chat an algorithm asks: ``messages`` when given, else an optional system prompt + the question."""
+    if messages is not None:
+        return list(messages)
+    return [
+        *([{"role": "system", "content": system}] if system else []),
+        {"role": "user", "content": question},
+    ]
+
+
 def rule_stop_reason(rule: StopRule, obs: Observations) -> StopReason | None:
     """Which kind of rule fired: the first part of an ``a | b | ...`` rule that says stop."""
     if not rule(obs):

@@ -40,7 +40,14 @@ from ..certainty import (
 )
 from ..endpoints import Endpoint, Message, SamplingParams, Trajectory
 from ._best_of_n import _score, weighted_majority
-from ._program import ProgramContext, ProgramResult, StandaloneContext, StopReason, TokenKind
+from ._program import (
+    ProgramContext,
+    ProgramResult,
+    StopReason,
+    TokenKind,
+    program_context,
+    question_messages,
+)
 from ._reward_protocol import RewardModel
 from ._self_consistency import DEFAULT_SYSTEM
 
@@ -174,14 +181,8 @@ async def rebase(
         raise ValueError("width, max_depth and step_tokens must be >= 1")
     stop_rule = cap(width) | rule if rule is not None else cap(width)
     signal = signal or RewardCertainty("mean")
-    if context is None:
-        if endpoint is None:
-            raise ValueError("give endpoint= (or a program context=)")
-        context = StandaloneContext(endpoint, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
-    chat = list(messages) if messages is not None else [
-        *([{"role": "system", "content": system}] if system else []),
-        {"role": "user", "content": question},
-    ]  # fmt: skip
+    context = program_context(endpoint, context, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
+    chat = question_messages(question, system, messages)
     root = await Trajectory.start(
         context.endpoint, messages=chat, params=params or SamplingParams(temperature=0.7)
     )

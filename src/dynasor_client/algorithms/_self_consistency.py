@@ -24,7 +24,13 @@ from ..certainty import (
 )
 from ..certainty.calibration import checkpoints, load_rule
 from ..endpoints import Endpoint, Message, SamplingParams
-from ._program import ProgramContext, ProgramResult, StandaloneContext, StopReason
+from ._program import (
+    ProgramContext,
+    ProgramResult,
+    StopReason,
+    program_context,
+    question_messages,
+)
 
 RoundSchedule = Literal["auto", "detect", "doubling", "one"] | Sequence[int]
 DEFAULT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -105,18 +111,8 @@ async def self_consistency(
     if n < 1:
         raise ValueError("n must be >= 1")
     stop_rule = self_consistency_rule(rule, n, detect)
-    if context is None:
-        if endpoint is None:
-            raise ValueError("give endpoint= (or a program context=)")
-        context = StandaloneContext(endpoint, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
-    chat = (
-        list(messages)
-        if messages is not None
-        else [
-            *([{"role": "system", "content": system}] if system else []),
-            {"role": "user", "content": question},
-        ]
-    )
+    context = program_context(endpoint, context, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
+    chat = question_messages(question, system, messages)
     extract, clusters = get_extractor(task), AnswerClusters(equivalence)
     answers: list[str | None] = []
     tokens: list[int] = []
