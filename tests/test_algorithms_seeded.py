@@ -7,7 +7,6 @@ real local model, which the other best-of-N tests exercise only through the repl
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,9 +23,7 @@ from dynasor_client.algorithms import (
     rebase,
 )
 from dynasor_client.certainty import cap
-from dynasor_client.traces import load_traces
-
-MATH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces" / "math-qwen25math-sc8.jsonl"
+from tests.support.replay import replay_endpoint, traces_or_skip
 
 Program = Callable[[Endpoint, StandaloneContext, str], Awaitable[ProgramResult]]
 
@@ -48,18 +45,11 @@ PROGRAMS: dict[str, tuple[Program, int]] = {
 
 @pytest.mark.parametrize("name", sorted(PROGRAMS))
 async def test_same_seed_same_run(name: str) -> None:
-    if not MATH.exists():
-        pytest.skip(f"recorded traces not found: {MATH} (the shared data folder is absent)")
-    from dynasor_client.replay import ReplayServer
-
-    questions = load_traces(MATH)[:6]
+    questions = traces_or_skip("math-qwen25math-sc8.jsonl")[:6]
     program, limit = PROGRAMS[name]
     runs: list[dict[str, Any]] = []
     for _ in range(2):  # a fresh server each time, same seed, same program id
-        async with (
-            ReplayServer(questions, profile="llama3-8b-h100-80gb", time_scale=0.0, seed=11) as server,
-            Endpoint(server.base_url, capabilities=server.capabilities) as endpoint,
-        ):
+        async with replay_endpoint(questions, seed=11) as endpoint:
             context = StandaloneContext(endpoint, cap(limit), program_id=f"prog-{name}")
             result = await program(endpoint, context, questions[1].question)
             runs.append(

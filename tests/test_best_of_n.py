@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -20,27 +19,18 @@ from dynasor_client.algorithms._reward import (
 )
 from dynasor_client.algorithms._self_consistency import round_sizes
 from dynasor_client.certainty import cap, cluster_answers, majority_vote
-from dynasor_client.traces import TraceQuestion, load_traces
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MATH = DATA / "traces" / "math-qwen25math-sc8.jsonl"
+from dynasor_client.traces import TraceQuestion
+from tests.support.replay import replay_endpoint, traces_or_skip
 
 
 @pytest.fixture(scope="module")
 def questions() -> list[TraceQuestion]:
-    if not DATA.exists():
-        pytest.skip(f"recorded traces not found: {DATA} (the shared data folder is absent)")
-    return load_traces(MATH)
+    return traces_or_skip("math-qwen25math-sc8.jsonl")
 
 
 @pytest.fixture
 async def replay(questions: list[TraceQuestion]) -> AsyncIterator[Endpoint]:
-    from dynasor_client.replay import ReplayServer
-
-    async with (
-        ReplayServer(questions, profile="llama3-8b-h100-80gb", time_scale=0.0, seed=0) as server,
-        Endpoint(server.base_url, capabilities=server.capabilities) as endpoint,
-    ):
+    async with replay_endpoint(questions) as endpoint:
         yield endpoint
 
 

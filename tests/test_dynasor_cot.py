@@ -7,23 +7,14 @@ recorded trace holds probes, so savings cannot be measured here.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from dynasor_client import Endpoint, SamplingParams
 from dynasor_client.algorithms import StopReason
 from dynasor_client.algorithms._dynasor_cot import dynasor_cot, in_thinking
 from dynasor_client.certainty import is_hesitant, probe_consistency_at_least
-from dynasor_client.traces import load_traces
+from tests.support.replay import replay_endpoint, traces_or_skip
 
-GSM8K = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared"
-    / "data"
-    / "traces"
-    / "gsm8k-qwen25coder05b-sc8-logprobs.jsonl"
-)
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
 
 
@@ -91,15 +82,9 @@ async def test_rule_firing_cancels_the_chunk_and_forces_the_answer(local_endpoin
 
 
 async def test_replay_end_to_end() -> None:
-    if not GSM8K.exists():
-        pytest.skip(f"recorded traces not found: {GSM8K} (the shared data folder is absent)")
-    from dynasor_client.replay import ReplayServer
-
-    questions = load_traces(GSM8K)[:8]  # gsm8k-4 has samples cut at 320 tokens: a full context
-    async with (
-        ReplayServer(questions, profile="llama3-8b-h100-80gb", time_scale=0.0, seed=0) as server,
-        Endpoint(server.base_url, capabilities=server.capabilities) as endpoint,
-    ):
+    # gsm8k-4 has samples cut at 320 tokens: a full context
+    questions = traces_or_skip("gsm8k-qwen25coder05b-sc8-logprobs.jsonl")[:8]
+    async with replay_endpoint(questions) as endpoint:
         stops = []
         for question in questions:
             result = await dynasor_cot(question.question, endpoint=endpoint, chunk_tokens=32, window=2)

@@ -3,33 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from dynasor_client import Endpoint, SamplingParams
 from dynasor_client.algorithms import StandaloneContext, StopReason, round_sizes, self_consistency
 from dynasor_client.certainty import cap, cluster_answers, entropy_at_least
-from dynasor_client.traces import TraceQuestion, load_traces
-
-SVAMP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces" / "svamp-codex-sc30.jsonl"
+from dynasor_client.traces import TraceQuestion
+from tests.support.replay import replay_endpoint, traces_or_skip
 
 
 @pytest.fixture(scope="module")
 def svamp() -> list[TraceQuestion]:
-    if not SVAMP.exists():
-        pytest.skip(f"recorded traces not found: {SVAMP} (the shared data folder is absent)")
-    return load_traces(SVAMP)
+    return traces_or_skip("svamp-codex-sc30.jsonl")
 
 
 @pytest.fixture
 async def replay(svamp: list[TraceQuestion]) -> AsyncIterator[Endpoint]:
-    from dynasor_client.replay import ReplayServer
-
-    async with (
-        ReplayServer(svamp[:40], profile="llama3-8b-h100-80gb", time_scale=0.0, seed=3) as server,
-        Endpoint(server.base_url, capabilities=server.capabilities) as endpoint,
-    ):
+    async with replay_endpoint(svamp[:40], seed=3) as endpoint:
         yield endpoint
 
 
@@ -76,16 +67,11 @@ async def test_split_question_runs_to_the_cap(replay: Endpoint, svamp: list[Trac
 
 
 async def test_deterministic_under_seed(svamp: list[TraceQuestion]) -> None:
-    from dynasor_client.replay import ReplayServer
-
     question = next(q for q in svamp[:40] if _agreement(q, 30) <= 25)
     rule = cap(12) | entropy_at_least(0.9, every=4)
     runs = []
     for _ in range(2):  # a fresh server each time: the same seed and program draw the same samples
-        async with (
-            ReplayServer(svamp[:40], profile="llama3-8b-h100-80gb", time_scale=0.0, seed=7) as server,
-            Endpoint(server.base_url, capabilities=server.capabilities) as endpoint,
-        ):
+        async with replay_endpoint(svamp[:40], seed=7) as endpoint:
             context = StandaloneContext(endpoint, rule, program_id="prog-fixed")
             runs.append(await self_consistency(question.question, context=context, n=12, rounds=[4, 4, 4]))
     assert runs[0].answers == runs[1].answers

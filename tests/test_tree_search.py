@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -14,10 +13,8 @@ from dynasor_client import Endpoint
 from dynasor_client.algorithms._mcts import Node, backpropagate, mcts, select, uct
 from dynasor_client.algorithms._rebase import allocate_width, rebase
 from dynasor_client.algorithms._reward import JudgeRewardModel, PoolingRewardModel
-from dynasor_client.traces import TraceQuestion, load_traces
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MATH = DATA / "traces" / "math-qwen25math-sc8.jsonl"
+from dynasor_client.traces import TraceQuestion
+from tests.support.replay import replay_endpoint, traces_or_skip
 
 
 def test_allocate_width() -> None:
@@ -77,19 +74,12 @@ async def test_mcts_local(local_endpoint: Endpoint) -> None:
 
 @pytest.fixture(scope="module")
 def questions() -> list[TraceQuestion]:
-    if not MATH.exists():
-        pytest.skip(f"recorded traces not found: {MATH}")
-    return load_traces(MATH)
+    return traces_or_skip("math-qwen25math-sc8.jsonl")
 
 
 @pytest.fixture
 async def replay(questions: list[TraceQuestion]) -> AsyncIterator[Endpoint]:
-    from dynasor_client.replay import ReplayServer
-
-    async with (
-        ReplayServer(questions, profile="llama3-8b-h100-80gb", time_scale=0.0, seed=0) as server,
-        Endpoint(server.base_url, capabilities=server.capabilities) as endpoint,
-    ):
+    async with replay_endpoint(questions) as endpoint:
         yield endpoint
 
 
