@@ -115,6 +115,10 @@ async def expand(
         stopped = chunk.finish_reason not in (None, "length")
         final = "\\boxed" in chunk.text if task == "math" else answer is not None
         finished = stopped and (final or not chunk.text.strip())
+        if finished and task == "math" and "\\boxed" not in traj.text:
+            # An empty step at the delimiter ended the path without a boxed answer: the extractor's
+            # last-number fallback would invent one from the working (e.g. "6 x 6 = 36").
+            answer = None
         scores = await _score(reward_model, question, traj.text.strip(), step_delimiter, context)
         return Step(traj, scores[-1] if scores else math.nan, answer, finished, scores)
 
