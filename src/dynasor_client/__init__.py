@@ -6,6 +6,7 @@ The public surface is re-exported here; submodules starting with ``_`` are priva
 from ._exceptions import (
     AuthenticationFailed,
     BadRequest,
+    BudgetExhausted,
     ContextTooLong,
     DynasorError,
     EndpointError,
@@ -13,7 +14,9 @@ from ._exceptions import (
     EndpointUnavailable,
     LocalServerError,
     MalformedResponse,
+    ProgramCancelled,
     RateLimited,
+    RuntimeClosed,
     ServerError,
 )
 from ._log import program_scope
@@ -32,12 +35,14 @@ from .endpoints import (
     start_trajectories,
 )
 from .local import LocalLlamaServer
+from .runtime import ProgramHandle, ProgramState, Runtime, as_program, run_batch_sync
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationFailed",
     "BadRequest",
+    "BudgetExhausted",
     "Capabilities",
     "Choice",
     "Chunk",
@@ -52,14 +57,21 @@ __all__ = [
     "LocalLlamaServer",
     "LocalServerError",
     "MalformedResponse",
+    "ProgramCancelled",
+    "ProgramHandle",
+    "ProgramState",
     "RateLimited",
     "RetryPolicy",
+    "Runtime",
+    "RuntimeClosed",
     "SamplingParams",
     "ServerError",
     "TokenLogprob",
     "Trajectory",
     "Usage",
     "__version__",
+    "as_program",
     "program_scope",
+    "run_batch_sync",
     "start_trajectories",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationFailed",
     "BadRequest",
+    "BudgetExhausted",
     "ContextTooLong",
     "DynasorError",
     "EndpointError",
@@ -16,7 +17,9 @@ __all__ = [
     "EndpointUnavailable",
     "LocalServerError",
     "MalformedResponse",
+    "ProgramCancelled",
     "RateLimited",
+    "RuntimeClosed",
     "ServerError",
 ]
 
@@ -83,3 +86,24 @@ class MalformedResponse(EndpointError):
 
 class LocalServerError(DynasorError):
     """The embedded local llama.cpp server could not be started or stopped."""
+
+
+class BudgetExhausted(DynasorError):
+    """A program asked to generate after its token allowance (or the global budget) was spent.
+
+    The runtime catches it and returns the program's best answer so far; an algorithm sees it only
+    if it ignores :meth:`ProgramContext.stop_reason`. ``reason`` is the stop reason's value
+    (``"budget"``, or ``"hopeless"`` when an uncertain program was refused more allowance).
+    """
+
+    def __init__(self, message: str, reason: str = "budget") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ProgramCancelled(DynasorError):
+    """The program was cancelled (its handle, or the runtime shutting down) before it finished."""
+
+
+class RuntimeClosed(DynasorError):
+    """The runtime is not running: submit programs inside ``async with Runtime(...)``."""

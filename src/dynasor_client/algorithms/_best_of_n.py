@@ -58,9 +58,10 @@ async def _score(
 ) -> list[float]:
     steps = text.split(separator)
     if isinstance(model, MeteredRewardModel):
-        scored = await model.score_with_usage(question, steps)
+        async with context.request_slot():
+            scored = await model.score_with_usage(question, steps)
         if scored.usage is not None:
-            context.usage.add(TokenKind.REWARD, scored.usage)
+            context.charge(TokenKind.REWARD, scored.usage)
         return scored.scores
     return await model.score(question, steps)
 
@@ -147,7 +148,12 @@ async def best_of_n(
         rewards = [reduce_step_rewards(s, step_reduce) for s in step_rewards]
         obs = Observations.single(clusters.labels, rewards=rewards, tokens=tokens)
         certainty = signal(obs).value
-        context.report(0.0 if math.isnan(certainty) else certainty, len(answers))
+        leader = best_index(clusters.labels, rewards)
+        context.report(
+            0.0 if math.isnan(certainty) else certainty,
+            len(answers),
+            None if leader is None else answers[leader],
+        )
         reason = context.stop_reason(obs)
         if reason is not None:
             break

@@ -100,9 +100,12 @@ async def dynasor_cot(
     messages: Sequence[Message] | None = None,
     token_budget: int | None = None,
     deadline_s: float | None = None,
+    on_text: Callable[[str], None] | None = None,
 ) -> ProgramResult:
     """Decode one chain of thought in chunks, probing each prefix, until the probes agree (see the
     module docs). ``rule`` defaults to ``probe_consistency_at_least(1.0, window)``.
+    ``on_text`` (streaming) is called with the text of each decoded chunk as it is kept, in order:
+    together they make ``details["text"]`` (a cancelled chunk is never passed).
 
     Usable in one line: ``await dynasor_cot(question, endpoint=endpoint)``.
     """
@@ -128,13 +131,16 @@ async def dynasor_cot(
 
     async def decode(size: int) -> int:
         try:
-            with program_scope(ctx.program_id):
-                chunk = await timed(trajectory.extend(size), chunk_times)
+            async with ctx.request_slot():
+                with program_scope(ctx.program_id):
+                    chunk = await timed(trajectory.extend(size), chunk_times)
         except ContextTooLong as exc:  # the context is full: decode no more, force the answer
             log.warning("decoding stopped, the context is full: %s", exc)
             context_full.append(trajectory.num_tokens)
             return 0
-        ctx.usage.add(TokenKind.GENERATED, chunk.usage)
+        ctx.charge(TokenKind.GENERATED, chunk.usage)
+        if on_text is not None and chunk.text:
+            on_text(chunk.text)
         return chunk.num_tokens
 
     with program_scope(ctx.program_id):
@@ -154,7 +160,7 @@ async def dynasor_cot(
             probes.append((offset, answer, hesitant))
             labels.append(await asyncio.to_thread(clusters.add, answer))
             obs = Observations.single(labels, hesitant=[p[2] for p in probes])
-            ctx.report(float(signal(obs).value), len(probes))
+            ctx.report(float(signal(obs).value), len(probes), answer)
             reason = ctx.stop_reason(obs)
             if reason is not None and not chunk.done():
                 chunk.cancel()  # closes the chunk's HTTP request
@@ -222,12 +228,13 @@ async def _prober(
 
     async def send() -> str | None:
         try:
-            with program_scope(ctx.program_id):
-                generation = await request()
+            async with ctx.request_slot():
+                with program_scope(ctx.program_id):
+                    generation = await request()
         except ContextTooLong as exc:
             log.warning("probe skipped, the prompt no longer fits: %s", exc)
             return None
-        ctx.usage.add(TokenKind.PROBE, generation.usage)
+        ctx.charge(TokenKind.PROBE, generation.usage)
         reply = generation.choices[0].raw_text
         if echoes and (at := reply.rfind(PROBE_SUFFIX)) >= 0:  # an echoed assistant prefill
             reply = reply[at + len(PROBE_SUFFIX) :]

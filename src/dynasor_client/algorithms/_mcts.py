@@ -146,7 +146,12 @@ async def mcts(
             backpropagate(leaf, float(np.mean([value(s) for s in steps])))
         rewards = [n.step.reward for n in terminals if n.step is not None]
         if terminals:
-            context.report(tree_certaindex(clusters.labels, rewards, signal), len(terminals))
+            leader = best_index(clusters.labels, rewards)
+            context.report(
+                tree_certaindex(clusters.labels, rewards, signal),
+                len(terminals),
+                None if leader is None else clusters.representatives[clusters.labels[leader]],
+            )
         reason = stop_check(context, clusters.labels, rewards)
         if reason is not None:
             break

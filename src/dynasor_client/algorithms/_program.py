@@ -9,8 +9,9 @@ one it runs under. A program returns a :class:`ProgramResult`.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -37,6 +38,7 @@ class StopReason(StrEnum):
     HOPELESS = "hopeless"  # still uncertain after many observations: cut
     BUDGET = "budget"  # its token allowance ran out
     DEADLINE = "deadline"  # its time ran out
+    REJECTED = "rejected"  # admission control refused it: it could not meet its deadline
 
 
 @dataclass(slots=True)
@@ -59,15 +61,27 @@ class TokenUsage:
         self.cached_prompt += usage.cached_prompt_tokens or 0
         setattr(self, kind.value, getattr(self, kind.value) + usage.completion_tokens)
 
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt": self.prompt,
+            "cached_prompt": self.cached_prompt,
+            "generated": self.generated,
+            "probe": self.probe,
+            "reward": self.reward,
+            "total": self.total,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class CertaindexPoint:
-    """The program's certaindex after ``observations`` observations, ``elapsed_s`` after it started."""
+    """The program's certaindex after ``observations`` observations, ``elapsed_s`` after it started,
+    and its answer at that point (what it returns if stopped there)."""
 
     observations: int
     value: float
     tokens: int
     elapsed_s: float
+    answer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +97,27 @@ class ProgramResult:
     program_id: str
     answers: tuple[str | None, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
+    partial: bool = False
+    """True when the program was stopped from outside (deadline, budget) and this is its best
+    answer so far: the last one it reported."""
+
+    @classmethod
+    def best_so_far(
+        cls, context: ProgramContext, reason: StopReason, **details: Any
+    ) -> ProgramResult:
+        """The result of a program stopped from outside: its last reported answer and certaindex."""
+        last = context.certaindex[-1] if context.certaindex else None
+        return cls(
+            answer=None if last is None else last.answer,
+            confidence=0.0 if last is None else last.value,
+            tokens=context.usage,
+            steps=len(context.certaindex),
+            stop_reason=reason,
+            certaindex=tuple(context.certaindex),
+            program_id=context.program_id,
+            details=details,
+            partial=True,
+        )
 
 
 class ProgramContext(Protocol):
@@ -103,11 +138,26 @@ class ProgramContext(Protocol):
         kind: TokenKind = TokenKind.GENERATED,
     ) -> Generation: ...
 
+    def request_slot(self, n: int = 1) -> contextlib.AbstractAsyncContextManager[None]:
+        """Wait for the right to send a request of ``n`` sequences, and hold it while inside:
+        for calls made outside :meth:`generate` (raw pass-through) that scheduling must see."""
+        ...
+
+    def charge(self, kind: TokenKind, usage: Usage) -> None:
+        """Count tokens spent outside :meth:`generate`."""
+        ...
+
     def tokens_left(self) -> int | None: ...
 
     def seconds_left(self) -> float | None: ...
 
-    def report(self, value: float, observations: int) -> None: ...
+    def bind(self, rule: StopRule) -> None:
+        """The algorithm's stop rule; :meth:`stop_reason` combines it with budget and deadline."""
+        ...
+
+    def report(self, value: float, observations: int, answer: str | None = None) -> None:
+        """The program's certaindex after ``observations`` observations and its answer so far."""
+        ...
 
     def stop_reason(self, obs: Observations) -> StopReason | None: ...
 
@@ -122,6 +172,7 @@ def program_context(
 ) -> ProgramContext:
     """The context an algorithm runs under: the one given, else a standalone one over ``endpoint``."""
     if context is not None:
+        context.bind(rule)
         return context
     if endpoint is None:
         raise ValueError("give endpoint= (or a program context=)")
@@ -202,15 +253,25 @@ class StandaloneContext:
         self.usage.add(kind, generation.usage)
         return generation
 
+    @contextlib.asynccontextmanager
+    async def request_slot(self, n: int = 1) -> AsyncIterator[None]:
+        yield  # one program alone: nothing to wait for
+
+    def charge(self, kind: TokenKind, usage: Usage) -> None:
+        self.usage.add(kind, usage)
+
+    def bind(self, rule: StopRule) -> None:
+        self.rule = rule
+
     def tokens_left(self) -> int | None:
         return None if self.token_budget is None else self.token_budget - self.usage.total
 
     def seconds_left(self) -> float | None:
         return None if self.deadline_s is None else self.deadline_s - (self._clock() - self._started)
 
-    def report(self, value: float, observations: int) -> None:
+    def report(self, value: float, observations: int, answer: str | None = None) -> None:
         elapsed = self._clock() - self._started
-        self.certaindex.append(CertaindexPoint(observations, value, self.usage.total, elapsed))
+        self.certaindex.append(CertaindexPoint(observations, value, self.usage.total, elapsed, answer))
 
     def stop_reason(self, obs: Observations) -> StopReason | None:
         tokens, seconds = self.tokens_left(), self.seconds_left()

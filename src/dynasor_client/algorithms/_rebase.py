@@ -108,9 +108,10 @@ async def expand(
 
     async def child() -> Step:
         traj = node.fork()
-        with program_scope(context.program_id):
-            chunk = await traj.extend(step_tokens, stop=[step_delimiter])
-        context.usage.add(TokenKind.GENERATED, chunk.usage)
+        async with context.request_slot():
+            with program_scope(context.program_id):
+                chunk = await traj.extend(step_tokens, stop=[step_delimiter])
+        context.charge(TokenKind.GENERATED, chunk.usage)
         answer = extract(traj.answer)
         stopped = chunk.finish_reason not in (None, "length")
         final = "\\boxed" in chunk.text if task == "math" else answer is not None
@@ -219,7 +220,12 @@ async def rebase(
                 await asyncio.to_thread(clusters.add, step.answer)
         rewards = [s.reward for s in leaves]
         if leaves:
-            context.report(tree_certaindex(clusters.labels, rewards, signal), len(leaves))
+            leader = weighted_majority(clusters.labels, rewards, signal)
+            context.report(
+                tree_certaindex(clusters.labels, rewards, signal),
+                len(leaves),
+                None if leader is None else clusters.representatives[leader],
+            )
         reason = stop_check(context, clusters.labels, rewards)
         if reason is not None or not open_:
             break

@@ -128,7 +128,8 @@ async def self_consistency(
             await asyncio.to_thread(clusters.add, answer)  # symbolic checks may block for a moment
         obs = Observations.single(clusters.labels, tokens=tokens)
         certainty = EntropyCertainty()(obs).value
-        context.report(certainty, len(answers))
+        leader = clusters.majority()
+        context.report(certainty, len(answers), None if leader is None else leader[1])
         reason = context.stop_reason(obs)
         if reason is not None:
             break

@@ -82,6 +82,7 @@ class Endpoint:
         name: str | None = None,
         default_headers: Mapping[str, str] | None = None,
         stream: bool = True,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
@@ -96,12 +97,18 @@ class Endpoint:
         self._model = model
         key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self._headers = {"Authorization": f"Bearer {key}", **(default_headers or {})}
+        self._transport = transport
+        # openai>=3 types its client as httpx2's but accepts an httpx one as well.
+        http_client: Any = (
+            None if transport is None else httpx.AsyncClient(transport=transport, timeout=timeout)
+        )
         self._client = openai.AsyncOpenAI(
             base_url=self.base_url,
             api_key=key,
             max_retries=0,
             timeout=timeout,
             default_headers=dict(default_headers or {}),
+            http_client=http_client,
         )
         self._http: httpx.AsyncClient | None = None
         self._in_flight = asyncio.Semaphore(max_in_flight)
@@ -370,7 +377,7 @@ class Endpoint:
         """A JSON request to a server route outside ``/v1`` (``/tokenize``, ``/slots``, ``/props``)."""
         if self._http is None:
             self._http = httpx.AsyncClient(
-                base_url=self.root_url, headers=self._headers, timeout=self.timeout
+                base_url=self.root_url, headers=self._headers, timeout=self.timeout, transport=self._transport
             )
         where = f"{self.name} {method} {path}"
         try:

@@ -9,6 +9,9 @@
 - Over HTTP: :class:`ReplayServer` (``dynasor-client serve-replay``; :mod:`._server`, needs the
   ``[server]`` extra, imported on first use) and its benchmark :func:`bench_replay`
   (``dynasor-client bench replay``).
+- In-process, on a virtual clock (:mod:`._virtual`): :class:`InProcessReplay` serves the same
+  application to :class:`~dynasor_client.Endpoint` with no socket; on a :class:`VirtualTimeLoop`
+  (:func:`run_virtual`) modelled GPU time is loop time, so minutes of it take seconds of CPU.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ._profiles import PROFILES, GPUProfile, get_profile
 from ._timing import BatchingModel, Metrics, RequestState, SimRequest
 from ._timing_drivers import RealtimeDriver, RequestHandle, VirtualClockSimulator
 from ._timing_fit import TimingSample, fit_profile, load_timing_samples
+from ._virtual import InProcessReplay, VirtualTimeDeadlock, VirtualTimeLoop, run_virtual
 
 if TYPE_CHECKING:
     from ._bench import bench_replay
@@ -49,6 +53,7 @@ __all__ = [
     "REPLAY_CAPABILITIES",
     "BatchingModel",
     "GPUProfile",
+    "InProcessReplay",
     "Metrics",
     "NoMatch",
     "Pieces",
@@ -64,10 +69,13 @@ __all__ = [
     "SimRequest",
     "TimingSample",
     "VirtualClockSimulator",
+    "VirtualTimeDeadlock",
+    "VirtualTimeLoop",
     "bench_replay",
     "fit_profile",
     "get_profile",
     "load_timing_samples",
+    "run_virtual",
     "serve_replay",
     "split_pieces",
 ]

@@ -980,6 +980,37 @@ def _model_name(traces: str | Path | Sequence[TraceQuestion], model: str | None)
     return "replay"
 
 
+def _build_service(
+    traces: str | Path | Sequence[TraceQuestion],
+    *,
+    profile: str | GPUProfile,
+    time_scale: float,
+    seed: int,
+    model: str | None,
+    logprobs_shape: LogprobsShape,
+    probe_fallback: ProbeFallback,
+    flush_interval_s: float,
+    record_submissions: bool,
+    clock: Callable[[], float] = time.perf_counter,
+) -> ReplayService:
+    """The engine, timing driver (on ``clock``) and service behind a replay server's routes.
+
+    Shared by :class:`ReplayServer` and :class:`~._virtual.InProcessReplay`; see the former for the
+    arguments.
+    """
+    gpu = get_profile(profile)
+    engine = ReplayEngine(_questions(traces), seed=seed, probe_fallback=probe_fallback)
+    driver = RealtimeDriver(gpu, time_scale=time_scale, clock=clock)
+    return ReplayService(
+        engine,
+        driver,
+        model=_model_name(traces, model),
+        logprobs_shape=logprobs_shape,
+        flush_interval_s=flush_interval_s,
+        record_submissions=record_submissions,
+    )
+
+
 class _InProcessServer:
     """uvicorn's Server without its signal handling (the host process keeps its own)."""
 
@@ -1032,17 +1063,20 @@ class ReplayServer:
         log_level: str = "warning",
         record_submissions: bool = False,
     ) -> None:
-        self.profile = get_profile(profile)
-        self.engine = ReplayEngine(_questions(traces), seed=seed, probe_fallback=probe_fallback)
-        self.driver = RealtimeDriver(self.profile, time_scale=time_scale)
-        self.service = ReplayService(
-            self.engine,
-            self.driver,
-            model=_model_name(traces, model),
+        self.service = _build_service(
+            traces,
+            profile=profile,
+            time_scale=time_scale,
+            seed=seed,
+            model=model,
             logprobs_shape=logprobs_shape,
+            probe_fallback=probe_fallback,
             flush_interval_s=flush_interval_s,
             record_submissions=record_submissions,
         )
+        self.engine = self.service.engine
+        self.driver = self.service.driver
+        self.profile = self.driver.model.profile
         self.app = create_app(self.service)
         self.host = host
         self._port = port

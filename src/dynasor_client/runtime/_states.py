@@ -1,0 +1,83 @@
+"""Program states and the runtime's record of one program."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..algorithms._program import StopReason
+from ..budget import Account
+
+if TYPE_CHECKING:
+    from ._scheduler import QueueEntry
+
+
+class ProgramState(enum.Enum):
+    """Where a program is in its life.
+
+    WAITING: submitted, its first request not yet dispatched. RUNNING: it has had requests
+    dispatched. STOPPING: stopped from outside (deadline, budget), its in-flight requests being
+    aborted. DONE: it returned a result (also when rejected by admission control: see its stop
+    reason). CANCELLED: cancelled before it finished. FAILED: it raised an error.
+    """
+
+    WAITING = "waiting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (ProgramState.DONE, ProgramState.CANCELLED, ProgramState.FAILED)
+
+
+@dataclass(slots=True, eq=False)
+class ProgramRecord:
+    """What the runtime, its scheduler and policies know of one program (times on the runtime clock)."""
+
+    program_id: str
+    name: str | None
+    arrival: float
+    deadline: float | None  # absolute time, None: no deadline
+    account: Account
+    expected_tokens: float  # the prior for its total tokens (a hint, or the runtime's running mean)
+    seconds_per_token: float  # the runtime's estimate of decoding speed per sequence
+    state: ProgramState = ProgramState.WAITING
+    stop_reason: StopReason | None = None
+    finished_at: float | None = None
+    queued_s: float = 0.0  # time its requests spent waiting in the scheduler's queue
+    requests: int = 0
+    entry: QueueEntry | None = None  # its gang in the queue, while one waits
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+    cancel_requested: bool = False
+
+    def remaining_tokens(self) -> float:
+        """Estimated tokens still to generate: the prior minus what is spent, scaled down by how sure
+        the program already is (a certain program is about to stop), bounded by its allowance."""
+        account = self.account
+        left = max(self.expected_tokens - account.spent, 0.1 * self.expected_tokens)
+        if account.steps:
+            left *= 1.0 - min(max(account.certainty, 0.0), 1.0)
+        if account.allowance is not None:
+            left = min(left, max(account.allowance - account.spent, 0))
+        return left
+
+    def remaining_seconds(self) -> float:
+        return self.remaining_tokens() * self.seconds_per_token
+
+    def latency(self) -> float | None:
+        return None if self.finished_at is None else self.finished_at - self.arrival
+
+    def met_deadline(self) -> bool | None:
+        """Whether it finished in time with an answer of its own (rejected and cut programs miss)."""
+        if self.deadline is None:
+            return None
+        if self.finished_at is None or self.state is not ProgramState.DONE:
+            return False
+        if self.stop_reason in (StopReason.REJECTED, StopReason.DEADLINE):
+            return False
+        return self.finished_at <= self.deadline
