@@ -484,7 +484,7 @@ def test_answer_clusters_incremental() -> None:
     assert [clusters.add(a) for a in ["3", "2", "3.0", None, "\\frac{4}{2}", "5"]] == [0, 1, 0, NONE, 1, 2]
     assert clusters.representatives == ["3", "2", "5"]
     assert clusters.counts == [2, 2, 1]
-    assert clusters.majority() == (0, "3")  # tie: the class seen first
+    assert clusters.majority() == (0, "3")  # tie: the class that reached two first
     clusters.add("2")
     assert clusters.majority() == (1, "2")
     assert clusters.extend(["7", None]) == [3, NONE]
@@ -494,7 +494,7 @@ def test_answer_clusters_incremental() -> None:
 
 def test_majority_vote() -> None:
     assert majority_vote(["\\frac12", "0.5", "1/3", "1/3", "50%"], NUMERIC) == "\\frac12"
-    assert majority_vote(["2", "3", "3", "2"], NUMERIC) == "2"
+    assert majority_vote(["2", "3", "3", "2"], NUMERIC) == "3"  # tie: "3" reached two first
     assert majority_vote(["C", "(B)", "\\text{B}", "C", "B"], ExactEquivalence()) == "(B)"
     assert majority_vote(["b", "B", "C"], lambda a, b: a.lower() == b.lower()) == "b"
 

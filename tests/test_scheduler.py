@@ -231,3 +231,21 @@ def test_ctrl_c_keeps_finished_results(tmp_path: object) -> None:
     assert line is not None, err[-2000:]
     _, interrupted, finished, total = line.split()
     assert interrupted == "True" and 0 < int(finished) < int(total) == 40
+
+
+def test_admission_policies() -> None:
+    from dynasor_client.budget import AdmissionRequest, Load, admit_all, degrade_infeasible, reject_infeasible
+
+    busy = Load(backlog_tokens=9000, throughput_tps=1000, active=10)  # 9 s of work queued
+    unknown = Load(backlog_tokens=9000, throughput_tps=None, active=10)
+    fits = AdmissionRequest(deadline_s=20, expected_tokens=2000, token_cap=None)
+    late = AdmissionRequest(deadline_s=10, expected_tokens=2000, token_cap=None)
+    hopeless = AdmissionRequest(deadline_s=9.1, expected_tokens=2000, token_cap=None)
+    assert reject_infeasible()(fits, busy).admit
+    decision = reject_infeasible()(late, busy)
+    assert not decision.admit and "after its 10.0 s deadline" in decision.reason
+    assert reject_infeasible()(late, unknown).admit  # nothing measured yet: admit
+    degraded = degrade_infeasible()(late, busy)
+    assert degraded.admit and degraded.token_cap == 1000  # what fits in the second left
+    assert not degrade_infeasible()(hopeless, busy).admit  # 100 tokens < a quarter of 2000
+    assert admit_all()(hopeless, busy).admit

@@ -7,7 +7,13 @@ from collections.abc import AsyncIterator
 import pytest
 
 from dynasor_client import Endpoint, SamplingParams
-from dynasor_client.algorithms import StandaloneContext, StopReason, round_sizes, self_consistency
+from dynasor_client.algorithms import (
+    StandaloneContext,
+    StopReason,
+    round_sizes,
+    self_consistency,
+    self_consistency_rule,
+)
 from dynasor_client.certainty import cap, cluster_answers, entropy_at_least
 from dynasor_client.traces import TraceQuestion
 from tests.support.replay import replay_endpoint, traces_or_skip
@@ -56,7 +62,9 @@ async def test_unanimous_question_stops_at_the_detect_round(
 
 async def test_split_question_runs_to_the_cap(replay: Endpoint, svamp: list[TraceQuestion]) -> None:
     question = next(q for q in svamp[:40] if _agreement(q, 30) <= 20)
-    result = await self_consistency(question.question, endpoint=replay, n=30)
+    # A fixed program id fixes the sample order (a random one made the detect round agree by chance).
+    context = StandaloneContext(replay, self_consistency_rule("paper", 30, 5), program_id="split-0")
+    result = await self_consistency(question.question, context=context, n=30)
     assert result.stop_reason is StopReason.CAP
     assert len(result.answers) == 30 and result.steps == 2
     assert result.certaindex[0].value < 0.7  # uncertain at the detect round

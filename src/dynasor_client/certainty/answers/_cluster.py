@@ -112,11 +112,22 @@ class AnswerClusters:
         return list(self._counts)
 
     def majority(self) -> tuple[int, str] | None:
-        """``(label, representative)`` of the largest class (ties: the class seen first), or None
-        when no answer has been given (missing answers never win)."""
+        """``(label, representative)`` of the largest class, or None when no answer has been given
+        (missing answers never win). Ties go to the class that reached the top count first, the
+        rule the calibration replay uses, so replayed and live votes agree."""
         if not self._counts:
             return None
-        best = max(range(len(self._counts)), key=lambda i: (self._counts[i], -i))
+        top = max(self._counts)
+        tied = [i for i, c in enumerate(self._counts) if c == top]
+        best = tied[0]
+        if len(tied) > 1:
+            seen = [0] * len(self._counts)
+            for label in self._labels:
+                if label >= 0:
+                    seen[label] += 1
+                    if seen[label] == top:
+                        best = label
+                        break
         return best, self._representatives[best]
 
     def __len__(self) -> int:
@@ -133,8 +144,8 @@ def cluster_answers(answers: Sequence[str | None], equivalence: Equivalence | No
 
 
 def majority_vote(answers: Sequence[str | None], equivalence: Equivalence | None = None) -> str | None:
-    """The first-seen answer (as given) of the largest class; ties go to the class seen first.
-    None when every answer is missing."""
+    """The first-seen answer (as given) of the largest class; ties go to the class that reached the
+    top count first. None when every answer is missing."""
     clusters = AnswerClusters(equivalence)
     clusters.extend(answers)
     winner = clusters.majority()
