@@ -92,7 +92,6 @@ import itertools
 import json
 import logging
 import math
-import socket
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
@@ -103,6 +102,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from .._serving import InProcessServer
 from ..endpoints import Capabilities
 from ..traces import TraceQuestion, load_traces
 from ._engine import NoMatch, ProbeFallback, RecordingEnds, ReplayChoice, ReplayEngine, ReplayPlan
@@ -1011,21 +1011,6 @@ def _build_service(
     )
 
 
-class _InProcessServer:
-    """uvicorn's Server without its signal handling (the host process keeps its own)."""
-
-    @staticmethod
-    def make(config: Any) -> Any:
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Any:
-                yield
-
-        return Server(config)
-
-
 class ReplayServer:
     """The replay server on a free port of ``host``, in this process's event loop.
 
@@ -1079,22 +1064,18 @@ class ReplayServer:
         self.profile = self.driver.model.profile
         self.app = create_app(self.service)
         self.host = host
-        self._port = port
-        self._log_level = log_level
-        self._server: Any = None
-        self._task: asyncio.Task[None] | None = None
+        self._http = InProcessServer(
+            self.app, host=host, port=port, name="replay server", log_level=log_level
+        )
         self._adapter: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the replay server is not running")
-        return self._port
+        return self._http.port
 
     @property
     def root_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return self._http.root_url
 
     @property
     def base_url(self) -> str:
@@ -1124,56 +1105,23 @@ class ReplayServer:
         await self.stop()
 
     async def start(self) -> None:
-        import uvicorn
-
-        if self._task is not None:
+        if self._http.started:
             raise RuntimeError("this ReplayServer was already started")
-        sock = _bind(self.host, self._port)
-        self._port = sock.getsockname()[1]
         await self.driver.__aenter__()
-        config = uvicorn.Config(
-            self.app,
-            log_level=self._log_level,
-            access_log=False,
-            timeout_graceful_shutdown=1,
-            lifespan="off",
-            backlog=4096,
-        )
-        self._server = _InProcessServer.make(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="replay-server")
+        try:
+            await self._http.start()
+        except BaseException:
+            await self.driver.close()
+            raise
         self._adapter = asyncio.create_task(self.service.adapt_flush_interval(), name="replay-flush-interval")
-        while not self._server.started:
-            if self._task.done():
-                await self.driver.close()
-                self._task.result()
-                raise RuntimeError("the replay server did not start")
-            await asyncio.sleep(0.005)
 
     async def stop(self) -> None:
         if self._adapter is not None:
             self._adapter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._adapter
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._http.stop()
         await self.driver.close()
-
-
-def _bind(host: str, port: int | None) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port or 0))
-    except OSError as exc:
-        sock.close()
-        raise ValueError(f"cannot listen on {host}:{port}: {exc}") from None
-    sock.listen(4096)
-    sock.setblocking(False)
-    return sock
 
 
 def serve_replay(
@@ -1199,17 +1147,7 @@ def serve_replay(
                 f"seed {seed}); Ctrl-C stops",
                 flush=True,
             )
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            with contextlib.suppress(NotImplementedError):
-                import signal
-
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.add_signal_handler(sig, stop.set)
-            waiting = asyncio.ensure_future(stop.wait())
-            assert server._task is not None
-            await asyncio.wait({waiting, server._task}, return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
+            await server._http.serve_until_interrupted()
 
     # The standard event loop, not uvloop: under a saturating load uvloop starves the listening
     # socket (thousands of connections wait minutes to be accepted), asyncio's loop does not.

@@ -1,0 +1,297 @@
+"""The proxy's routes (FastAPI): what each one checks, and which program serves it.
+
+- ``POST /v1/chat/completions``, ``POST /v1/completions``: key, budget, body and options are checked
+  first (401, 429, 400); then the request runs as one program of the proxy's runtime: pass-through
+  (no dynasor option; :mod:`._passthrough`) or a dynasor program (:mod:`._programs`), served by
+  :class:`~._run.RunResponse`.
+- ``GET /v1/models``: the upstream's list, as it sends it.
+- ``GET /health``: ``{"status": "ok"}`` (no key needed).
+- ``GET /dynasor/stats``: counters, tokens spent and saved, per-key spending (by key fingerprint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Literal
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..endpoints import Message, RetryPolicy, SamplingParams
+from ._config import ProxyConfig
+from ._errors import ProxyError, transport_error, upstream_http_error
+from ._keys import KeyAccount
+from ._options import DEADLINE_HEADER, DynasorOptions, parse_options
+from ._passthrough import Forward, PassThrough, PassThroughRenderer, prepare
+from ._programs import DynasorProgram, DynasorRenderer, DynasorRequest
+from ._run import Run, RunResponse
+from ._service import ProxyService
+
+Kind = Literal["completions", "chat"]
+
+#: Body fields a dynasor request reads itself; every other field goes upstream as an extra field.
+_HANDLED = frozenset(
+    {
+        "model",
+        "messages",
+        "prompt",
+        "n",
+        "stream",
+        "stream_options",
+        "dynasor",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "stop",
+        "user",
+        "logprobs",
+        "top_logprobs",
+    }
+)
+
+
+def create_proxy_app(config: ProxyConfig, *, retry: RetryPolicy | None = None) -> FastAPI:
+    """The proxy as an ASGI application (serve it with uvicorn; its lifespan starts the runtime).
+
+    ``retry`` is the retry policy of the dynasor programs' upstream requests (pass-through requests
+    are never retried: the client sees the upstream's answer). ``app.state.service`` is the
+    :class:`~._service.ProxyService`.
+    """
+    service = ProxyService(config, retry=retry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.aclose()
+
+    app = FastAPI(
+        title="dynasor-client proxy", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
+    app.state.service = service
+
+    @app.exception_handler(ProxyError)
+    async def proxy_error(request: Request, exc: ProxyError) -> Response:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path} on the dynasor proxy"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return ProxyError(message, status=exc.status_code).response()
+
+    @app.get("/health")
+    async def health() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/dynasor/stats")
+    async def stats(request: Request) -> Response:
+        service.authenticate(request.headers)
+        return JSONResponse(service.stats())
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        service.authenticate(request.headers)
+        headers, own = service.upstream_headers(request.headers)
+        headers.pop("content-type", None)
+        try:
+            answer = await service.http.get("models", headers=headers)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, config.upstream) from exc
+        if answer.status_code >= 400:
+            raise upstream_http_error(answer.status_code, answer.content, answer.headers, own_key=own)
+        return Response(
+            answer.content,
+            answer.status_code,
+            media_type=answer.headers.get("content-type", "application/json"),
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await _generate(service, "chat", request)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _generate(service, "completions", request)
+
+    return app
+
+
+async def _generate(service: ProxyService, kind: Kind, request: Request) -> Response:
+    service.counters.requests += 1
+    try:
+        account = service.authenticate(request.headers)
+        service.check_budget(account)
+        raw = await request.body()
+        body = _json_object(raw)
+        options = parse_options(body, request.headers.get(DEADLINE_HEADER))
+        stream = body.get("stream") is True
+        if options.algorithm is None:
+            return _passthrough(service, kind, request, raw, body, options, stream, account)
+        return _dynasor(service, kind, body, options, stream, account)
+    except ProxyError:
+        service.counters.refused += 1
+        raise
+
+
+def _passthrough(
+    service: ProxyService,
+    kind: Kind,
+    request: Request,
+    raw: bytes,
+    body: dict[str, Any],
+    options: DynasorOptions,
+    stream: bool,
+    account: KeyAccount | None,
+) -> Response:
+    service.counters.passthrough += 1
+    content, strip = prepare(body, raw, meter_streams=service.config.meter_streams)
+    headers, own = service.upstream_headers(request.headers)
+    n = body.get("n")
+    forward = Forward(kind, content, headers, stream, strip, n if isinstance(n, int) and n > 0 else 1, own)
+    program = PassThrough(service.http, service.config.upstream, forward)
+    run = Run(
+        service.runtime,
+        program,
+        deadline_s=options.deadline_s,
+        token_cap=None,
+        name=f"passthrough-{kind}",
+        on_end=lambda r: service.ended(r, account, f"pass-through {kind}"),
+    )
+    service.track(run)
+    return RunResponse(run, PassThroughRenderer(run, service.error), stream=stream)
+
+
+def _dynasor(
+    service: ProxyService,
+    kind: Kind,
+    body: dict[str, Any],
+    options: DynasorOptions,
+    stream: bool,
+    account: KeyAccount | None,
+) -> Response:
+    request = dynasor_request(kind, body, options, stream)
+    algorithm = str(options.algorithm)
+    service.counters.programs[algorithm] = service.counters.programs.get(algorithm, 0) + 1
+    program = DynasorProgram(request, service.reward_model)
+    run = Run(
+        service.runtime,
+        program,
+        deadline_s=options.deadline_s,
+        token_cap=service.token_cap(account, options.token_budget),
+        name=f"{algorithm}-{kind}",
+        on_end=lambda r: service.ended(r, account, f"{algorithm} {kind}"),
+    )
+    service.track(run)
+    return RunResponse(run, DynasorRenderer(run, program, service.error), stream=stream)
+
+
+def dynasor_request(
+    kind: Kind, body: Mapping[str, Any], options: DynasorOptions, stream: bool
+) -> DynasorRequest:
+    """The parsed request of a dynasor program (400 for what the programs cannot serve)."""
+    n = body.get("n", 1)
+    if n not in (1, None):
+        raise ProxyError(
+            "n must be 1 with a dynasor technique: the technique decides how many samples to draw "
+            "(set dynasor.n for the most)",
+            param="n",
+        )
+    messages: list[Message] | None = None
+    prompt: str | list[int] | None = None
+    if kind == "chat":
+        raw_messages = body.get("messages")
+        if (
+            not isinstance(raw_messages, list)
+            or not raw_messages
+            or not all(isinstance(m, dict) for m in raw_messages)
+        ):
+            raise ProxyError("'messages' must be a non-empty list of message objects", param="messages")
+        messages = list(raw_messages)
+        question = _question(messages)
+    else:
+        if options.algorithm == "cot":
+            raise ProxyError(
+                "Dynasor-CoT (algorithm 'cot') runs on /v1/chat/completions only", param="dynasor.algorithm"
+            )
+        raw_prompt = body.get("prompt")
+        if isinstance(raw_prompt, str) and raw_prompt:
+            prompt, question = raw_prompt, raw_prompt
+        elif (
+            isinstance(raw_prompt, list)
+            and raw_prompt
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in raw_prompt)
+        ):
+            prompt, question = list(raw_prompt), ""
+        else:
+            raise ProxyError(
+                "'prompt' must be one non-empty string (or token ids) with a dynasor technique",
+                param="prompt",
+            )
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    stop = body.get("stop")
+    try:
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=body.get("temperature"),
+            top_p=body.get("top_p"),
+            seed=body.get("seed"),
+            stop=() if stop is None else (stop,) if isinstance(stop, str) else tuple(stop),
+            extra_body={k: v for k, v in body.items() if k not in _HANDLED},
+        )
+    except (TypeError, ValueError) as exc:
+        raise ProxyError(f"invalid sampling settings: {exc}") from None
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
+        raise ProxyError("max_tokens must be an integer", param="max_tokens")
+    stream_options = body.get("stream_options")
+    include_usage = (
+        stream and isinstance(stream_options, Mapping) and bool(stream_options.get("include_usage"))
+    )
+    return DynasorRequest(
+        kind=kind,
+        options=options,
+        model=str(body.get("model") or ""),
+        question=question,
+        messages=messages,
+        prompt=prompt,
+        params=params,
+        max_tokens=max_tokens,
+        stream=stream,
+        include_usage=include_usage,
+    )
+
+
+def _question(messages: list[Message]) -> str:
+    """The last user message's text (what a reward model judges the answers against)."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "\n".join(
+                    str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
+                )
+    return ""
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ProxyError("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ProxyError("the request body must be a JSON object")
+    return body

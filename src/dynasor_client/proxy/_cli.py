@@ -1,0 +1,143 @@
+"""``dynasor-client proxy``: the command's flags and what it does (imports the server extra lazily)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from typing import Any
+
+from ..endpoints import Capabilities
+
+UPSTREAM_KEY_ENV = "DYNASOR_UPSTREAM_API_KEY"
+PROXY_KEYS_ENV = "DYNASOR_PROXY_API_KEYS"
+
+DESCRIPTION = f"""\
+An OpenAI-compatible server in front of --upstream. Requests without a dynasor option pass through
+untouched (streamed as upstream streams them). A request picks a technique with
+extra_body={{"dynasor": {{"algorithm": "sc", "n": 8}}}} or a model suffix (model="qwen+sc8", "+bon16",
+"+cot-high"); see dynasor_client.proxy for every option and extension field.
+
+Keys: --api-key (repeatable), --api-keys-file (lines 'KEY [TOKEN_BUDGET]') or ${PROXY_KEYS_ENV}
+(comma-separated) make the proxy require one of them; none of these: no key required. The upstream
+key comes from --upstream-api-key or ${UPSTREAM_KEY_ENV}; keys are never logged.
+"""
+
+
+def add_proxy_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``proxy`` subcommand to ``sub`` (an ``argparse`` subparsers action)."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "proxy",
+        help="an OpenAI-compatible server applying certaindex-driven techniques per request",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--upstream", required=True, help="upstream API root including /v1")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8100, help="default 8100 (0: a free port)")
+    p.add_argument(
+        "--model", default=None, help="upstream model of the dynasor programs (default: first listed)"
+    )
+    p.add_argument(
+        "--upstream-api-key", default=None, help=f"the proxy's upstream key (default: ${UPSTREAM_KEY_ENV})"
+    )
+    p.add_argument(
+        "--forward-client-key",
+        action="store_true",
+        help="send the client's own key upstream on pass-through requests",
+    )
+    p.add_argument("--api-key", action="append", default=[], help="a key clients must present (repeatable)")
+    p.add_argument("--api-keys-file", default=None, help="keys file: one 'KEY [TOKEN_BUDGET]' per line")
+    p.add_argument(
+        "--key-token-budget", type=int, default=None, help="token budget of keys without their own"
+    )
+    p.add_argument("--token-budget", type=int, default=None, help="tokens all requests together may spend")
+    p.add_argument(
+        "--capabilities",
+        default=None,
+        help="upstream capabilities: 'replay', or a JSON file from `dynasor-client capabilities` "
+        "(default: probe the upstream on the first dynasor request)",
+    )
+    p.add_argument(
+        "--reward",
+        default="judge",
+        help="best-of-N reward model: 'judge', 'pooling' or a /pooling server's API root",
+    )
+    p.add_argument("--max-in-flight", type=int, default=64, help="upstream requests in flight at once")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for upstream reads")
+    p.add_argument(
+        "--no-meter-streams",
+        action="store_true",
+        help="forward pass-through streams byte for byte (no include_usage added; tokens estimated)",
+    )
+    p.add_argument("--access-log", action="store_true", help="uvicorn's access log (paths only, never keys)")
+    return p
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The :class:`~._config.ProxyConfig` of parsed ``proxy`` arguments (ValueError when invalid)."""
+    from ._config import ProxyConfig
+    from ._keys import KeyStore
+
+    keys: KeyStore | None = None
+    listed = [
+        *args.api_key,
+        *filter(None, (k.strip() for k in os.environ.get(PROXY_KEYS_ENV, "").split(","))),
+    ]
+    if listed:
+        keys = KeyStore(listed, default_budget=args.key_token_budget)
+    if args.api_keys_file:
+        try:
+            from_file = KeyStore.from_file(args.api_keys_file, default_budget=args.key_token_budget)
+        except OSError as exc:
+            raise ValueError(f"cannot read the keys file: {exc}") from exc
+        keys = from_file if keys is None else keys.merged(from_file)
+    return ProxyConfig(
+        upstream=args.upstream,
+        model=args.model,
+        upstream_api_key=args.upstream_api_key or os.environ.get(UPSTREAM_KEY_ENV) or None,
+        upstream_auth="forward" if args.forward_client_key else "own",
+        keys=keys,
+        token_budget=args.token_budget,
+        capabilities=_capabilities(args.capabilities),
+        timeout_s=args.timeout,
+        max_in_flight=args.max_in_flight,
+        reward=args.reward,
+        meter_streams=not args.no_meter_streams,
+    )
+
+
+def _capabilities(value: str | None) -> Capabilities | None:
+    if value is None:
+        return None
+    if value == "replay":
+        from ..replay._server import REPLAY_CAPABILITIES
+
+        return REPLAY_CAPABILITIES
+    try:
+        with open(value, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read capabilities from {value}: {exc}") from exc
+    names = {f.name for f in dataclasses.fields(Capabilities)}
+    return Capabilities(**{k: v for k, v in data.items() if k in names})
+
+
+def proxy_command(args: argparse.Namespace) -> int:
+    """Run ``dynasor-client proxy`` until interrupted."""
+    try:
+        from ._server import serve_proxy
+    except ImportError as exc:
+        raise ValueError(
+            f"the proxy needs the server extra: pip install 'dynasor-client[proxy]' ({exc})"
+        ) from exc
+    config = build_config(args)
+    serve_proxy(
+        config,
+        host=args.host,
+        port=args.port or None,
+        log_level="info" if args.access_log else "warning",
+        access_log=args.access_log,
+    )
+    return 0

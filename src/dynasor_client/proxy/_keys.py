@@ -1,0 +1,135 @@
+"""Client API keys and token budgets.
+
+A :class:`KeyStore` holds the keys the proxy accepts, each with an optional token budget. Keys are
+kept only as SHA-256 digests; logs and metrics name a key by its *fingerprint*
+(``key-`` + the digest's first 8 hex digits), never by the key.
+
+Keys file (``--api-keys-file``): one key per line, optionally followed by whitespace and its token
+budget; blank lines and lines starting with ``#`` are ignored::
+
+    # key                     budget (tokens; none: unlimited)
+    sk-team-a-7f3e...         2000000
+    sk-ci-0b19...
+
+A request's tokens are charged when it ends (its ``usage.total_tokens``: prompt plus everything
+generated, probes and extra samples included). A key whose budget is spent gets 429
+``insufficient_quota``; requests already running are not cut, so a key can overshoot its budget by
+what its concurrent requests spend (dynasor programs are capped at what is left when they start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.datastructures import Headers
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def fingerprint(key: str) -> str:
+    """How logs name a key: ``key-`` + the first 8 hex digits of its SHA-256."""
+    return f"key-{_digest(key)[:8]}"
+
+
+@dataclass
+class Budget:
+    """Tokens spent against an optional limit."""
+
+    limit: int | None = None
+    spent: int = 0
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else max(self.limit - self.spent, 0)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.limit is not None and self.spent >= self.limit
+
+    def charge(self, tokens: int) -> None:
+        self.spent += max(tokens, 0)
+
+
+@dataclass
+class KeyAccount:
+    """One accepted key: its fingerprint, budget and request count (never the key itself)."""
+
+    fingerprint: str
+    budget: Budget
+    requests: int = 0
+
+
+class KeyStore:
+    """The API keys the proxy accepts (``{key: token budget or None}``, or just keys)."""
+
+    def __init__(self, keys: Mapping[str, int | None] | Iterable[str], *, default_budget: int | None = None):
+        if default_budget is not None and default_budget < 1:
+            raise ValueError("a token budget must be >= 1")
+        pairs = keys.items() if isinstance(keys, Mapping) else ((k, None) for k in keys)
+        self._accounts: dict[str, KeyAccount] = {}
+        for key, budget in pairs:
+            if not isinstance(key, str) or not key.strip() or any(c.isspace() for c in key):
+                raise ValueError("an API key must be a non-empty string without whitespace")
+            if budget is not None and budget < 1:
+                raise ValueError(f"token budget of {fingerprint(key)} must be >= 1")
+            limit = budget if budget is not None else default_budget
+            self._accounts[_digest(key)] = KeyAccount(fingerprint(key), Budget(limit))
+        if not self._accounts:
+            raise ValueError("no API keys given")
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, default_budget: int | None = None) -> KeyStore:
+        """Keys from a keys file (module docs)."""
+        keys: dict[str, int | None] = {}
+        text = Path(path).read_text(encoding="utf-8")
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            fields = line.split()
+            if len(fields) > 2:
+                raise ValueError(f"{path}:{number}: expected 'KEY [BUDGET]'")
+            budget: int | None = None
+            if len(fields) == 2:
+                try:
+                    budget = int(fields[1].replace("_", ""))
+                except ValueError:
+                    raise ValueError(f"{path}:{number}: the budget must be an integer") from None
+            keys[fields[0]] = budget
+        return cls(keys, default_budget=default_budget)
+
+    def merged(self, other: KeyStore) -> KeyStore:
+        """Both stores' keys in one (the other's budget wins for a key in both)."""
+        store = object.__new__(KeyStore)
+        store._accounts = {**self._accounts, **other._accounts}
+        return store
+
+    def authenticate(self, key: str | None) -> KeyAccount | None:
+        """The account of ``key``, or None when it is missing or not accepted."""
+        if not key:
+            return None
+        return self._accounts.get(_digest(key))
+
+    def accounts(self) -> list[KeyAccount]:
+        return list(self._accounts.values())
+
+    def __len__(self) -> int:
+        return len(self._accounts)
+
+    def __repr__(self) -> str:
+        return f"KeyStore({len(self)} keys)"
+
+
+def presented_key(headers: Headers) -> str | None:
+    """The key a client presented: ``Authorization: Bearer KEY``, else ``api-key`` or ``x-api-key``."""
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return headers.get("api-key") or headers.get("x-api-key") or None

@@ -1,0 +1,200 @@
+"""Pass-through: a request without a dynasor option goes upstream untouched, as one runtime program.
+
+The body is forwarded byte for byte (tool calls, unknown fields and all) with two exceptions: a
+``dynasor`` field is removed, and a stream that does not ask for usage gets
+``stream_options.include_usage`` (``ProxyConfig.meter_streams``) so that its tokens can be counted;
+the usage chunk this adds is removed before the client sees it. The response is the upstream's:
+its body (non-streaming) or its SSE events, each forwarded the moment it arrives (no buffering), with
+upstream errors mapped to HTTP errors (:mod:`._errors`).
+
+The program holds one runtime request slot (``n`` sequences) while the upstream works, and charges
+the tokens upstream reports (``usage``), or, for a stream without usage, one token per content
+event. Cancelling it (client disconnect) closes the upstream connection, so the upstream aborts.
+A deadline that passes first aborts it too: 504 ``deadline_exceeded`` (an error event if the stream
+had started); a spent global budget: 429 ``insufficient_quota``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from starlette.responses import Response
+
+from ..algorithms import ProgramContext, ProgramResult, StopReason, TokenKind
+from ..endpoints import Usage
+from . import _sse
+from ._errors import ProxyError, transport_error, upstream_http_error
+from ._run import Run
+
+PATHS = {"chat": "chat/completions", "completions": "completions"}
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """One pass-through request as it goes upstream."""
+
+    kind: str
+    content: bytes
+    headers: dict[str, str]
+    stream: bool
+    strip_usage: bool  # we added include_usage: remove the usage the client did not ask for
+    n: int
+    own_key: bool  # sent with the proxy's own upstream key (not the client's)
+
+
+def prepare(body: dict[str, Any], raw: bytes, *, meter_streams: bool) -> tuple[bytes, bool]:
+    """The bytes to send upstream and whether include_usage was added (module docs)."""
+    modified = "dynasor" in body
+    body = {k: v for k, v in body.items() if k != "dynasor"}
+    strip = False
+    if body.get("stream") is True and meter_streams:
+        options = body.get("stream_options")
+        if not (isinstance(options, Mapping) and options.get("include_usage")):
+            body["stream_options"] = {
+                **(options if isinstance(options, Mapping) else {}),
+                "include_usage": True,
+            }
+            modified = strip = True
+    return (json.dumps(body, ensure_ascii=False).encode("utf-8") if modified else raw), strip
+
+
+def usage_of(data: Any) -> Usage | None:
+    """A response's or chunk's ``usage`` as :class:`Usage` (None when absent)."""
+    usage = data.get("usage") if isinstance(data, Mapping) else None
+    if not isinstance(usage, Mapping):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    return Usage(
+        prompt if isinstance(prompt, int) else 0,
+        completion if isinstance(completion, int) else 0,
+        cached if isinstance(cached, int) else None,
+    )
+
+
+class PassThrough:
+    """The program of one pass-through request (module docs)."""
+
+    def __init__(self, http: httpx.AsyncClient, upstream: str, forward: Forward) -> None:
+        self.http, self.upstream, self.forward = http, upstream, forward
+        self.usage: Usage | None = None
+        self.content_events = 0
+
+    async def __call__(self, context: ProgramContext, run: Run) -> ProgramResult:
+        try:
+            async with context.request_slot(self.forward.n):
+                request = self.http.build_request(
+                    "POST",
+                    PATHS[self.forward.kind],
+                    content=self.forward.content,
+                    headers=self.forward.headers,
+                )
+                try:
+                    response = await self.http.send(request, stream=True)
+                except httpx.HTTPError as exc:
+                    raise transport_error(exc, self.upstream) from exc
+                try:
+                    if response.status_code >= 400:
+                        content = await response.aread()
+                        raise upstream_http_error(
+                            response.status_code, content, response.headers, own_key=self.forward.own_key
+                        )
+                    if self.forward.stream and response.headers.get("content-type", "").startswith(
+                        _sse.MEDIA_TYPE
+                    ):
+                        await self._relay(response, run)
+                    else:
+                        await self._whole(response, run)
+                except httpx.HTTPError as exc:
+                    raise transport_error(exc, self.upstream) from exc
+                finally:
+                    await response.aclose()
+        finally:
+            usage = self.usage or Usage(0, self.content_events)  # estimate: 1 token per content event
+            context.charge(TokenKind.GENERATED, usage)
+        return ProgramResult(
+            answer=None,
+            confidence=0.0,
+            tokens=context.usage,
+            steps=1,
+            stop_reason=StopReason.CAP,
+            certaindex=(),
+            program_id=context.program_id,
+        )
+
+    async def _whole(self, response: httpx.Response, run: Run) -> None:
+        content = await response.aread()
+        with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+            self.usage = usage_of(json.loads(content))
+        run.state["response"] = Response(
+            content,
+            status_code=response.status_code,
+            media_type=response.headers.get("content-type", "application/json"),
+        )
+
+    async def _relay(self, response: httpx.Response, run: Run) -> None:
+        strip = self.forward.strip_usage
+        async for event in _sse.upstream_events(response.aiter_lines()):
+            data = event.json()
+            if isinstance(data, dict):
+                if isinstance(data.get("usage"), dict):
+                    self.usage = usage_of(data)
+                if data.get("choices"):
+                    self.content_events += 1
+                if strip and "usage" in data:
+                    if not data.get("choices"):
+                        continue  # the usage chunk we asked for: not the client's
+                    data.pop("usage")
+                    run.send(_sse.event(data))
+                    continue
+            run.send(event.raw)
+
+
+class PassThroughRenderer:
+    """A pass-through run's response: the upstream's own body, or its stream (already sent)."""
+
+    def __init__(self, run: Run, errors: Any) -> None:
+        self.run, self._errors = run, errors
+
+    def whole(self, result: ProgramResult) -> Response:
+        if result.partial:
+            return stopped(result).response()
+        response: Response | None = self.run.state.get("response")
+        if response is None:  # a stream that ended without any event
+            return Response(_sse.DONE, media_type=_sse.MEDIA_TYPE, headers=_sse.HEADERS)
+        return response
+
+    def tail(self, result: ProgramResult) -> list[bytes]:
+        if result.partial:
+            return [_sse.event(stopped(result).body())]
+        return []  # the upstream's own [DONE] was forwarded
+
+    def error(self, exc: BaseException) -> ProxyError:
+        error: ProxyError = self._errors(exc)
+        return error
+
+
+def stopped(result: ProgramResult) -> ProxyError:
+    """The error of a pass-through the runtime stopped before the upstream answered in full."""
+    if result.stop_reason is StopReason.DEADLINE:
+        return ProxyError(
+            "the request's deadline (X-Dynasor-Deadline-S or dynasor.deadline_s) passed before the "
+            "upstream finished; the upstream request was aborted",
+            status=504,
+            type="timeout_error",
+            code="deadline_exceeded",
+        )
+    if result.stop_reason in (StopReason.BUDGET, StopReason.HOPELESS):
+        return ProxyError(
+            "the proxy's token budget is spent",
+            status=429,
+            type="insufficient_quota",
+            code="insufficient_quota",
+        )
+    return ProxyError(f"the runtime stopped the request ({result.stop_reason.value})", status=503)

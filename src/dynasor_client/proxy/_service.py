@@ -1,0 +1,268 @@
+"""The proxy's state: upstream clients, the runtime every request runs in, keys, budgets, counters."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from starlette.datastructures import Headers
+
+from .._exceptions import BudgetExhausted, EndpointError, ProgramCancelled, RuntimeClosed
+from .._log import get_logger
+from ..algorithms import JudgeRewardModel, PoolingRewardModel, RewardModel
+from ..endpoints import Endpoint, RetryPolicy
+from ..runtime import Runtime
+from ._config import ProxyConfig
+from ._errors import ProxyError, endpoint_error, redact, transport_error
+from ._keys import Budget, KeyAccount, presented_key
+from ._responses import billed_tokens
+from ._run import Run
+
+log = get_logger("dynasor_client.proxy")
+_NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+#: Client headers never forwarded upstream (hop-by-hop, credentials, the proxy's own).
+_NOT_FORWARDED = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "authorization",
+        "api-key",
+        "x-api-key",
+        "cookie",
+        "accept-encoding",  # an encoded stream could be buffered; the proxy sends it plain anyway
+    }
+)
+
+
+@dataclass
+class Counters:
+    """What ``GET /dynasor/stats`` reports."""
+
+    requests: int = 0
+    passthrough: int = 0
+    programs: dict[str, int] = field(default_factory=dict)
+    refused: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    running: int = 0
+    tokens: int = 0
+    saved_tokens: int = 0
+
+
+class ProxyService:
+    """Everything the routes share; :meth:`start` before serving, :meth:`aclose` after."""
+
+    def __init__(self, config: ProxyConfig, *, retry: RetryPolicy | None = None) -> None:
+        self.config = config
+        self.keys = config.keys
+        self.budget = Budget(config.token_budget)
+        self.counters = Counters()
+        self.endpoint = Endpoint(
+            config.upstream,
+            model=config.model,
+            api_key=config.upstream_api_key or "EMPTY",
+            timeout=config.timeout_s,
+            retry=retry,
+            max_in_flight=config.max_in_flight,
+            capabilities=config.capabilities or "detect",
+            default_headers=dict(config.extra_headers),
+            name=config.upstream,
+        )
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        self.http = httpx.AsyncClient(
+            base_url=config.upstream + "/",
+            timeout=httpx.Timeout(config.timeout_s, connect=min(config.timeout_s, 10.0)),
+            # No Nagle: the body follows the headers in a second small write, which Nagle would
+            # hold until the upstream's delayed ACK (~40 ms on Linux) on every request.
+            transport=httpx.AsyncHTTPTransport(limits=limits, socket_options=[_NODELAY]),
+        )
+        self.runtime = Runtime(self.endpoint, token_budget=config.token_budget, window=config.max_in_flight)
+        self._reward: RewardModel | None = None
+        self._reward_endpoint: Endpoint | None = None
+        self._runs: set[Run] = set()
+        self.started = time.time()
+
+    async def start(self) -> None:
+        await self.runtime.__aenter__()
+
+    async def aclose(self) -> None:
+        for run in list(self._runs):
+            run.cancel()
+        self.runtime.cancel_all()
+        await self.runtime.__aexit__(None, None, None)
+        await self.http.aclose()
+        await self.endpoint.aclose()
+        if self._reward_endpoint is not None:
+            await self._reward_endpoint.aclose()
+
+    # ------------------------------------------------------------------ keys and budgets
+
+    def authenticate(self, headers: Headers) -> KeyAccount | None:
+        """The client's key account (None when the proxy takes no keys); 401 for a wrong key."""
+        if self.keys is None:
+            return None
+        key = presented_key(headers)
+        if key is None:
+            raise ProxyError(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' (the openai "
+                "SDK's api_key).",
+                status=401,
+                code="missing_api_key",
+            )
+        account = self.keys.authenticate(key)
+        if account is None:
+            raise ProxyError("Incorrect API key provided.", status=401, code="invalid_api_key")
+        return account
+
+    def check_budget(self, account: KeyAccount | None) -> None:
+        """429 ``insufficient_quota`` once the key's or the proxy's token budget is spent."""
+        if account is not None and account.budget.exhausted:
+            raise ProxyError(
+                f"API key {account.fingerprint} has spent its token budget "
+                f"({account.budget.spent} of {account.budget.limit} tokens).",
+                status=429,
+                type="insufficient_quota",
+                code="insufficient_quota",
+            )
+        if self.budget.exhausted:
+            raise ProxyError(
+                f"the proxy's token budget is spent ({self.budget.spent} of {self.budget.limit} tokens).",
+                status=429,
+                type="insufficient_quota",
+                code="insufficient_quota",
+            )
+
+    def token_cap(self, account: KeyAccount | None, requested: int | None) -> int | None:
+        """The most tokens a new program may spend: its own budget, the key's and the proxy's left."""
+        caps = [c for c in (requested, self.budget.remaining) if c is not None]
+        if account is not None and account.budget.remaining is not None:
+            caps.append(account.budget.remaining)
+        return max(min(caps), 1) if caps else None
+
+    # ------------------------------------------------------------------ runs
+
+    def track(self, run: Run) -> None:
+        self._runs.add(run)
+        self.counters.running += 1
+
+    def ended(self, run: Run, account: KeyAccount | None, what: str) -> None:
+        """Charge a finished (failed, cancelled) run's tokens to its key and the proxy budget."""
+        self._runs.discard(run)
+        self.counters.running -= 1
+        tokens = billed_tokens(run.context.usage) if run.context is not None else 0
+        self.budget.charge(tokens)
+        self.counters.tokens += tokens
+        if account is not None:
+            account.budget.charge(tokens)
+            account.requests += 1
+        final = run.state.get("final")
+        if final is not None:
+            self.counters.saved_tokens += final.saved
+        if run.task.cancelled() or isinstance(run.task.exception(), ProgramCancelled):
+            outcome = "cancelled"
+            self.counters.cancelled += 1
+        elif run.task.exception() is not None:
+            outcome = f"failed ({type(run.task.exception()).__name__})"
+            self.counters.failed += 1
+        else:
+            outcome = "ok"
+        log.info(
+            "%s %s: %d tokens in %.3f s (key %s)",
+            what,
+            outcome,
+            tokens,
+            time.monotonic() - run.started,
+            account.fingerprint if account is not None else "-",
+        )
+
+    # ------------------------------------------------------------------ upstream
+
+    def upstream_headers(self, client: Headers) -> tuple[dict[str, str], bool]:
+        """Headers for a pass-through request and whether they carry the proxy's own key."""
+        headers = {
+            k: v
+            for k, v in client.items()
+            if k.lower() not in _NOT_FORWARDED and not k.lower().startswith("x-dynasor-")
+        }
+        headers["content-type"] = "application/json"
+        key, own = None, True
+        if self.config.upstream_auth == "forward":
+            key = presented_key(client)
+            own = key is None
+        key = key or self.config.upstream_api_key
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        headers.update(self.config.extra_headers)
+        return headers, own
+
+    def reward_model(self) -> RewardModel:
+        """Best-of-N's reward model (``ProxyConfig.reward``), made on first use."""
+        if self._reward is None:
+            choice = self.config.reward
+            if choice == "judge":
+                self._reward = JudgeRewardModel(self.endpoint)
+            elif choice == "pooling":
+                self._reward = PoolingRewardModel(self.endpoint)
+            else:
+                self._reward_endpoint = Endpoint(
+                    choice, api_key=self.config.upstream_api_key or "EMPTY", timeout=self.config.timeout_s
+                )
+                self._reward = PoolingRewardModel(self._reward_endpoint)
+        return self._reward
+
+    def error(self, exc: BaseException) -> ProxyError:
+        """The HTTP error for anything a run raised (see :mod:`._errors`)."""
+        if isinstance(exc, ProxyError):
+            return exc
+        if isinstance(exc, EndpointError):
+            return endpoint_error(exc)
+        if isinstance(exc, httpx.HTTPError):
+            return transport_error(exc, self.config.upstream)
+        if isinstance(exc, BudgetExhausted):
+            return ProxyError(str(exc), status=429, type="insufficient_quota", code="insufficient_quota")
+        if isinstance(exc, asyncio.CancelledError | ProgramCancelled | RuntimeClosed):
+            return ProxyError("the request was cancelled: the proxy is shutting down", status=503)
+        log.error("internal error of the proxy: %s", self.redact(repr(exc)), exc_info=exc)
+        return ProxyError(f"internal error of the proxy: {type(exc).__name__}", status=500)
+
+    def redact(self, text: str) -> str:
+        return redact(text, [self.config.upstream_api_key])
+
+    def stats(self) -> dict[str, Any]:
+        c = self.counters
+        keys: Mapping[str, Any] = {}
+        if self.keys is not None:
+            keys = {
+                a.fingerprint: {"requests": a.requests, "spent": a.budget.spent, "budget": a.budget.limit}
+                for a in self.keys.accounts()
+            }
+        return {
+            "upstream": self.config.upstream,
+            "uptime_s": round(time.time() - self.started, 3),
+            "requests": c.requests,
+            "passthrough": c.passthrough,
+            "programs": dict(c.programs),
+            "refused": c.refused,
+            "failed": c.failed,
+            "cancelled": c.cancelled,
+            "running": c.running,
+            "tokens": c.tokens,
+            "saved_tokens": c.saved_tokens,
+            "budget": {"spent": self.budget.spent, "limit": self.budget.limit},
+            "keys": keys,
+        }
