@@ -35,10 +35,17 @@ from ._types import Generation, Kind, Message, Prompt, SamplingParams, Usage
 log = get_logger("dynasor_client.endpoints")
 
 _SAMPLING_FIELDS = frozenset(SamplingParams.__dataclass_fields__)
+#: Body fields passed to the SDK as its own arguments (the rest go through ``extra_body``).
+_SDK_FIELDS = frozenset({
+    "model", "messages", "prompt", "n", "max_tokens", "temperature", "top_p", "seed", "stop",
+    "logprobs", "top_logprobs", "stream_options",
+})  # fmt: skip
 
 
 def sampling(params: SamplingParams | None, overrides: Mapping[str, Any]) -> SamplingParams:
     """``params`` with keyword overrides applied (``complete(p, max_tokens=8)`` style)."""
+    if not overrides and params is not None:
+        return params  # frozen: nothing to copy
     unknown = set(overrides) - _SAMPLING_FIELDS
     if unknown:
         raise TypeError(f"unknown sampling argument(s) {sorted(unknown)}; use extra_body for server extras")
@@ -229,13 +236,22 @@ class Endpoint:
                 caps.seeded_n_distinct,
             )
         errors: list[EndpointError] = []
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._one(call, k, p, caps, rid, offset)) for offset, k, p in plan]
-        except* EndpointError as group:
-            errors = [e for e in group.exceptions if isinstance(e, EndpointError)]
-        if not errors:
-            return [t.result() for t in tasks]
+        if len(plan) == 1:  # the common case: no task group, no extra task per request
+            offset, k, p = plan[0]
+            try:
+                return [await self._one(call, k, p, caps, rid, offset)]
+            except EndpointError as exc:
+                errors = [exc]
+        else:
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tasks = [
+                        tg.create_task(self._one(call, k, p, caps, rid, offset)) for offset, k, p in plan
+                    ]
+            except* EndpointError as group:
+                errors = [e for e in group.exceptions if isinstance(e, EndpointError)]
+            if not errors:
+                return [t.result() for t in tasks]
         limit = min(n_limit_from(e) or 0 for e in errors)
         if limit and (caps.max_n is None or limit < caps.max_n):
             # Learn the server's n limit from its refusal and plan again.
@@ -320,22 +336,8 @@ class Endpoint:
         translated to :class:`EndpointError` subclasses.
         """
         model = await self.model_name()
-        known = {
-            "model",
-            "messages",
-            "prompt",
-            "n",
-            "max_tokens",
-            "temperature",
-            "top_p",
-            "seed",
-            "stop",
-            "logprobs",
-            "top_logprobs",
-            "stream_options",
-        }
-        args = {k: v for k, v in body.items() if k in known}
-        extra = {k: v for k, v in body.items() if k not in known}
+        args = {k: v for k, v in body.items() if k in _SDK_FIELDS}
+        extra = {k: v for k, v in body.items() if k not in _SDK_FIELDS}
         rid = _current_request_id()
         headers = {"X-Request-Id": rid}
         if program := program_id_var.get():
@@ -350,10 +352,11 @@ class Endpoint:
                     async with resource.with_streaming_response.create(
                         model=model, extra_body=extra or None, extra_headers=headers, **args
                     ) as response:
-                        text = await response.text()
+                        data = await response.read()  # bytes: JSON is UTF-8, no charset sniffing
                     try:
-                        return [json.loads(text)]
-                    except json.JSONDecodeError as exc:
+                        return [json.loads(data)]
+                    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+                        text = data.decode("utf-8", errors="replace")
                         raise MalformedResponse(
                             f"{where}: the server's answer is not JSON ({exc}): {text[:200]!r}",
                             request_id=rid,

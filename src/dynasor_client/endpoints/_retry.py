@@ -7,6 +7,8 @@ which would fail the same way again. Attempts and total time are both bounded.
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -16,7 +18,6 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
-    stop_after_delay,
     wait_exponential,
     wait_random,
 )
@@ -68,18 +69,31 @@ class RetryPolicy:
             return max(exc.retry_after, 0.0)
         return backoff
 
-    def _stop(self, state: RetryCallState) -> bool:
-        if stop_after_attempt(self.max_attempts)(state) or stop_after_delay(self.max_total_s)(state):
+    def _stop(self, state: RetryCallState, offset_s: float = 0.0) -> bool:
+        # offset_s: time spent before tenacity took over (the first attempt, made outside it).
+        elapsed = (state.seconds_since_start or 0.0) + offset_s
+        if stop_after_attempt(self.max_attempts)(state) or elapsed >= self.max_total_s:
             return True
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, RateLimited) and exc.retry_after is not None:
             too_long = exc.retry_after > self.max_backoff_s
-            past_budget = (state.seconds_since_start or 0.0) + exc.retry_after > self.max_total_s
+            past_budget = elapsed + exc.retry_after > self.max_total_s
             return too_long or past_budget
         return False
 
     async def call(self, fn: Callable[[], Awaitable[T]], *, what: str) -> T:
         """Run ``fn`` under this policy; the last error is re-raised as it was."""
+        # The first attempt runs bare: building tenacity's machinery for every request cost more
+        # client CPU than the rest of the runtime together. It takes over only after a retryable
+        # failure, that failure replayed as its attempt 1 (same attempt numbers, waits and log).
+        started = time.monotonic()
+        try:
+            return await fn()
+        except Exception as exc:
+            if self.max_attempts <= 1 or not is_retryable(exc):
+                raise
+            first: BaseException | None = exc
+        offset_s = time.monotonic() - started
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -90,13 +104,17 @@ class RetryPolicy:
 
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_retryable),
-            stop=self._stop,
+            stop=functools.partial(self._stop, offset_s=offset_s),
             wait=self._wait,
             reraise=True,
             before_sleep=before_sleep,
         )
 
         async def run() -> T:  # tenacity treats plain callables (lambdas) as synchronous
+            nonlocal first
+            if first is not None:
+                error, first = first, None
+                raise error
             return await fn()
 
         return await retrying(run)
