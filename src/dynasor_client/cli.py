@@ -1,7 +1,8 @@
 """The ``dynasor-client`` command.
 
-Subcommands: ``demo`` (the embedded default model, end to end), ``serve-local`` (llama.cpp with
-SmolLM2 for people and other tools), ``generate`` and ``capabilities`` (against any endpoint),
+Subcommands: ``demo`` (plain self-consistency vs certaindex on the embedded default model),
+``serve-local`` (llama.cpp with SmolLM2 for people and other tools), ``generate`` and
+``capabilities`` (against any endpoint),
 ``record`` (sample a dataset into a traces file, resumable),
 ``calibrate`` (choose a stop rule from labelled traces) and ``bench certaindex`` (hot-path speed),
 ``serve-replay`` (recorded traces as an OpenAI-compatible server with GPU-like timing) and
@@ -19,12 +20,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ._demo import add_demo_parser, demo_command
 from ._exceptions import DynasorError
-from .endpoints import Endpoint, SamplingParams, Trajectory
+from .benchmarks._batch import add_batch_parser, batch_command
+from .benchmarks._online import add_online_parser, online_command
+from .benchmarks._overhead import add_overhead_parser, overhead_command
+from .endpoints import Endpoint, SamplingParams
 from .local import LocalLlamaServer, serve_forever
+from .proxy._cli import add_proxy_parser, proxy_command
 from .traces._recorder import add_record_arguments, record_command
-
-DEMO_QUESTION = "Tom has 27 apples and buys 21 more. How many apples does he have now?"
 
 
 def _add_endpoint_args(parser: argparse.ArgumentParser) -> None:
@@ -40,12 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="sample a question on the local model, chunk by chunk")
-    demo.add_argument("--question", default=DEMO_QUESTION)
-    demo.add_argument("--samples", type=int, default=4)
-    demo.add_argument("--chunk", type=int, default=32, help="tokens per chunk")
-    demo.add_argument("--max-tokens", type=int, default=192)
-    demo.add_argument("--seed", type=int, default=0)
+    add_demo_parser(sub)
 
     serve = sub.add_parser("serve-local", help="serve SmolLM2-135M-Instruct with llama.cpp on 127.0.0.1")
     serve.add_argument("--host", default="127.0.0.1")
@@ -107,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ci.add_argument("--questions", type=int, default=1000)
     bench_ci.add_argument("--orders", type=int, default=20)
     _add_replay_parsers(sub, bench_sub)
+    add_batch_parser(bench_sub)
+    add_online_parser(bench_sub)
+    add_overhead_parser(bench_sub)
+    add_proxy_parser(sub)
     return parser
 
 
@@ -172,41 +175,6 @@ def _bench_replay(args: argparse.Namespace) -> None:
         )
     except OSError as exc:
         raise ValueError(str(exc)) from exc
-
-
-async def _demo(args: argparse.Namespace) -> None:
-    print("Starting llama.cpp with SmolLM2-135M-Instruct on 127.0.0.1 ...", flush=True)
-    async with (
-        LocalLlamaServer(n_parallel=max(args.samples, 1)) as server,
-        Endpoint(server.base_url) as endpoint,
-    ):
-        caps = await endpoint.capabilities()
-        print(f"Serving {server.model} at {server.base_url}")
-        print(
-            f"Continuation: {'token-exact' if caps.token_exact_continuation else 'text'}; max n {caps.max_n}"
-        )
-        print(f"\nQuestion: {args.question}\n")
-        messages = [{"role": "user", "content": args.question}]
-        trajectories = []
-        for i in range(args.samples):
-            params = SamplingParams(temperature=0.8, seed=args.seed + i)
-            trajectories.append(await Trajectory.start(endpoint, messages=messages, params=params))
-
-        async def grow(trajectory: Trajectory) -> None:
-            while not trajectory.finished and trajectory.num_tokens < args.max_tokens:
-                await trajectory.extend(min(args.chunk, args.max_tokens - trajectory.num_tokens))
-
-        async with asyncio.TaskGroup() as tg:
-            for trajectory in trajectories:
-                tg.create_task(grow(trajectory))
-        for i, trajectory in enumerate(trajectories):
-            state = "finished" if trajectory.finished else "cut at the token limit"
-            print(
-                f"--- sample {i + 1}: {trajectory.num_tokens} tokens in {trajectory.chunks} chunks ({state})"
-            )
-            print(trajectory.answer.strip())
-        total = sum(t.num_tokens for t in trajectories)
-        print(f"\n{total} tokens generated in total. (A 135M model: expect mechanics, not accuracy.)")
 
 
 async def _generate(args: argparse.Namespace) -> None:
@@ -287,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         elif args.command == "demo":
-            asyncio.run(_demo(args))
+            return demo_command(args)
         elif args.command == "generate":
             asyncio.run(_generate(args))
         elif args.command == "capabilities":
@@ -298,6 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             _calibrate(args)
         elif args.command == "serve-replay":
             _serve_replay(args)
+        elif args.command == "proxy":
+            return proxy_command(args)
+        elif args.command == "bench" and args.bench == "batch":
+            return batch_command(args)
+        elif args.command == "bench" and args.bench == "online":
+            return online_command(args)
+        elif args.command == "bench" and args.bench == "overhead":
+            return overhead_command(args)
         elif args.command == "bench" and args.bench == "replay":
             _bench_replay(args)
         elif args.command == "bench":

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from .._log import new_id, program_scope
 from ..certainty import Cap, Hopeless, HopelessCut, Observations, StopRule, TokenBudget
 from ..certainty._rules import AnyOf
-from ..endpoints import Endpoint, Generation, Message, Prompt, SamplingParams, Usage
+from ..endpoints import Endpoint, EndpointPool, Generation, Message, Prompt, SamplingParams, Usage
 
 
 class TokenKind(StrEnum):
@@ -102,9 +102,7 @@ class ProgramResult:
     answer so far: the last one it reported."""
 
     @classmethod
-    def best_so_far(
-        cls, context: ProgramContext, reason: StopReason, **details: Any
-    ) -> ProgramResult:
+    def best_so_far(cls, context: ProgramContext, reason: StopReason, **details: Any) -> ProgramResult:
         """The result of a program stopped from outside: its last reported answer and certaindex."""
         last = context.certaindex[-1] if context.certaindex else None
         return cls(
@@ -191,6 +189,24 @@ def question_messages(
     ]
 
 
+async def send(
+    backend: Endpoint | EndpointPool,
+    program_id: str,
+    prompt: Prompt | None,
+    messages: Sequence[Message] | None,
+    n: int,
+    params: SamplingParams | None,
+) -> Generation:
+    """One generation request of a program: a chat when ``messages`` are given, else a completion."""
+    if (prompt is None) == (messages is None):
+        raise ValueError("give exactly one of prompt= or messages=")
+    with program_scope(program_id):  # sent as X-Program-Id: one program, one replica
+        if messages is not None:
+            return await backend.chat(messages, n=n, params=params)
+        assert prompt is not None
+        return await backend.complete(prompt, n=n, params=params)
+
+
 def rule_stop_reason(rule: StopRule, obs: Observations) -> StopReason | None:
     """Which kind of rule fired: the first part of an ``a | b | ...`` rule that says stop."""
     if not rule(obs):
@@ -242,14 +258,7 @@ class StandaloneContext:
         params: SamplingParams | None = None,
         kind: TokenKind = TokenKind.GENERATED,
     ) -> Generation:
-        if (prompt is None) == (messages is None):
-            raise ValueError("give exactly one of prompt= or messages=")
-        with program_scope(self.program_id):  # sent as X-Program-Id: one program, one replica
-            if messages is not None:
-                generation = await self.endpoint.chat(messages, n=n, params=params)
-            else:
-                assert prompt is not None
-                generation = await self.endpoint.complete(prompt, n=n, params=params)
+        generation = await send(self.endpoint, self.program_id, prompt, messages, n, params)
         self.usage.add(kind, generation.usage)
         return generation
 

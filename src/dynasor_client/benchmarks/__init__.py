@@ -3,6 +3,13 @@
 - :func:`run_batch_benchmark` (``dynasor-client bench batch``): token-to-accuracy of every stopping
   method (uniform, the paper's rules, Adaptive-Consistency, ESC, confidence baselines, the calibrated
   rule, the oracle) replayed over recorded traces; :func:`batch_table`, :func:`plot_batch`.
+- :func:`run_overhead_benchmark` (``dynasor-client bench overhead``): the runtime's client CPU per
+  request against a plain AsyncOpenAI loop, the scheduler's decision time with 10,000 programs
+  queued, memory per waiting program; :func:`overhead_table`.
+- :func:`run_online_benchmark` (``dynasor-client bench online``): deadline attainment of programs
+  arriving online (Poisson) through the real runtime against the replay engine's timing model on a
+  virtual clock: naive, gang, certaindex, SRW, deadline-aware; :func:`online_table`,
+  :func:`plot_online`.
 - Shared plumbing for every benchmark (:mod:`._common`): :func:`run_metadata` (versions, git commit,
   machine), :func:`format_table`, :func:`write_json`, :func:`plot_token_accuracy`.
 """
@@ -29,10 +36,30 @@ from ._common import (
     versions,
     write_json,
 )
+from ._online import (
+    OnlineConfig,
+    add_online_parser,
+    online_command,
+    online_table,
+    plot_online,
+    run_online_benchmark,
+)
+from ._overhead import (
+    add_overhead_parser,
+    measure_client_overhead,
+    measure_scheduler,
+    measure_waiting_memory,
+    overhead_command,
+    overhead_table,
+    run_overhead_benchmark,
+)
 
 __all__ = [
     "Method",
+    "OnlineConfig",
     "add_batch_parser",
+    "add_online_parser",
+    "add_overhead_parser",
     "batch_command",
     "batch_table",
     "calibration_overlap",
@@ -40,12 +67,22 @@ __all__ = [
     "git_commit",
     "jsonable",
     "machine_info",
+    "measure_client_overhead",
+    "measure_scheduler",
+    "measure_waiting_memory",
     "method_stops",
+    "online_command",
+    "online_table",
+    "overhead_command",
+    "overhead_table",
     "plot_batch",
+    "plot_online",
     "plot_token_accuracy",
     "replay_in_orders",
     "run_batch_benchmark",
     "run_metadata",
+    "run_online_benchmark",
+    "run_overhead_benchmark",
     "versions",
     "with_extracted_answers",
     "write_json",

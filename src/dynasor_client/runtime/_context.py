@@ -8,8 +8,14 @@ import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
-from .._log import program_scope
-from ..algorithms._program import CertaindexPoint, StopReason, TokenKind, TokenUsage, rule_stop_reason
+from ..algorithms._program import (
+    CertaindexPoint,
+    StopReason,
+    TokenKind,
+    TokenUsage,
+    rule_stop_reason,
+    send,
+)
 from ..certainty import Observations, StopRule
 from ..endpoints import Endpoint, EndpointPool, Generation, Message, Prompt, SamplingParams, Usage
 from ._states import ProgramRecord
@@ -43,22 +49,19 @@ class RuntimeContext:
         params: SamplingParams | None = None,
         kind: TokenKind = TokenKind.GENERATED,
     ) -> Generation:
-        if (prompt is None) == (messages is None):
-            raise ValueError("give exactly one of prompt= or messages=")
         runtime = self._runtime
         if runtime.priority_hints:  # vLLM --scheduling-policy priority: lower is sooner
             hint = int(max(-(2**31), min(2**31 - 1, runtime.policy.key(self.record, runtime.clock()))))
             params = params or SamplingParams()
             params = dataclasses.replace(params, extra_body={**params.extra_body, "priority": hint})
         async with self.request_slot(n):
-            with program_scope(self.program_id):
-                if messages is not None:
-                    generation = await self._backend.chat(messages, n=n, params=params)
-                else:
-                    assert prompt is not None
-                    generation = await self._backend.complete(prompt, n=n, params=params)
+            started = runtime.clock()
+            generation = await send(self._backend, self.program_id, prompt, messages, n, params)
+            elapsed = runtime.clock() - started
         self.charge(kind, generation.usage)
-        runtime.observe_speed(generation)
+        # Timed on the runtime's clock, like deadlines (Generation.latency_s is wall time, which
+        # does not follow a virtual-time loop).
+        runtime.observe_speed(generation, elapsed)
         return generation
 
     @contextlib.asynccontextmanager

@@ -68,12 +68,12 @@ class ShortestRemainingWork(SchedulingPolicy):
 
 @dataclass(frozen=True, slots=True)
 class LeastLaxity(SchedulingPolicy):
-    """By laxity: deadline minus remaining work (programs without a deadline last)."""
+    """By laxity: deadline minus the estimated time to finish (programs without a deadline last)."""
 
     def key(self, program: ProgramRecord, now: float) -> float:
         if program.deadline is None:
             return _NO_DEADLINE
-        return program.deadline - program.remaining_seconds()
+        return program.deadline - program.time_to_finish()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +93,7 @@ class DemoteInfeasible(SchedulingPolicy):
     penalty_s: float = 1e6
 
     def key(self, program: ProgramRecord, now: float) -> float:
-        if program.deadline is not None and now + program.remaining_seconds() > program.deadline:
+        if program.deadline is not None and now + program.time_to_finish() > program.deadline:
             return self.penalty_s
         return 0.0
 

@@ -226,7 +226,8 @@ class Runtime:
             token_cap = decision.token_cap if decision.admit else token_cap
         record = ProgramRecord(
             pid, name, now, None if deadline_s is None else now + deadline_s,
-            self.budget.open(token_cap), expected, self.seconds_per_token,
+            self.budget.open(token_cap), expected, self.seconds_per_token, self.scheduler.mean_width,
+            () if expected_tokens else self._finished_tokens,  # a caller's hint wins over history
         )  # fmt: skip
         future: asyncio.Future[ProgramResult] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
@@ -359,11 +360,13 @@ class Runtime:
             self._throughput.popleft()
         self.events.emit(now, record.program_id, "request", kind=kind.value, tokens=tokens)
 
-    def observe_speed(self, generation: Generation) -> None:
-        """Update the decoding-speed estimate (seconds per token per sequence) from a response."""
+    def observe_speed(self, generation: Generation, latency_s: float | None = None) -> None:
+        """Update the decoding-speed estimate (seconds per token per sequence) from a response that
+        took ``latency_s`` on the runtime's clock (default: its own wall-clock ``latency_s``)."""
         longest = max((c.num_tokens for c in generation.choices), default=0)
-        if longest > 0 and generation.latency_s > 0:
-            sample = generation.latency_s / longest
+        latency = generation.latency_s if latency_s is None else latency_s
+        if longest > 0 and latency > 0:
+            sample = latency / longest
             self.seconds_per_token += 0.1 * (sample - self.seconds_per_token)
 
     def expected_tokens(self) -> float:

@@ -53,6 +53,7 @@ class Scheduler:
         self.in_flight = 0  # sequences dispatched and not yet released
         self.waiting = 0  # entries live in the heap
         self.decisions = 0
+        self.mean_width = 1.0  # running mean of the sequences a dispatched gang holds
 
     def acquire(self, record: ProgramRecord, n: int) -> asyncio.Future[None]:
         """A future resolved when ``record`` may send a request of ``n`` sequences."""
@@ -98,6 +99,11 @@ class Scheduler:
                 record.entry = None
             record.queued_s += self._clock() - entry.since
             refused = self._check(record)
+            if refused is None:
+                width = sum(n for future, n in entry.waiters if not future.done())
+                if width > 0:
+                    record.width = width
+                    self.mean_width += 0.05 * (width - self.mean_width)
             for future, n in entry.waiters:
                 if future.done():  # its program was cancelled while waiting
                     continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,8 @@ class ProgramRecord:
     account: Account
     expected_tokens: float  # the prior for its total tokens (a hint, or the runtime's running mean)
     seconds_per_token: float  # the runtime's estimate of decoding speed per sequence
+    width: float = 1.0  # sequences it runs at once: its latest gang's (a prior before its first)
+    history: Sequence[int] = ()  # total tokens of recently finished programs (the runtime's, shared)
     state: ProgramState = ProgramState.WAITING
     stop_reason: StopReason | None = None
     finished_at: float | None = None
@@ -56,10 +59,21 @@ class ProgramRecord:
     cancel_requested: bool = False
 
     def remaining_tokens(self) -> float:
-        """Estimated tokens still to generate: the prior minus what is spent, scaled down by how sure
-        the program already is (a certain program is about to stop), bounded by its allowance."""
+        """Estimated tokens still to generate, scaled down by how sure the program already is (a
+        certain program is about to stop), bounded by its allowance.
+
+        Before scaling: the mean residual work of the finished programs in :attr:`history` that spent
+        more than this one has (a program still running after ``s`` tokens is, on average, one of
+        the long ones: with early stopping, totals are far from normal); without such history, the
+        prior minus what is spent; at least a tenth of the prior either way.
+        """
         account = self.account
-        left = max(self.expected_tokens - account.spent, 0.1 * self.expected_tokens)
+        spent = account.spent
+        longer = [total - spent for total in self.history if total > spent]
+        if longer:
+            left = max(sum(longer) / len(longer), 0.1 * self.expected_tokens)
+        else:
+            left = max(self.expected_tokens - spent, 0.1 * self.expected_tokens)
         if account.steps:
             left *= 1.0 - min(max(account.certainty, 0.0), 1.0)
         if account.allowance is not None:
@@ -67,7 +81,13 @@ class ProgramRecord:
         return left
 
     def remaining_seconds(self) -> float:
+        """Its estimated remaining work, in seconds of one sequence's decoding (the SRW key)."""
         return self.remaining_tokens() * self.seconds_per_token
+
+    def time_to_finish(self) -> float:
+        """Estimated seconds until it finishes once dispatched: its remaining tokens spread over the
+        sequences it runs at once (its samples decode in parallel), at the per-sequence speed."""
+        return self.remaining_tokens() / max(self.width, 1.0) * self.seconds_per_token
 
     def latency(self) -> float | None:
         return None if self.finished_at is None else self.finished_at - self.arrival
