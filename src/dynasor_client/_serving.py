@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 
 def bind_socket(host: str, port: int | None) -> socket.socket:
@@ -114,3 +115,41 @@ class InProcessServer:
             await asyncio.wait({waiting, self._task}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiting.cancel()
+
+
+class StartStop:
+    """``async with`` over ``start()`` and ``stop()`` (which subclasses define)."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+class HTTPFront(StartStop):
+    """A server object whose HTTP side is the :class:`InProcessServer` ``_http``: its port and URLs."""
+
+    _http: InProcessServer
+
+    @property
+    def port(self) -> int:
+        return self._http.port
+
+    @property
+    def root_url(self) -> str:
+        return self._http.root_url
+
+    @property
+    def base_url(self) -> str:
+        """The API root including ``/v1`` (an OpenAI client's ``base_url``)."""
+        return f"{self.root_url}/v1"

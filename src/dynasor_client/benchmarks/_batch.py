@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -87,7 +86,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..traces import TEST_FRACTION, Split, TraceQuestion, load_traces, select_split, split_of
-from ._common import format_table, plot_token_accuracy, run_metadata, write_json
+from ..traces._format import file_sha256
+from ._common import finish_command, format_table, plot_token_accuracy, run_metadata
 
 if TYPE_CHECKING:
     from ..certainty import StopRule
@@ -328,14 +328,6 @@ def reference_methods(
     return methods, notes
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def calibration_overlap(
     fitted_on: Mapping[str, Any], *, traces_name: str, traces_sha256: str, evaluated_ids: Sequence[str]
 ) -> tuple[bool | None, str]:
@@ -466,7 +458,7 @@ def run_batch_benchmark(
     path = Path(traces)
     try:
         questions: list[TraceQuestion] = [q for q in load_traces(path) if q.samples]
-        sha = _sha256(path)
+        sha = file_sha256(path)
     except OSError as exc:
         raise ValueError(f"cannot read traces {path}: {exc}") from exc
     evaluated = select_split(questions, split)
@@ -660,7 +652,7 @@ def add_batch_parser(bench_sub: Any) -> argparse.ArgumentParser:
 
 
 def batch_command(args: argparse.Namespace) -> int:
-    """Run the benchmark, write the JSON (and plot), print the table. Failures raise ValueError."""
+    """Run the benchmark, print the table, write the JSON (and plot). Failures raise ValueError."""
     result = run_batch_benchmark(
         args.traces,
         algorithm=args.algorithm,
@@ -672,16 +664,4 @@ def batch_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         answers=args.answers,
     )
-    try:
-        write_json(args.json_out, result)
-    except OSError as exc:
-        raise ValueError(f"cannot write {args.json_out}: {exc}") from exc
-    print(batch_table(result))
-    print(f"wrote {args.json_out}")
-    if args.plot:
-        try:
-            plot_batch(result, args.plot)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"plot failed ({exc}); the figures were written to {args.json_out}") from exc
-        print(f"wrote {args.plot}")
-    return 0
+    return finish_command(result, batch_table(result), args.json_out, plot=plot_batch, plot_path=args.plot)

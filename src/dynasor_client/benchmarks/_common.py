@@ -11,7 +11,8 @@ A benchmark's JSON carries, besides its figures, what produced them::
 :func:`run_metadata` gives the first three; :func:`write_json` writes a figures dict (non-finite
 floats become ``null``, the file is replaced atomically); :func:`format_table` lays out a plain-text
 table; :func:`plot_token_accuracy` draws a token-to-accuracy chart with matplotlib (Agg backend, the
-``plot`` extra), imported only when a plot is asked for.
+``plot`` extra), imported only when a plot is asked for; :func:`finish_command` is the end of every
+``bench`` subcommand (print the table, write the JSON, draw the plot).
 """
 
 from __future__ import annotations
@@ -23,17 +24,19 @@ import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "finish_command",
     "format_table",
     "git_commit",
     "jsonable",
     "machine_info",
     "plot_token_accuracy",
+    "pyplot",
     "run_metadata",
     "versions",
     "write_json",
@@ -163,6 +166,24 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, left:
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 
 
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend; a ValueError when matplotlib is not installed."""
+    try:
+        matplotlib: Any = importlib.import_module("matplotlib")
+        matplotlib.use("Agg")
+        return importlib.import_module("matplotlib.pyplot")
+    except ImportError as exc:
+        raise ValueError(f"plotting needs matplotlib: pip install 'dynasor-client[plot]' ({exc})") from exc
+
+
+def save_figure(fig: Any, path: str | Path) -> None:
+    """Lay ``fig`` out tightly and save it to ``path`` (its folder made when missing)."""
+    fig.tight_layout()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target)
+
+
 def plot_token_accuracy(
     path: str | Path,
     *,
@@ -175,12 +196,7 @@ def plot_token_accuracy(
 ) -> None:
     """Token-to-accuracy chart: ``curve`` as a line of (tokens, accuracy), ``points`` as labelled
     markers. Needs matplotlib (``pip install 'dynasor-client[plot]'``); a ValueError says so."""
-    try:
-        matplotlib: Any = importlib.import_module("matplotlib")
-        matplotlib.use("Agg")
-        plt: Any = importlib.import_module("matplotlib.pyplot")
-    except ImportError as exc:
-        raise ValueError(f"plotting needs matplotlib: pip install 'dynasor-client[plot]' ({exc})") from exc
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     try:
         if curve:
@@ -195,9 +211,33 @@ def plot_token_accuracy(
             ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(target)
+        save_figure(fig, path)
     finally:
         plt.close(fig)
+
+
+def finish_command(
+    result: Mapping[str, Any],
+    table: str,
+    json_out: str | Path | None,
+    *,
+    plot: Callable[[Mapping[str, Any], str | Path], None] | None = None,
+    plot_path: str | Path | None = None,
+) -> int:
+    """The end of a ``bench`` subcommand: print ``table``, write ``result`` to ``json_out`` (when
+    given), draw ``plot(result, plot_path)`` (when both are given); 0. A JSON file that cannot be
+    written, or a plot that fails, raises ValueError (the CLI reports it and exits non-zero)."""
+    print(table)
+    if json_out:
+        try:
+            write_json(json_out, result)
+        except OSError as exc:
+            raise ValueError(f"cannot write {json_out}: {exc}") from exc
+        print(f"wrote {json_out}")
+    if plot is not None and plot_path:
+        try:
+            plot(result, plot_path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"plot failed ({exc}); the figures were written to {json_out}") from exc
+        print(f"wrote {plot_path}")
+    return 0

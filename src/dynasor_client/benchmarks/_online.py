@@ -113,7 +113,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..traces import Split, TraceQuestion, load_traces, select_split
-from ._common import format_table, run_metadata, write_json
+from ._common import finish_command, format_table, pyplot, run_metadata, save_figure
 
 if TYPE_CHECKING:
     from ..certainty import StopRule
@@ -141,7 +141,7 @@ __all__ = [
 ]
 
 TARGET = 0.9  #: the attainment the headline figures keep
-RuleName = Literal["default", "paper"]
+RuleName = str  # "paper", "default" or the path of a calibration JSON
 
 
 class OnlineRunError(RuntimeError):
@@ -314,12 +314,18 @@ class ProgramOutcome:
 
 
 def stop_rule(name: RuleName) -> StopRule | str:
-    """``"default"``: :func:`~dynasor_client.certainty.default_rule`; ``"paper"``: H~ >= 0.7 at 5."""
+    """``"default"``: :func:`~dynasor_client.certainty.default_rule`; ``"paper"``: H~ >= 0.7 at 5;
+    else the path of a calibration JSON (``dynasor-client calibrate``, e.g. with ``--max-rounds``)."""
     from ..certainty import default_rule
+    from ..certainty.calibration import load_rule
 
-    if name not in ("default", "paper"):
-        raise ValueError(f"unknown rule {name!r}: 'default' or 'paper'")
-    return default_rule() if name == "default" else "paper"
+    if name == "paper":
+        return "paper"
+    if name == "default":
+        return default_rule()
+    if not Path(name).is_file():
+        raise ValueError(f"unknown rule {name!r}: 'default', 'paper' or a calibration JSON file")
+    return load_rule(name)
 
 
 def make_program(spec: ProgramSpec, policy: OnlinePolicy, n: int, rule: RuleName) -> Program:
@@ -935,14 +941,7 @@ def online_table(result: Mapping[str, Any]) -> str:
 
 def plot_online(result: Mapping[str, Any], path: str | Path) -> None:
     """Attainment against the arrival rate and against the SLO scale, one line per policy (PNG)."""
-    import importlib
-
-    try:
-        matplotlib: Any = importlib.import_module("matplotlib")
-        matplotlib.use("Agg")
-        plt: Any = importlib.import_module("matplotlib.pyplot")
-    except ImportError as exc:
-        raise ValueError(f"plotting needs matplotlib: pip install 'dynasor-client[plot]' ({exc})") from exc
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=120)
     try:
         markers = "osD^v<>pP*Xh"
@@ -965,10 +964,7 @@ def plot_online(result: Mapping[str, Any], path: str | Path) -> None:
             f"{result['traces']} on {result['profile']} (window {result['window']}, rule {result['rule']})",
             fontsize=10,
         )
-        fig.tight_layout()
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(target)
+        save_figure(fig, path)
     finally:
         plt.close(fig)
 
@@ -1000,7 +996,9 @@ def add_online_parser(bench_sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--plot", default=None, help="draw attainment curves here (PNG; needs matplotlib)")
     parser.add_argument("--quick", action="store_true", help="few programs, rates and SLO scales (smoke run)")
     parser.add_argument("--split", choices=["train", "test", "all"], default="test", help="questions asked")
-    parser.add_argument("--rule", choices=["paper", "default"], default="paper", help="certaindex stop rule")
+    parser.add_argument(
+        "--rule", default="paper", help="certaindex stop rule: paper, default or a calibration JSON file"
+    )
     parser.add_argument("-n", type=int, default=30, help="samples per program at most (full budget)")
     parser.add_argument("--window", type=int, default=None, help="sequences in flight (default: max_batch)")
     parser.add_argument("--duration", type=float, default=None, help="modelled seconds of arrivals per run")
@@ -1046,7 +1044,7 @@ def online_config(args: argparse.Namespace) -> OnlineConfig:
 
 
 def online_command(args: argparse.Namespace) -> int:
-    """Run the benchmark, write the JSON (and plot), print the table. Failures raise ValueError."""
+    """Run the benchmark, print the table, write the JSON (and plot). Failures raise ValueError."""
     import sys
 
     config = online_config(args)
@@ -1054,16 +1052,4 @@ def online_command(args: argparse.Namespace) -> int:
         result = run_online_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     except OnlineRunError as exc:
         raise ValueError(f"a benchmark run failed: {exc}") from exc
-    try:
-        write_json(args.json_out, result)
-    except OSError as exc:
-        raise ValueError(f"cannot write {args.json_out}: {exc}") from exc
-    print(online_table(result))
-    print(f"wrote {args.json_out}")
-    if args.plot:
-        try:
-            plot_online(result, args.plot)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"plot failed ({exc}); the figures were written to {args.json_out}") from exc
-        print(f"wrote {args.plot}")
-    return 0
+    return finish_command(result, online_table(result), args.json_out, plot=plot_online, plot_path=args.plot)

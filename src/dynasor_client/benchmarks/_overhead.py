@@ -55,10 +55,8 @@ import gc
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -68,7 +66,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from ._common import format_table, run_metadata, write_json
+from ._common import finish_command, format_table, run_metadata
 
 __all__ = [
     "GOAL_DECISION_P50_US",
@@ -106,63 +104,27 @@ class _Load:
 # ---------------------------------------------------------------------------- the replay server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pin(pid: int, cores: set[int]) -> bool:
-    if not hasattr(os, "sched_setaffinity") or not cores:
-        return False
-    try:
-        os.sched_setaffinity(pid, cores)
-    except OSError:
-        return False
-    return True
-
-
 @contextlib.contextmanager
 def _replay_server(
     traces: Path, flush_interval_s: float
 ) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
     """``dynasor-client serve-replay`` in a child process: yields (base URL, model, process)."""
-    port = _free_port()
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    command = [
-        sys.executable, "-m", "dynasor_client", "serve-replay", "--traces", str(traces),
+    from ..replay._bench import child_server, free_port
+
+    port = free_port()
+    argv = [
+        "-m", "dynasor_client", "serve-replay", "--traces", str(traces),
         "--port", str(port), "--profile", _PROFILE, "--time-scale", "0",
         "--flush-interval", repr(flush_interval_s),
     ]  # fmt: skip
-    log_path = traces.parent / "server.log"  # a file, not a pipe nobody reads (it would fill up)
-    with log_path.open("wb") as sink:
-        process = subprocess.Popen(command, env=env, stdout=sink, stderr=sink)
-    try:
-        base_url = f"http://127.0.0.1:{port}/v1"
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"the replay server exited at start: {log_path.read_text(errors='replace')[-2000:]}"
-                )
-            try:
-                with urllib.request.urlopen(f"{base_url}/models", timeout=5) as response:
-                    model = str(json.loads(response.read())["data"][0]["id"])
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the replay server did not answer within 60 s") from None
-                time.sleep(0.1)
-        yield base_url, model, process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    base_url = f"http://127.0.0.1:{port}/v1"
+
+    def model() -> str:
+        with urllib.request.urlopen(f"{base_url}/models", timeout=5) as response:
+            return str(json.loads(response.read())["data"][0]["id"])
+
+    with child_server(argv, traces.parent / "server.log", model) as (process, served):
+        yield base_url, served, process
 
 
 # ---------------------------------------------------------------------------- 1. client CPU
@@ -320,8 +282,9 @@ def measure_client_overhead(
     unknown = set(modes) - set(MODES)
     if unknown:
         raise ValueError(f"unknown modes {sorted(unknown)}; choose from {MODES}")
+    from ..replay._bench import pinned_apart
+
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    pinned = False
     with tempfile.TemporaryDirectory(prefix="dynasor-bench-overhead-") as tmp:
         traces = Path(tmp) / "traces.jsonl"
         # Samples of 1.8-2.2x max_tokens: every response stops at exactly max_tokens tokens.
@@ -333,14 +296,11 @@ def measure_client_overhead(
             return _Load(chosen, requests_per_program, concurrency, max_tokens)
 
         loads = {False: load_of(requests), True: load_of(stream_requests)}
-        with _replay_server(traces, flush_interval_s) as (base_url, model, server):
-            try:
-                if len(cpus) >= 2:
-                    pinned = _pin(server.pid, {cpus[0]}) and _pin(0, set(cpus[1:]))
-                runs = asyncio.run(_client_runs(base_url, model, loads, repeats, modes))
-            finally:
-                if len(cpus) >= 2:
-                    _pin(0, set(cpus))
+        with (
+            _replay_server(traces, flush_interval_s) as (base_url, model, server),
+            pinned_apart(server.pid, cpus) as pinned,
+        ):
+            runs = asyncio.run(_client_runs(base_url, model, loads, repeats, modes))
     per_mode: dict[str, Any] = {}
     for mode, samples in runs.items():
         n = loads[mode.endswith("_stream")].requests
@@ -692,11 +652,4 @@ def overhead_command(args: argparse.Namespace) -> int:
                                         seed=args.seed, quick=args.quick)  # fmt: skip
     except RuntimeError as exc:  # the replay server did not start
         raise ValueError(str(exc)) from exc
-    print(overhead_table(result))
-    if args.json_out:
-        try:
-            write_json(args.json_out, result)
-        except OSError as exc:
-            raise ValueError(f"cannot write {args.json_out}: {exc}") from exc
-        print(f"wrote {args.json_out}")
-    return 0
+    return finish_command(result, overhead_table(result), args.json_out)

@@ -38,8 +38,9 @@ Needs the ``[proxy]`` extra (FastAPI, uvicorn); imported on first use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_getattr
 from ._cli import add_proxy_parser, proxy_command
 
 if TYPE_CHECKING:
@@ -60,15 +61,8 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """The server parts load on first use (they need the ``[proxy]`` extra)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module, __name__), name)
-
+# The server parts load on first use (they need the ``[proxy]`` extra).
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = [
     "DynasorOptions",

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
 from typing import Any
 
-from .._serving import InProcessServer
+from .._serving import HTTPFront, InProcessServer
 from ..endpoints import RetryPolicy
 from ._app import create_proxy_app
 from ._config import ProxyConfig
 from ._service import ProxyService
 
 
-class ProxyServer:
+class ProxyServer(HTTPFront):
     """The proxy on a free port of ``host``, in this process's event loop.
 
     ``async with ProxyServer(ProxyConfig(upstream=url)) as proxy:`` then point any OpenAI client at
@@ -39,28 +38,6 @@ class ProxyServer:
             self.app, host=host, port=port, name="proxy", log_level=log_level, access_log=access_log,
             lifespan="on",
         )  # fmt: skip
-
-    @property
-    def port(self) -> int:
-        return self._http.port
-
-    @property
-    def root_url(self) -> str:
-        return self._http.root_url
-
-    @property
-    def base_url(self) -> str:
-        """The API root including ``/v1`` (an OpenAI client's ``base_url``)."""
-        return f"{self.root_url}/v1"
-
-    async def __aenter__(self) -> ProxyServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         await self._http.start()

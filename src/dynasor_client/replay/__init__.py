@@ -16,8 +16,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_getattr
 from ._engine import NoMatch, RecordingEnds, ReplayChoice, ReplayEngine, ReplayPlan, RewardScores
 from ._pieces import Pieces, split_pieces
 from ._profiles import PROFILES, GPUProfile, get_profile
@@ -38,15 +39,8 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """The server and its benchmark load on first use (they need the ``[server]`` extra)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module, __name__), name)
-
+# The server and its benchmark load on first use (they need the ``[server]`` extra).
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = [
     "PROFILES",

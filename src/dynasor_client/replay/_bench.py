@@ -32,14 +32,18 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..traces import TraceQuestion, TraceSample, load_traces, question_to_json
 from ._profiles import GPUProfile, get_profile
 
 __all__ = ["bench_replay", "bench_summary"]
+
+T = TypeVar("T")
 
 _WORDS = [
     "the",
@@ -121,12 +125,6 @@ class _Load:
     open: int = 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
@@ -183,31 +181,11 @@ async def _stream_forever(
                     await writer.wait_closed()
 
 
-def _start_server(
-    traces: Path, profile: Path, time_scale: float, port: int, flush_interval_s: float
-) -> subprocess.Popen[bytes]:
-    code = (
-        "import sys; from dynasor_client.replay._server import serve_replay; "
-        f"serve_replay({str(traces)!r}, port={port}, profile={str(profile)!r}, time_scale={time_scale!r}, "
-        f"flush_interval_s={flush_interval_s!r})"
-    )
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    log = profile.parent / f"server-{port}.log"  # a file, not a pipe nobody reads (it would fill up)
-    with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=sink, stderr=sink)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            err = log.read_text(errors="replace")
-            raise RuntimeError(f"the replay server exited at start: {err[-2000:]}")
-        with contextlib.suppress(OSError):
-            _get_json(f"http://127.0.0.1:{port}/health")
-            return process
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("the replay server did not answer /health within 60 s")
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for a child server to listen on)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _pin(pid: int, cores: set[int]) -> bool:
@@ -218,6 +196,58 @@ def _pin(pid: int, cores: set[int]) -> bool:
     except OSError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def pinned_apart(pid: int, cpus: Sequence[int]) -> Iterator[bool]:
+    """Pin process ``pid`` (a child server) to the first of ``cpus`` and this process to the others,
+    when there are two or more and the OS allows; yields whether it did. On exit this process gets
+    every one of ``cpus`` back (it may go on with other work)."""
+    pinned = False
+    try:
+        if len(cpus) >= 2:
+            pinned = _pin(pid, {cpus[0]}) and _pin(0, set(cpus[1:]))
+        yield pinned
+    finally:
+        if len(cpus) >= 2:
+            _pin(0, set(cpus))
+
+
+@contextlib.contextmanager
+def child_server(
+    argv: Sequence[str], log: Path, ready: Callable[[], T]
+) -> Iterator[tuple[subprocess.Popen[bytes], T]]:
+    """``python argv...`` in a child process that imports this source tree, its output to ``log``
+    (a file, not a pipe nobody reads: it would fill up). ``ready()`` is called until it returns
+    (an OSError: not yet), for up to 60 s; yields (the process, what ``ready`` returned), and
+    terminates the process on exit. RuntimeError when it exits or does not answer in time."""
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    with log.open("wb") as sink:
+        process = subprocess.Popen([sys.executable, *argv], env=env, stdout=sink, stderr=sink)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"the replay server exited at start: {log.read_text(errors='replace')[-2000:]}"
+                )
+            try:
+                answer = ready()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the replay server did not answer within 60 s") from None
+                time.sleep(0.1)
+        yield process, answer
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 async def _measure(
@@ -311,40 +341,37 @@ def bench_replay(
         "ceiling": [],
         "realtime": [],
     }
-    try:
-        with tempfile.TemporaryDirectory(prefix="dynasor-bench-replay-") as tmp:
-            traces_path = Path(tmp) / "traces.jsonl"
-            if traces is not None:
-                traces_path = Path(traces)
-            else:
-                traces_path.write_text(
-                    "".join(json.dumps(question_to_json(q)) + "\n" for q in questions), encoding="utf-8"
+    with tempfile.TemporaryDirectory(prefix="dynasor-bench-replay-") as tmp:
+        traces_path = Path(tmp) / "traces.jsonl"
+        if traces is not None:
+            traces_path = Path(traces)
+        else:
+            traces_path.write_text(
+                "".join(json.dumps(question_to_json(q)) + "\n" for q in questions), encoding="utf-8"
+            )
+        runs: list[tuple[str, float]] = [("ceiling", 0.0)] + ([("realtime", 1.0)] if realtime else [])
+        for kind, scale in runs:
+            for k in streams:
+                wide = _wide(gpu, k, min(max_tokens, 9000))
+                profile_path = Path(tmp) / f"profile-{kind}-{k}.json"
+                wide.save(profile_path)
+                port = free_port()
+                code = (
+                    "import sys; from dynasor_client.replay._server import serve_replay; "
+                    f"serve_replay({str(traces_path)!r}, port={port}, profile={str(profile_path)!r}, "
+                    f"time_scale={scale!r}, flush_interval_s={flush_interval_s!r})"
                 )
-            runs: list[tuple[str, float]] = [("ceiling", 0.0)] + ([("realtime", 1.0)] if realtime else [])
-            for kind, scale in runs:
-                for k in streams:
-                    wide = _wide(gpu, k, min(max_tokens, 9000))
-                    profile_path = Path(tmp) / f"profile-{kind}-{k}.json"
-                    wide.save(profile_path)
-                    port = _free_port()
-                    server = _start_server(traces_path, profile_path, scale, port, flush_interval_s)
-                    try:
-                        if len(cpus) >= 2:
-                            figures["pinned"] = _pin(server.pid, {cpus[0]}) and _pin(0, set(cpus[1:]))
-                        row = asyncio.run(_measure(port, prompts, k, max_tokens, warmup_s, window_s))
-                        if kind == "realtime":
-                            row["keep_up"] = row.pop("modelled_s_per_wall_s")
-                        figures[kind].append(row)
-                    finally:
-                        server.terminate()
-                        try:
-                            server.wait(timeout=10)
-                        except subprocess.TimeoutExpired:
-                            server.kill()
-                            server.wait()
-    finally:
-        if len(cpus) >= 2:
-            _pin(0, set(cpus))  # this process may go on with other work: give its cores back
+                health = partial(_get_json, f"http://127.0.0.1:{port}/health")
+                log = Path(tmp) / f"server-{port}.log"
+                with (
+                    child_server(["-c", code], log, health) as (server, _),
+                    pinned_apart(server.pid, cpus) as pinned,
+                ):
+                    figures["pinned"] = pinned
+                    row = asyncio.run(_measure(port, prompts, k, max_tokens, warmup_s, window_s))
+                    if kind == "realtime":
+                        row["keep_up"] = row.pop("modelled_s_per_wall_s")
+                    figures[kind].append(row)
     ceiling = figures["ceiling"]
     if ceiling:
         figures["ceiling_tokens_per_s"] = max(r["tokens_per_s"] for r in ceiling)

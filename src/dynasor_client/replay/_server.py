@@ -95,14 +95,13 @@ import math
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from .._serving import InProcessServer
+from .._serving import HTTPFront, InProcessServer
 from ..endpoints import Capabilities
 from ..traces import TraceQuestion, load_traces
 from ._engine import NoMatch, ProbeFallback, RecordingEnds, ReplayChoice, ReplayEngine, ReplayPlan
@@ -1011,7 +1010,7 @@ def _build_service(
     )
 
 
-class ReplayServer:
+class ReplayServer(HTTPFront):
     """The replay server on a free port of ``host``, in this process's event loop.
 
     ``async with ReplayServer("traces.jsonl", profile="test", time_scale=0.1) as server:`` then
@@ -1070,19 +1069,6 @@ class ReplayServer:
         self._adapter: asyncio.Task[None] | None = None
 
     @property
-    def port(self) -> int:
-        return self._http.port
-
-    @property
-    def root_url(self) -> str:
-        return self._http.root_url
-
-    @property
-    def base_url(self) -> str:
-        """The API root including ``/v1``."""
-        return f"{self.root_url}/v1"
-
-    @property
     def model(self) -> str:
         return self.service.model
 
@@ -1094,15 +1080,6 @@ class ReplayServer:
     def metrics(self) -> dict[str, Any]:
         """The figures of ``/metrics``, read directly."""
         return self.service.metrics()
-
-    async def __aenter__(self) -> ReplayServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         if self._http.started:

@@ -63,11 +63,11 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack
 
 import httpx
 
+from .._serving import StartStop
 from ..endpoints import Capabilities, Endpoint
 from ..traces import TraceQuestion
 from ._engine import ProbeFallback, ReplayEngine
@@ -239,7 +239,7 @@ def _loop_time() -> float:
         return time.monotonic()
 
 
-class InProcessReplay:
+class InProcessReplay(StartStop):
     """The replay server in this process with no socket, timed on the running loop's clock.
 
     ``async with InProcessReplay(traces) as replay:`` then ``async with replay.endpoint() as ep:``.
@@ -328,15 +328,6 @@ class InProcessReplay:
     def now(self) -> float:
         """The modelled time now (on a virtual loop: ``loop.time() - origin``)."""
         return self.driver.now()
-
-    async def __aenter__(self) -> InProcessReplay:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         """Start the timing driver in the running loop."""

@@ -16,9 +16,8 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from .._exceptions import BudgetExhausted, ProgramCancelled, RuntimeClosed
 from .._log import new_id, program_scope
@@ -28,7 +27,7 @@ from ..endpoints import Endpoint, EndpointPool, Generation, Usage
 from ._context import RuntimeContext
 
 if TYPE_CHECKING:
-    from ._batch import BatchResult
+    from ._batch import BatchOptions, BatchResult
 from ._events import EventLog, RuntimeMetrics
 from ._policies import SchedulingPolicy, dynasor
 from ._scheduler import Scheduler
@@ -252,24 +251,13 @@ class Runtime:
         """Submit ``program`` and wait for its result (options as :meth:`submit`)."""
         return await self.submit(program, **options)
 
-    async def run_batch(
-        self,
-        programs: Sequence[Program],
-        *,
-        concurrency: int | None = None,
-        progress: bool = True,
-        desc: str | None = None,
-        save_to: str | Path | None = None,
-        deadline_s: float | None = None,
-    ) -> BatchResult:
+    async def run_batch(self, programs: Sequence[Program], **options: Unpack[BatchOptions]) -> BatchResult:
         """Run ``programs`` (at most ``concurrency`` at once) with a progress bar; results in input
-        order. See :func:`~._batch.run_batch`."""
+        order. Keywords ``concurrency``, ``progress``, ``desc``, ``save_to``, ``deadline_s``: see
+        :func:`~._batch.run_batch`."""
         from ._batch import run_batch  # the batch helpers build on this module
 
-        return await run_batch(
-            self, programs, concurrency=concurrency, progress=progress, desc=desc, save_to=save_to,
-            deadline_s=deadline_s,
-        )  # fmt: skip
+        return await run_batch(self, programs, **options)
 
     # ---------------------------------------------------------------- one program
 

@@ -92,6 +92,15 @@ class TraceQuestion:
         return split_of(self.id)
 
 
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, in hex (a traces file's provenance)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _hash_unit(text: str) -> float:
     """A stable number in [0, 1) from a string (sha256, first 8 bytes)."""
     digest = hashlib.sha256(text.encode("utf-8")).digest()

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from ...traces._format import file_sha256
 from ._bench import bench_certaindex
 from ._replay import Replay, label_traces
 from ._result import CalibrationResult
 from ._search import Objective, calibrate, evaluate_published
 from ._traces import TEST_FRACTION, Split, load_traces, select_split
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def calibrate_command(
@@ -53,7 +45,7 @@ def calibrate_command(
         safety=safety,
         fitted_on={
             "traces": path.name,
-            "sha256": _sha256(path),
+            "sha256": file_sha256(path),
             "split": split,
             "test_fraction": TEST_FRACTION,
         },
