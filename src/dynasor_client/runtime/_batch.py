@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TypedDict
+from typing import IO, TYPE_CHECKING, Any
 
 from ..algorithms._program import ProgramResult
 from ..endpoints import Endpoint, EndpointPool
@@ -45,16 +45,6 @@ class BatchResult:
 
     def answers(self) -> list[str | None]:
         return [None if r is None else r.answer for r in self.results]
-
-
-class BatchOptions(TypedDict, total=False):
-    """The keywords of :func:`run_batch` after ``programs`` (for the methods that pass them on)."""
-
-    concurrency: int | None
-    progress: bool
-    desc: str | None
-    save_to: str | Path | None
-    deadline_s: float | None
 
 
 def result_record(index: int, result: ProgramResult | None, error: BaseException | None) -> dict[str, Any]:

@@ -16,8 +16,9 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable, Generator, Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Unpack
+from typing import TYPE_CHECKING, Any
 
 from .._exceptions import BudgetExhausted, ProgramCancelled, RuntimeClosed
 from .._log import new_id, program_scope
@@ -27,7 +28,7 @@ from ..endpoints import Endpoint, EndpointPool, Generation, Usage
 from ._context import RuntimeContext
 
 if TYPE_CHECKING:
-    from ._batch import BatchOptions, BatchResult
+    from ._batch import BatchResult
 from ._events import EventLog, RuntimeMetrics
 from ._policies import SchedulingPolicy, dynasor
 from ._scheduler import Scheduler
@@ -251,13 +252,26 @@ class Runtime:
         """Submit ``program`` and wait for its result (options as :meth:`submit`)."""
         return await self.submit(program, **options)
 
-    async def run_batch(self, programs: Sequence[Program], **options: Unpack[BatchOptions]) -> BatchResult:
+    async def run_batch(
+        self,
+        programs: Sequence[Program],
+        *,
+        concurrency: int | None = None,
+        progress: bool = True,
+        desc: str | None = None,
+        save_to: str | Path | None = None,
+        deadline_s: float | None = None,
+    ) -> BatchResult:
         """Run ``programs`` (at most ``concurrency`` at once) with a progress bar; results in input
-        order. Keywords ``concurrency``, ``progress``, ``desc``, ``save_to``, ``deadline_s``: see
-        :func:`~._batch.run_batch`."""
+        order; finished results appended to ``save_to`` (JSON lines) as they come; each program's
+        ``deadline_s``. See :func:`~._batch.run_batch`."""
         from ._batch import run_batch  # the batch helpers build on this module
 
-        return await run_batch(self, programs, **options)
+        # Named here, not **options: what a notebook's signature help shows.
+        return await run_batch(
+            self, programs, concurrency=concurrency, progress=progress, desc=desc, save_to=save_to,
+            deadline_s=deadline_s,
+        )  # fmt: skip
 
     # ---------------------------------------------------------------- one program
 
