@@ -204,7 +204,7 @@ async def _client_runs(
     import openai
 
     from ..endpoints import Endpoint
-    from ..replay._server import REPLAY_CAPABILITIES
+    from ..replay._parts import REPLAY_CAPABILITIES
 
     timeout = 120.0
     concurrency = max(load.concurrency for load in loads.values())
@@ -442,7 +442,7 @@ def _rss_bytes() -> int | None:
 async def _waiting_memory(programs: int, traced: bool) -> dict[str, Any]:
     from ..algorithms._program import ProgramContext, ProgramResult, StopReason
     from ..endpoints import Endpoint, SamplingParams
-    from ..replay._server import REPLAY_CAPABILITIES
+    from ..replay._parts import REPLAY_CAPABILITIES
     from ..runtime import Runtime, RuntimeContext
 
     # Nothing is ever sent: the window stays full, so no waiting program reaches HTTP.

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_getattr
 from ._engine import NoMatch, RecordingEnds, ReplayChoice, ReplayEngine, ReplayPlan, RewardScores
+from ._parts import REPLAY_CAPABILITIES
 from ._pieces import Pieces, split_pieces
 from ._profiles import PROFILES, GPUProfile, get_profile
 from ._timing import BatchingModel, Metrics, RequestState, SimRequest
@@ -29,10 +30,9 @@ from ._virtual import InProcessReplay, VirtualTimeDeadlock, VirtualTimeLoop, run
 
 if TYPE_CHECKING:
     from ._bench import bench_replay
-    from ._server import REPLAY_CAPABILITIES, ReplayServer, serve_replay
+    from ._server import ReplayServer, serve_replay
 
 _LAZY = {
-    "REPLAY_CAPABILITIES": "._server",
     "ReplayServer": "._server",
     "serve_replay": "._server",
     "bench_replay": "._bench",

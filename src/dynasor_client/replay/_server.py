@@ -102,9 +102,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from .._serving import HTTPFront, InProcessServer
-from ..endpoints import Capabilities
 from ..traces import TraceQuestion, load_traces
 from ._engine import NoMatch, ProbeFallback, RecordingEnds, ReplayChoice, ReplayEngine, ReplayPlan
+from ._parts import REPLAY_CAPABILITIES, ReplayParts
 from ._profiles import GPUProfile, get_profile
 from ._timing_drivers import RealtimeDriver, RequestHandle
 
@@ -114,20 +114,6 @@ log = logging.getLogger("dynasor_client.replay")
 
 LogprobsShape = Literal["auto", "chat", "legacy"]
 Kind = Literal["completions", "chat"]
-
-#: What the replay server supports, for ``Endpoint(..., capabilities=REPLAY_CAPABILITIES)``.
-REPLAY_CAPABILITIES = Capabilities(
-    max_n=None,
-    token_id_prompts=True,
-    generated_token_ids="return_token_ids",
-    tokenize=True,
-    chat_template=None,
-    assistant_prefill=True,
-    prefill_echoes=False,
-    max_top_logprobs=20,
-    streaming_usage=True,
-    seeded_n_distinct=True,
-)
 
 MAX_N = 1024
 #: The GPU profile served by default: Llama-3-8B on one H100 (``"test"`` is the tiny one for tests).
@@ -1010,7 +996,7 @@ def _build_service(
     )
 
 
-class ReplayServer(HTTPFront):
+class ReplayServer(ReplayParts, HTTPFront):
     """The replay server on a free port of ``host``, in this process's event loop.
 
     ``async with ReplayServer("traces.jsonl", profile="test", time_scale=0.1) as server:`` then
@@ -1058,28 +1044,12 @@ class ReplayServer(HTTPFront):
             flush_interval_s=flush_interval_s,
             record_submissions=record_submissions,
         )
-        self.engine = self.service.engine
-        self.driver = self.service.driver
-        self.profile = self.driver.model.profile
-        self.app = create_app(self.service)
+        self._serve(self.service)
         self.host = host
         self._http = InProcessServer(
             self.app, host=host, port=port, name="replay server", log_level=log_level
         )
         self._adapter: asyncio.Task[None] | None = None
-
-    @property
-    def model(self) -> str:
-        return self.service.model
-
-    @property
-    def capabilities(self) -> Capabilities:
-        """What this server supports (pass to ``Endpoint(capabilities=...)``)."""
-        return REPLAY_CAPABILITIES
-
-    def metrics(self) -> dict[str, Any]:
-        """The figures of ``/metrics``, read directly."""
-        return self.service.metrics()
 
     async def start(self) -> None:
         if self._http.started:

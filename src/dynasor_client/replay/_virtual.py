@@ -68,16 +68,16 @@ from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack
 import httpx
 
 from .._serving import StartStop
-from ..endpoints import Capabilities, Endpoint
+from ..endpoints import Endpoint
 from ..traces import TraceQuestion
-from ._engine import ProbeFallback, ReplayEngine
+from ._engine import ProbeFallback
+from ._parts import ReplayParts
 from ._profiles import GPUProfile
-from ._timing_drivers import RealtimeDriver
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
-    from ._server import LogprobsShape, ReplayApp, ReplayService
+    from ._server import LogprobsShape, ReplayService
 
 __all__ = ["InProcessReplay", "VirtualTimeDeadlock", "VirtualTimeLoop", "run_virtual"]
 
@@ -239,7 +239,7 @@ def _loop_time() -> float:
         return time.monotonic()
 
 
-class InProcessReplay(StartStop):
+class InProcessReplay(ReplayParts, StartStop):
     """The replay server in this process with no socket, timed on the running loop's clock.
 
     ``async with InProcessReplay(traces) as replay:`` then ``async with replay.endpoint() as ep:``.
@@ -274,7 +274,7 @@ class InProcessReplay(StartStop):
         flush_interval_s: float = 0.05,
         record_submissions: bool = False,
     ) -> None:
-        from ._server import _build_service, create_app  # needs the [server] extra
+        from ._server import _build_service  # needs the [server] extra
 
         self.service: ReplayService = _build_service(
             traces,
@@ -288,25 +288,11 @@ class InProcessReplay(StartStop):
             record_submissions=record_submissions,
             clock=_loop_time,
         )
-        self.engine: ReplayEngine = self.service.engine
-        self.driver: RealtimeDriver = self.service.driver
-        self.profile: GPUProfile = self.driver.model.profile
-        self.app: ReplayApp = create_app(self.service)
+        self._serve(self.service)
         self.transport = httpx.ASGITransport(app=self.app)
         """The transport every endpoint of this replay uses (requests run in the caller's task)."""
         self.origin: float | None = None
         """The loop time at which the replay started (modelled time 0); None before."""
-
-    @property
-    def model(self) -> str:
-        return self.service.model
-
-    @property
-    def capabilities(self) -> Capabilities:
-        """What the replay server supports (:data:`~._server.REPLAY_CAPABILITIES`)."""
-        from ._server import REPLAY_CAPABILITIES
-
-        return REPLAY_CAPABILITIES
 
     def endpoint(self, **kwargs: Any) -> Endpoint:
         """An :class:`~dynasor_client.Endpoint` on this replay (close it, e.g. ``async with``).
@@ -320,10 +306,6 @@ class InProcessReplay(StartStop):
         kwargs.setdefault("stream", False)
         kwargs.setdefault("name", "replay-in-process")
         return Endpoint(self.base_url, transport=self.transport, **kwargs)
-
-    def metrics(self) -> dict[str, Any]:
-        """The figures of ``/metrics?format=json`` (timing model and server counters)."""
-        return self.service.metrics()
 
     def now(self) -> float:
         """The modelled time now (on a virtual loop: ``loop.time() - origin``)."""
