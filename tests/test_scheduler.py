@@ -249,3 +249,22 @@ def test_admission_policies() -> None:
     assert degraded.admit and degraded.token_cap == 1000  # what fits in the second left
     assert not degrade_infeasible()(hopeless, busy).admit  # 100 tokens < a quarter of 2000
     assert admit_all()(hopeless, busy).admit
+
+
+def test_token_history_matches_its_definition() -> None:
+    import random
+
+    from dynasor_client.runtime import TokenHistory
+
+    rng = random.Random(0)
+    history, recent = TokenHistory(20), []
+    assert history.mean() is None and history.mean_residual(0) is None
+    for _ in range(200):
+        total = rng.randint(0, 500)
+        history.add(total)
+        recent = [*recent, total][-20:]  # only the last 20 count
+        assert history.mean() == pytest.approx(sum(recent) / len(recent))
+        for spent in (0, 120, 250, 499, 500):
+            longer = [t - spent for t in recent if t > spent]
+            expected = sum(longer) / len(longer) if longer else None
+            assert history.mean_residual(spent) == (expected and pytest.approx(expected))

@@ -30,7 +30,7 @@ from ._policies import (
 from ._program_factory import as_program
 from ._runtime import Program, ProgramHandle, Runtime
 from ._scheduler import Scheduler
-from ._states import ProgramRecord, ProgramState
+from ._states import ProgramRecord, ProgramState, TokenHistory
 
 __all__ = [
     "Aging",
@@ -51,6 +51,7 @@ __all__ = [
     "Scheduler",
     "SchedulingPolicy",
     "ShortestRemainingWork",
+    "TokenHistory",
     "aging",
     "as_program",
     "demote_infeasible",

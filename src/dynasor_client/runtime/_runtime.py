@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 from ._events import EventLog, RuntimeMetrics
 from ._policies import SchedulingPolicy, dynasor
 from ._scheduler import Scheduler
-from ._states import ProgramRecord, ProgramState
+from ._states import ProgramRecord, ProgramState, TokenHistory
 
 log = logging.getLogger("dynasor_client.runtime")
 
@@ -150,7 +150,7 @@ class Runtime:
         )
         self.seconds_per_token = _SPEED_PRIOR_S
         self._expected_prior = expected_tokens
-        self._finished_tokens: collections.deque[int] = collections.deque(maxlen=200)
+        self._finished_tokens = TokenHistory(200)
         self._throughput: collections.deque[tuple[float, int]] = collections.deque()
         self._active: dict[str, ProgramRecord] = {}
         self._group: asyncio.TaskGroup | None = None
@@ -227,7 +227,7 @@ class Runtime:
         record = ProgramRecord(
             pid, name, now, None if deadline_s is None else now + deadline_s,
             self.budget.open(token_cap), expected, self.seconds_per_token, self.scheduler.mean_width,
-            () if expected_tokens else self._finished_tokens,  # a caller's hint wins over history
+            None if expected_tokens else self._finished_tokens,  # a caller's hint wins over history
         )  # fmt: skip
         future: asyncio.Future[ProgramResult] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
@@ -329,7 +329,7 @@ class Runtime:
         record.finished_at = now
         if result is not None:
             record.state, record.stop_reason = ProgramState.DONE, result.stop_reason
-            self._finished_tokens.append(context.usage.total)
+            self._finished_tokens.add(context.usage.total)
             self.events.emit(
                 now, record.program_id, "done", stop_reason=result.stop_reason.value, answer=result.answer,
                 confidence=result.confidence, tokens=context.usage.total, partial=result.partial,
@@ -373,9 +373,8 @@ class Runtime:
 
     def expected_tokens(self) -> float:
         """The prior for a new program's total tokens: the mean of recent finished programs."""
-        if not self._finished_tokens:
-            return self._expected_prior
-        return sum(self._finished_tokens) / len(self._finished_tokens)
+        mean = self._finished_tokens.mean()
+        return self._expected_prior if mean is None else mean
 
     def throughput(self) -> float | None:
         """Tokens per second counted over the last 30 s (None before two measurements)."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
 import enum
-from collections.abc import Sequence
+import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,6 +38,38 @@ class ProgramState(enum.Enum):
         return self in (ProgramState.DONE, ProgramState.CANCELLED, ProgramState.FAILED)
 
 
+class TokenHistory:
+    """Total tokens of the last ``size`` finished programs, kept sorted with suffix sums: the mean,
+    and the mean residual beyond a spend, are read in O(log n) on the scheduler's hot path (the
+    work of keeping them is paid once per finished program)."""
+
+    __slots__ = ("_recent", "_sorted", "_suffix")
+
+    def __init__(self, size: int = 200) -> None:
+        self._recent: collections.deque[int] = collections.deque(maxlen=size)
+        self._sorted: list[int] = []
+        self._suffix: list[int] = [0]  # _suffix[i] = sum(_sorted[i:])
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def add(self, total: int) -> None:
+        if len(self._recent) == self._recent.maxlen:
+            del self._sorted[bisect.bisect_left(self._sorted, self._recent[0])]
+        self._recent.append(total)
+        bisect.insort(self._sorted, total)
+        self._suffix = list(itertools.accumulate(reversed(self._sorted), initial=0))[::-1]
+
+    def mean(self) -> float | None:
+        return self._suffix[0] / len(self._sorted) if self._sorted else None
+
+    def mean_residual(self, spent: float) -> float | None:
+        """Mean of ``total - spent`` over the totals above ``spent`` (None: no such total)."""
+        first = bisect.bisect_right(self._sorted, spent)
+        longer = len(self._sorted) - first
+        return self._suffix[first] / longer - spent if longer else None
+
+
 @dataclass(slots=True, eq=False)
 class ProgramRecord:
     """What the runtime, its scheduler and policies know of one program (times on the runtime clock)."""
@@ -48,7 +82,7 @@ class ProgramRecord:
     expected_tokens: float  # the prior for its total tokens (a hint, or the runtime's running mean)
     seconds_per_token: float  # the runtime's estimate of decoding speed per sequence
     width: float = 1.0  # sequences it runs at once: its latest gang's (a prior before its first)
-    history: Sequence[int] = ()  # total tokens of recently finished programs (the runtime's, shared)
+    history: TokenHistory | None = None  # recently finished programs' totals (the runtime's, shared)
     state: ProgramState = ProgramState.WAITING
     stop_reason: StopReason | None = None
     finished_at: float | None = None
@@ -69,9 +103,9 @@ class ProgramRecord:
         """
         account = self.account
         spent = account.spent
-        longer = [total - spent for total in self.history if total > spent]
-        if longer:
-            left = max(sum(longer) / len(longer), 0.1 * self.expected_tokens)
+        residual = None if self.history is None else self.history.mean_residual(spent)
+        if residual is not None:
+            left = max(residual, 0.1 * self.expected_tokens)
         else:
             left = max(self.expected_tokens - spent, 0.1 * self.expected_tokens)
         if account.steps:
