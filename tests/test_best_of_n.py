@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from dynasor_client import Endpoint
+from dynasor_client.algorithms import round_sizes
 from dynasor_client.algorithms._best_of_n import best_of_n, best_of_n_rule
 from dynasor_client.algorithms._program import StopReason
 from dynasor_client.algorithms._reward import (
@@ -17,7 +18,6 @@ from dynasor_client.algorithms._reward import (
     parse_pooling_scores,
     yes_probability,
 )
-from dynasor_client.algorithms._self_consistency import round_sizes
 from dynasor_client.certainty import cap, cluster_answers, majority_vote
 from dynasor_client.traces import TraceQuestion
 from tests.support.replay import replay_endpoint, traces_or_skip

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
 from dynasor_client import Endpoint, SamplingParams
 from dynasor_client.algorithms import (
+    ProgramResult,
+    RoundPlan,
     StandaloneContext,
     StopReason,
     round_sizes,
@@ -44,6 +47,85 @@ def test_round_schedules() -> None:
     assert round_sizes([4, 4], 10) == [4, 4, 2]
     with pytest.raises(ValueError, match="round schedule"):
         round_sizes("halving", 10)
+
+
+class _Clock:
+    """A clock the test moves: each round of a plan 'takes' ``round_s`` seconds."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _walk(plan: RoundPlan, clock: _Clock, round_s: float) -> list[int]:
+    sizes = []
+    for size in plan:
+        sizes.append(size)
+        clock.now += round_s
+    return sizes
+
+
+def test_round_plan_fits_the_deadline() -> None:
+    endpoint, rule, planned = Endpoint("http://127.0.0.1:9"), cap(30), [5, 5, 5, 5, 10]
+    clock = _Clock()
+    free = StandaloneContext(endpoint, rule, clock=clock)
+    assert _walk(RoundPlan(planned, free), clock, 3.0) == planned  # no deadline: the plan as is
+    # 10 s, 3 s a round: after the first, two rounds fit, so the last four merge into two.
+    clock = _Clock()
+    context = StandaloneContext(endpoint, rule, deadline_s=10.0, clock=clock)
+    plan = RoundPlan(planned, context, margin=1.0)
+    assert _walk(plan, clock, 3.0) == [5, 5, 20] and plan.merged == 2 and not plan.out_of_time
+    # The default margin expects the next round to last 1.25x the last one: one fits, not two.
+    clock = _Clock()
+    plan = RoundPlan(planned, StandaloneContext(endpoint, rule, deadline_s=10.0, clock=clock))
+    assert _walk(plan, clock, 3.0) == [5, 25] and plan.merged == 3
+    # 6 s a round: after the first, no round fits: the plan ends with the samples it has.
+    clock = _Clock()
+    plan = RoundPlan(planned, StandaloneContext(endpoint, rule, deadline_s=10.0, clock=clock))
+    assert _walk(plan, clock, 6.0) == [5] and plan.out_of_time
+    # Ample time: nothing changes.
+    clock = _Clock()
+    plan = RoundPlan(planned, StandaloneContext(endpoint, rule, deadline_s=100.0, clock=clock))
+    assert _walk(plan, clock, 3.0) == planned and plan.merged == 0
+    with pytest.raises(ValueError, match="margin"):
+        RoundPlan(planned, free, margin=0.5)
+
+
+def test_deadline_merges_rounds_of_a_live_program(svamp: list[TraceQuestion]) -> None:
+    # A rule that checks every 5 samples on a contested question: six rounds alone. Half that
+    # time as the deadline makes the program draw the same 30 samples in fewer rounds, in time
+    # (modelled H100 time).
+    from dynasor_client.replay import InProcessReplay, run_virtual
+
+    question = next(q for q in svamp[:40] if _agreement(q, 30) <= 10)
+    rule = self_consistency_rule(entropy_at_least(0.95, every=5), 30, 5)
+    planned = round_sizes("auto", 30, rule=rule)
+    assert planned == [5] * 6
+
+    async def run(deadline_s: float | None) -> tuple[ProgramResult, float]:
+        loop = asyncio.get_running_loop()
+        async with InProcessReplay(svamp[:40], seed=3) as replay, replay.endpoint() as endpoint:
+            context = StandaloneContext(
+                endpoint, rule, program_id="split-1", deadline_s=deadline_s, clock=loop.time
+            )
+            started = loop.time()
+            result = await self_consistency(question.question, context=context, n=30, rule=rule)
+            return result, loop.time() - started
+
+    alone, alone_s = run_virtual(run(None))
+    assert alone.stop_reason is StopReason.CAP and alone.steps == len(planned)
+    fitted, fitted_s = run_virtual(run(alone_s / 2))
+    assert fitted.stop_reason is StopReason.CAP and not fitted.partial
+    assert len(fitted.answers) == 30 and fitted.steps < alone.steps
+    assert sorted(map(str, fitted.answers)) == sorted(map(str, alone.answers))  # the same samples
+    assert fitted_s <= alone_s / 2
+    # Too little time for a second round: the detect round's answer, now, not at the deadline.
+    first_round_s = alone.certaindex[0].elapsed_s
+    cut, cut_s = run_virtual(run(first_round_s * 1.5))
+    assert cut.stop_reason is StopReason.DEADLINE and cut.partial
+    assert len(cut.answers) == planned[0] and cut_s < first_round_s * 1.5
 
 
 async def test_unanimous_question_stops_at_the_detect_round(

@@ -31,7 +31,8 @@ from ._reward import (
     yes_probability,
 )
 from ._reward_protocol import RewardModel
-from ._self_consistency import round_sizes, self_consistency, self_consistency_rule
+from ._rounds import RoundPlan, round_sizes
+from ._self_consistency import self_consistency, self_consistency_rule
 
 __all__ = [
     "CertaindexPoint",
@@ -43,6 +44,7 @@ __all__ = [
     "ProgramResult",
     "RewardModel",
     "RewardScore",
+    "RoundPlan",
     "StandaloneContext",
     "StopReason",
     "TokenKind",

@@ -43,7 +43,8 @@ from ._program import (
 )
 from ._reward import MeteredRewardModel
 from ._reward_protocol import RewardModel
-from ._self_consistency import DEFAULT_SYSTEM, RoundSchedule, round_sizes
+from ._rounds import RoundPlan, RoundSchedule, round_sizes
+from ._self_consistency import DEFAULT_SYSTEM
 
 Aggregate = Literal["max", "weighted_majority"]
 
@@ -130,7 +131,8 @@ async def best_of_n(
     step_rewards: list[list[float]] = []
     rewards: list[float] = []
     reason = None
-    for size in round_sizes(rounds, n, detect, stop_rule):
+    plan = RoundPlan(round_sizes(rounds, n, detect, stop_rule), context)
+    for size in plan:
         generation = await context.generate(
             messages=chat, n=size, params=params or SamplingParams(temperature=0.7)
         )
@@ -157,6 +159,8 @@ async def best_of_n(
         reason = context.stop_reason(obs)
         if reason is not None:
             break
+    if plan.out_of_time:
+        reason = StopReason.DEADLINE
     labels = clusters.labels
     best = best_index(labels, rewards)
     if aggregate == "max":
@@ -182,4 +186,5 @@ async def best_of_n(
             "aggregate": aggregate,
             "best": best,
         },
+        partial=plan.out_of_time,
     )

@@ -2,6 +2,7 @@
 
 sample a detect round; while the stop rule does not fire: sample the next round
 answer = majority over answer-equivalence classes; certaindex = entropy H~ of those classes
+(with a deadline, rounds that no longer fit are merged, or end the program: see ``_rounds``)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..certainty import (
     entropy_at_least,
     get_extractor,
 )
-from ..certainty.calibration import checkpoints, load_rule
+from ..certainty.calibration import load_rule
 from ..endpoints import Endpoint, Message, SamplingParams
 from ._program import (
     ProgramContext,
@@ -31,44 +32,9 @@ from ._program import (
     program_context,
     question_messages,
 )
+from ._rounds import RoundPlan, RoundSchedule, round_sizes
 
-RoundSchedule = Literal["auto", "detect", "doubling", "one"] | Sequence[int]
 DEFAULT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
-
-
-def round_sizes(schedule: RoundSchedule, n: int, detect: int = 5, rule: StopRule | None = None) -> list[int]:
-    """Samples per round, summing to ``n``: ``"auto"`` = one round per point where ``rule`` may fire
-    (so no sample is drawn past a check that would have stopped), ``"detect"`` = detect then the
-    rest (the paper), ``"doubling"`` = detect, then doubling, ``"one"`` = one at a time, or sizes."""
-    if schedule == "auto":
-        if rule is None:
-            raise ValueError("round schedule 'auto' needs the stop rule")
-        points = checkpoints(rule, n)
-        sizes = [b - a for a, b in zip((0, *points), points, strict=False)]
-    elif schedule == "detect":
-        sizes = [detect, n - detect]
-    elif schedule == "doubling":
-        sizes, size = [], detect
-        while sum(sizes) < n:
-            sizes.append(size)
-            size *= 2
-    elif schedule == "one":
-        sizes = [1] * n
-    elif isinstance(schedule, str):
-        raise ValueError(f"unknown round schedule {schedule!r}: 'detect', 'doubling', 'one' or sizes")
-    else:
-        sizes = list(schedule)
-    out, total = [], 0
-    for size in sizes:
-        if size < 1 and total < n:
-            raise ValueError(f"round sizes must be >= 1, got {list(sizes)}")
-        take = min(size, n - total)
-        if take > 0:
-            out.append(take)
-            total += take
-    if total < n:
-        out.append(n - total)
-    return out
 
 
 def self_consistency_rule(
@@ -117,7 +83,8 @@ async def self_consistency(
     answers: list[str | None] = []
     tokens: list[int] = []
     reason = None
-    for size in round_sizes(rounds, n, detect, stop_rule):
+    plan = RoundPlan(round_sizes(rounds, n, detect, stop_rule), context)
+    for size in plan:
         generation = await context.generate(
             messages=chat, n=size, params=params or SamplingParams(temperature=0.7)
         )
@@ -133,6 +100,8 @@ async def self_consistency(
         reason = context.stop_reason(obs)
         if reason is not None:
             break
+    if plan.out_of_time:
+        reason = StopReason.DEADLINE
     winner = clusters.majority()
     return ProgramResult(
         answer=None if winner is None else winner[1],
@@ -143,4 +112,5 @@ async def self_consistency(
         certaindex=tuple(context.certaindex),
         program_id=context.program_id,
         answers=tuple(answers),
+        partial=plan.out_of_time,
     )

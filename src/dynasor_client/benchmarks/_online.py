@@ -52,8 +52,11 @@ miss) and uses them to schedule.
 - ``+srw``: ``+certaindex`` ordered by shortest remaining work (certaindex-estimated) with aging
   (``shortest_remaining_work() + aging(0.5)``).
 - ``ours``: ``+srw`` plus deadline awareness: deadlines given to the runtime,
-  ``demote_infeasible()`` in the policy (``dynasor()``), programs cut at their deadline. (So the
-  ablation is naive, gang, +certaindex, +srw, ours = +deadline.)
+  ``demote_infeasible()`` in the policy (``dynasor()``), programs cut at their deadline, and
+  deadline-fitted rounds in the program (:class:`~dynasor_client.algorithms.RoundPlan`: when the
+  time left holds fewer rounds than the rule plans, the last round that fits draws every
+  remaining sample at once; when no round fits, the program returns its answer so far at once,
+  which counts as a miss). (So the ablation is naive, gang, +certaindex, +srw, ours = +deadline.)
 
 **Sweeps.** Attainment against the arrival rate at ``slo_scale`` (default 3), and against the SLO
 scale at ``ref_rate`` (default 0.75 x capacity: the naive server loaded but stable). Rates are
@@ -80,9 +83,12 @@ client's order decides what runs next. A smaller window lets the order decide mo
 costs throughput: on the H100 profile an iteration of 128 sequences yields 0.73x the tokens/s of
 256, and windows of 64 and 128 lowered every policy's attainment in trials.
 
-**Rule.** ``--rule paper`` (default): the paper's static threshold (H~ >= 0.7 at 5 samples, else
-all 30: two rounds at most). ``--rule default``: the library's calibrated multi-step rule (fewer
-tokens, but up to seven sequential rounds: its latency tail misses tight deadlines).
+**Rule.** ``--rule default`` (default): the library's calibrated multi-step rule
+(:func:`~dynasor_client.certainty.default_rule`, calibrated on SVAMP train): the fewest tokens,
+but up to seven sequential rounds, so without deadline-fitted rounds (``+certaindex``, ``+srw``)
+its latency tail misses tight deadlines. ``--rule paper``: the paper's static threshold (H~ >= 0.7
+at 5 samples, else all 30: two rounds at most). Until deadline-fitted rounds existed the default
+was ``paper``; both are reported in the README.
 
 **JSON**::
 
@@ -190,7 +196,8 @@ POLICIES: dict[str, OnlinePolicy] = {
         ),
         OnlinePolicy(
             "ours",
-            "+srw + deadline awareness (deadlines given to the runtime: demote infeasible, cut at deadline)",
+            "+srw + deadline awareness (runtime: demote infeasible, cut at the deadline; program: "
+            "rounds fitted to the deadline)",
             certaindex=True,
             order="dynasor",
             deadlines=True,
@@ -538,7 +545,7 @@ class OnlineConfig:
     profile: str = "llama3-8b-h100-80gb"
     split: Split = "test"
     n: int = 30
-    rule: RuleName = "paper"
+    rule: RuleName = "default"
     window: int | None = None  # None: the profile's max_batch
     duration_s: float = 30.0
     slo_scale: float = 3.0
@@ -997,7 +1004,7 @@ def add_online_parser(bench_sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="few programs, rates and SLO scales (smoke run)")
     parser.add_argument("--split", choices=["train", "test", "all"], default="test", help="questions asked")
     parser.add_argument(
-        "--rule", default="paper", help="certaindex stop rule: paper, default or a calibration JSON file"
+        "--rule", default="default", help="certaindex stop rule: default, paper or a calibration JSON file"
     )
     parser.add_argument("-n", type=int, default=30, help="samples per program at most (full budget)")
     parser.add_argument("--window", type=int, default=None, help="sequences in flight (default: max_batch)")
