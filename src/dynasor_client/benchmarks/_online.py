@@ -1,7 +1,7 @@
 """``dynasor-client bench online``: deadline attainment of reasoning programs arriving online.
 
     dynasor-client bench online --traces svamp-codex-sc30.jsonl [--profile llama3-8b-h100-80gb] \\
-        [--quick] --json out.json [--plot out.png]
+        [--quick] [--seeds K] --json out.json [--plot out.png]
 
 Programs (self-consistency over the traces' questions) arrive as a Poisson process and run through
 the library's real :class:`~dynasor_client.runtime.Runtime` (scheduler, policies, budget, admission)
@@ -70,11 +70,26 @@ last point at or above 90% and the next below it; the highest rate tried when ev
 scanning down from the loosest scale). ``ratios`` divides each policy's figures by naive's (for the
 SLO scale, naive's by the policy's: higher is better in both).
 
+**Alone.** Each policy's SLO sweep is repeated with the same programs (those of the reference
+rate) run one at a time on the idle modelled GPU, each after the previous one finished:
+``alone_slo_curve`` and ``alone_min_slo_scale_at_90``. A program runs fastest alone, so this is
+about the tightest SLO scale that policy's programs can meet under any scheduler (about: a program
+that adapts to its deadline may choose differently under load; naive's is 1 by construction, as
+``base`` is naive alone), and the gap to ``min_slo_scale_at_90`` is what sharing the GPU costs.
+
 **Figures** per policy at the reference point (``ref_rate``, ``slo_scale``): ``accuracy`` (graded
 against the traces' gold as calibration grades; a program without an answer is wrong),
 ``latency_mean_s`` and ``latency_p90_s`` (modelled seconds from arrival to result, over the programs
 that ran: a cut program's latency is its deadline), ``attainment``, ``tokens`` (mean generated),
 ``rejected`` and ``cut`` (fractions).
+
+**Replicates** (``--seeds K``, default 1): the whole benchmark (workload, isolated latencies, both
+sweeps) runs ``K`` times, replicate ``r`` with arrival seed ``seed + r`` and replay seed
+``replay_seed + r``: other questions, arrival times and recorded samples drawn. The figures are then
+the replicates' means; ``intervals`` holds 95% Student-t intervals of the headline figures and of
+the ratios, each replicate's ratio taken against its own naive run (same programs, same draws);
+curves are pointwise means over the rates and scales every replicate ran; ``by_seed`` keeps each
+replicate's own figures and curves. One replicate takes about 4.5 minutes on 2 cores.
 
 **Window.** At most ``window`` sequences in flight (a gang may overshoot it rather than be split).
 Default: the profile's ``max_batch`` (256 on the Llama-3-8B profiles): the modelled GPU's batch
@@ -95,19 +110,27 @@ was ``paper``; both are reported in the README.
     {"benchmark": "online", "profile": str, "traces": str, "split": str, "n": int, "rule": str,
      "window": int, "programs": int, "capacity_rate": float, "ref_rate": float, "slo_scale": float,
      "policies": {NAME: {"description": str, "max_rate_at_90": float, "min_slo_scale_at_90": float,
-                         "accuracy": float, "latency_mean_s": float, "latency_p90_s": float,
-                         "attainment": float, "tokens": float, "rejected": float, "cut": float,
+                         "alone_min_slo_scale_at_90": float, "accuracy": float,
+                         "latency_mean_s": float, "latency_p90_s": float, "attainment": float,
+                         "tokens": float, "rejected": float, "cut": float,
                          "curve": [{"rate", "rate_x", "attainment", "latency_mean_s", ...}],
-                         "slo_curve": [{"slo_scale", "attainment"}]}},
+                         "slo_curve": [{"slo_scale", "attainment"}],
+                         "alone_slo_curve": [{"slo_scale", "attainment"}]}},
      "ratios": {NAME: {"rate": float, "slo_scale": float}}, "base_latency_s": {...}, "notes": [str],
-     "seeds": {"arrivals": int, "replay": int}, "quick": bool,
+     "seeds": {"arrivals": int, "replay": int}, "replicates": int, "quick": bool,
      "versions": {...}, "commit": str | null, "machine": {...}, "elapsed_s": float}
+
+With ``replicates > 1`` also ``"intervals": {NAME: {"max_rate_at_90", "min_slo_scale_at_90",
+"alone_min_slo_scale_at_90", "accuracy", "rate_ratio", "slo_scale_ratio": [low, high]}}`` and
+``"by_seed": [{"seeds", "programs", "policies", "ratios"}]``; ``seeds`` is then the first
+replicate's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import random
@@ -297,9 +320,10 @@ class RunSpec:
     profile: str
     duration_s: float
     seed: int = 0  # the replay server's seed
+    alone: bool = False  # the same programs, each run alone on the idle GPU (see drive)
 
     def arriving(self, programs: Sequence[ProgramSpec]) -> list[ProgramSpec]:
-        """The programs that arrive in this run (at least one)."""
+        """The programs that arrive in this run at ``rate`` (at least one)."""
         chosen = [p for p in programs if p.arrival(self.rate) < self.duration_s]
         return chosen or list(programs[:1])
 
@@ -353,7 +377,8 @@ async def drive(
     *,
     time_scale: float = 1.0,
 ) -> list[ProgramOutcome]:
-    """Submit ``programs`` at their arrival times (at ``run.rate``) to a runtime over ``endpoint``.
+    """Submit ``programs`` at their arrival times (at ``run.rate``) to a runtime over ``endpoint``;
+    with ``run.alone``, each one after the previous one finished and a second of idle GPU instead.
 
     ``time_scale`` is wall seconds per modelled second (1 on the virtual clock; the replay server's
     ``time_scale`` over HTTP): arrivals and deadlines are multiplied by it, latencies divided by it.
@@ -367,8 +392,12 @@ async def drive(
     async with policy.runtime(endpoint, run.window) as runtime:
         start = loop.time()
         for spec in programs:
+            if run.alone and handles:
+                with contextlib.suppress(Exception):  # a failure is reported below, with the others
+                    await handles[-1][1]
+                await asyncio.sleep(time_scale)
             delay = start + spec.arrival(run.rate) * time_scale - loop.time()
-            if delay > 0:
+            if delay > 0 and not run.alone:
                 await asyncio.sleep(delay)
             deadline = spec.deadline(run.slo_scale) * time_scale if policy.deadlines else None
             program = make_program(spec, policy, run.n, run.rule)
@@ -555,6 +584,7 @@ class OnlineConfig:
     policies: tuple[str, ...] = tuple(POLICIES)
     seed: int = 0
     replay_seed: int = 0
+    seeds: int = 1  # replicates: seed + r and replay_seed + r for r < seeds
     jobs: int = 1
     quick: bool = False
 
@@ -654,36 +684,62 @@ def run_online_benchmark(
         )
     if config.n < 1 or config.duration_s <= 0 or config.slo_scale <= 0 or config.ref_rate_x <= 0:
         raise ValueError("n, duration, SLO scale and reference rate must be positive")
+    if config.seeds < 1:
+        raise ValueError(f"seeds (replicates) must be >= 1, got {config.seeds}")
     stop_rule(config.rule)
     profile = get_profile(config.profile)  # a bad name fails here, with the list of profiles
     questions = _questions(config.traces, config.split)
     n = min(config.n, min(len(q.samples) for q in questions))
     window = config.window or profile.max_batch
     capacity = capacity_rate(questions, n, config.profile)
-    multiples = sorted(set(config.rate_multiples) | {config.ref_rate_x})
-    scales = sorted(set(config.slo_scales) | {config.slo_scale})
-    rates = [m * capacity for m in multiples]
-    ref_rate = config.ref_rate_x * capacity
-    horizon = max(rates) * config.duration_s
+    grid = _Grid(
+        rates=[m * capacity for m in sorted(set(config.rate_multiples) | {config.ref_rate_x})],
+        scales=sorted(set(config.slo_scales) | {config.slo_scale}),
+        ref_rate=config.ref_rate_x * capacity,
+        capacity=capacity,
+    )
     config = _replace(config, n=n, window=window)
-    context = _Context(config, questions, horizon)
+    pool = _Pool(config.jobs)
+    replicates = []
+    try:
+        for r in range(config.seeds):
+            replicate = _replace(config, seed=config.seed + r, replay_seed=config.replay_seed + r)
+            if config.seeds > 1:
+                say(f"replicate {r + 1} of {config.seeds}: seeds {replicate.seed} (arrivals), "
+                    f"{replicate.replay_seed} (replay)")  # fmt: skip
+            replicates.append(_replicate(replicate, questions, grid, pool, say))
+    finally:
+        pool.close()
+    return _assemble(config, replicates, grid, started)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The runs' coordinates, the same in every replicate: rates (programs/s) and SLO scales."""
+
+    rates: list[float]
+    scales: list[float]
+    ref_rate: float
+    capacity: float
+
+
+def _replicate(
+    config: OnlineConfig, questions: list[TraceQuestion], grid: _Grid, pool: _Pool, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """One replicate: its workload (arrival seed), isolated latencies, both sweeps, its figures."""
+    started = time.perf_counter()
+    context = _Context(config, questions, max(grid.rates) * config.duration_s)
     workload = context.programs()
     say(
         f"{len(workload)} programs at most ({len(questions)} questions of {config.split}), capacity "
-        f"{capacity:.2f} programs/s, window {window}, {config.jobs} job(s)"
+        f"{grid.capacity:.2f} programs/s, window {config.window}, {config.jobs} job(s)"
     )
-    pool = _Pool(config.jobs)
-    try:
-        chunks = [
-            (context, a, min(a + BASE_CHUNK, len(workload))) for a in range(0, len(workload), BASE_CHUNK)
-        ]
-        context.base = [b for part in pool.map(_base_job, chunks) for b in part]
-        workload = context.programs()
-        say(f"isolated latencies measured ({time.perf_counter() - started:.0f} s)")
-        results = _sweep(config, context, workload, pool, rates, scales, ref_rate, say)
-    finally:
-        pool.close()
-    return _assemble(config, workload, results, rates, capacity, ref_rate, scales, started)
+    chunks = [(context, a, min(a + BASE_CHUNK, len(workload))) for a in range(0, len(workload), BASE_CHUNK)]
+    context.base = [b for part in pool.map(_base_job, chunks) for b in part]
+    workload = context.programs()
+    say(f"isolated latencies measured ({time.perf_counter() - started:.0f} s)")
+    results = _sweep(config, context, workload, pool, grid.rates, grid.scales, grid.ref_rate, say)
+    return _replicate_figures(config, workload, results, grid)
 
 
 def _replace(config: OnlineConfig, **changes: Any) -> OnlineConfig:
@@ -701,20 +757,21 @@ def _sweep(
     scales: Sequence[float],
     ref_rate: float,
     say: Callable[[str], None],
-) -> dict[tuple[str, float, float], list[ProgramOutcome]]:
+) -> Results:
     """Every run: each policy's rate sweep in rising order (stopping after the first rate whose
-    attainment is under STOP_BELOW; up to ``jobs`` rates of a policy run ahead) and its SLO sweep
-    (one run for the policies that do not know deadlines: attainment is counted afterwards)."""
+    attainment is under STOP_BELOW; up to ``jobs`` rates of a policy run ahead), its SLO sweep and
+    its SLO sweep with every program alone (one run each for the policies that do not know
+    deadlines: attainment is counted afterwards)."""
 
-    def spec(policy: str, rate: float, scale: float) -> RunSpec:
+    def spec(policy: str, rate: float, scale: float, alone: bool = False) -> RunSpec:
         if not POLICIES[policy].deadlines:
             scale = config.slo_scale  # runs the same whatever the scale
         return RunSpec(
             policy, rate, scale, config.window or 1, config.n, config.rule, config.profile,
-            config.duration_s, config.replay_seed,
+            config.duration_s, config.replay_seed, alone,
         )  # fmt: skip
 
-    results: dict[tuple[str, float, float], list[ProgramOutcome]] = {}
+    results: Results = {}
     running: dict[Future[Any], RunSpec] = {}
     submitted: set[RunSpec] = set()
     stopped: dict[str, float] = {}  # policy -> the rate after which its sweep stops
@@ -726,7 +783,9 @@ def _sweep(
 
     def top_up(policy: str) -> None:
         """Keep up to ``jobs`` of the policy's next rates running (none past a stopping rate)."""
-        ahead = sum(r.policy == policy and r.slo_scale == config.slo_scale for r in running.values())
+        ahead = sum(
+            r.policy == policy and r.slo_scale == config.slo_scale and not r.alone for r in running.values()
+        )
         for rate in rates:
             if ahead >= pool.jobs or rate > stopped.get(policy, math.inf):
                 return
@@ -738,29 +797,34 @@ def _sweep(
     for policy in config.policies:
         for scale in scales if POLICIES[policy].deadlines else (config.slo_scale,):
             submit(spec(policy, ref_rate, scale))
+            submit(spec(policy, ref_rate, scale, alone=True))
         top_up(policy)
     while running:
         done, _ = wait(list(running), return_when=FIRST_COMPLETED)
         for future in done:
             run = running.pop(future)
             _, outcomes, wall = future.result()  # a failed run raises here: the benchmark fails
-            results[(run.policy, run.rate, run.slo_scale)] = outcomes
+            results[(run.policy, run.rate, run.slo_scale, run.alone)] = outcomes
             att = attainment(workload, outcomes, run.slo_scale)
             say(
-                f"  {run.policy:<12} {run.rate:7.2f}/s  SLO x{run.slo_scale:<5g} {len(outcomes):5d} "
-                f"programs  attainment {att:6.1%}  ({wall:.1f} s)"
+                f"  {run.policy:<12} {'alone' if run.alone else f'{run.rate:7.2f}/s':>9}  SLO "
+                f"x{run.slo_scale:<5g} {len(outcomes):5d} programs  attainment {att:6.1%}  ({wall:.1f} s)"
             )
-            if run.slo_scale == config.slo_scale and att < STOP_BELOW:
+            if run.slo_scale == config.slo_scale and att < STOP_BELOW and not run.alone:
                 stopped[run.policy] = min(stopped.get(run.policy, math.inf), run.rate)
             top_up(run.policy)
     return results
+
+
+Results = dict[tuple[str, float, float, bool], list[ProgramOutcome]]
+"""Each run's outcomes by (policy, rate, SLO scale, alone)."""
 
 
 def _curve_points(
     config: OnlineConfig,
     policy: str,
     workload: Sequence[ProgramSpec],
-    results: Mapping[tuple[str, float, float], list[ProgramOutcome]],
+    results: Results,
     rates: Sequence[float],
     capacity: float,
 ) -> list[dict[str, Any]]:
@@ -768,7 +832,7 @@ def _curve_points(
     scale = config.slo_scale
     points = []
     for rate in rates:
-        outcomes = results.get((policy, rate, scale))
+        outcomes = results.get((policy, rate, scale, False))
         if outcomes is None:
             continue
         figures = run_figures(workload, outcomes, scale)
@@ -780,14 +844,15 @@ def _slo_points(
     config: OnlineConfig,
     policy: str,
     workload: Sequence[ProgramSpec],
-    results: Mapping[tuple[str, float, float], list[ProgramOutcome]],
+    results: Results,
     scales: Sequence[float],
     ref_rate: float,
+    alone: bool = False,
 ) -> list[dict[str, Any]]:
     points = []
     for scale in scales:
         run_scale = scale if POLICIES[policy].deadlines else config.slo_scale
-        outcomes = results.get((policy, ref_rate, run_scale))
+        outcomes = results.get((policy, ref_rate, run_scale, alone))
         if outcomes is None:
             continue
         points.append({"slo_scale": scale, "attainment": attainment(workload, outcomes, scale)})
@@ -800,21 +865,19 @@ def _ratio(value: float, base: float) -> float:
     return value / base
 
 
-def _assemble(
+def _replicate_figures(
     config: OnlineConfig,
     workload: Sequence[ProgramSpec],
-    results: Mapping[tuple[str, float, float], list[ProgramOutcome]],
-    rates: Sequence[float],
-    capacity: float,
-    ref_rate: float,
-    scales: Sequence[float],
-    started: float,
+    results: Results,
+    grid: _Grid,
 ) -> dict[str, Any]:
+    """One replicate's figures: per policy the headline figures and both curves, the ratios to naive."""
     policies: dict[str, Any] = {}
     for name in config.policies:
-        curve = _curve_points(config, name, workload, results, rates, capacity)
-        slo_curve = _slo_points(config, name, workload, results, scales, ref_rate)
-        ref_outcomes = results[(name, ref_rate, config.slo_scale)]
+        curve = _curve_points(config, name, workload, results, grid.rates, grid.capacity)
+        slo_curve = _slo_points(config, name, workload, results, grid.scales, grid.ref_rate)
+        alone_curve = _slo_points(config, name, workload, results, grid.scales, grid.ref_rate, alone=True)
+        ref_outcomes = results[(name, grid.ref_rate, config.slo_scale, False)]
         ref = run_figures(workload, ref_outcomes, config.slo_scale)
         policies[name] = {
             "description": POLICIES[name].description,
@@ -822,9 +885,13 @@ def _assemble(
             "min_slo_scale_at_90": crossing_up(
                 [p["slo_scale"] for p in slo_curve], [p["attainment"] for p in slo_curve]
             ),
+            "alone_min_slo_scale_at_90": crossing_up(
+                [p["slo_scale"] for p in alone_curve], [p["attainment"] for p in alone_curve]
+            ),
             **ref,
             "curve": curve,
             "slo_curve": slo_curve,
+            "alone_slo_curve": alone_curve,
         }
     naive = policies["naive"]
     ratios = {
@@ -835,29 +902,9 @@ def _assemble(
         for name, f in policies.items()
     }
     bases = [p.base_s for p in workload]
-    notes = []
-    for name, f in policies.items():
-        if f["curve"] and f["curve"][-1]["attainment"] >= TARGET:
-            notes.append(f"{name} kept 90% at the highest rate tried: max_rate_at_90 is a lower bound")
-        if f["slo_curve"] and f["slo_curve"][0]["attainment"] >= TARGET:
-            notes.append(
-                f"{name} kept 90% at the tightest SLO scale tried: min_slo_scale_at_90 is an upper bound"
-            )
     return {
-        "benchmark": "online",
-        "profile": config.profile,
-        "traces": Path(config.traces).name,
-        "split": config.split,
-        "n": config.n,
-        "rule": config.rule,
-        "window": config.window,
-        "duration_s": config.duration_s,
+        "seeds": {"arrivals": config.seed, "replay": config.replay_seed},
         "programs": len(workload),
-        "capacity_rate": capacity,
-        "ref_rate": ref_rate,
-        "slo_scale": config.slo_scale,
-        "target": TARGET,
-        "quick": config.quick,
         "policies": policies,
         "ratios": ratios,
         "base_latency_s": {
@@ -869,8 +916,114 @@ def _assemble(
             "mean": sum(p.difficulty for p in workload) / len(workload),
             "max": max(p.difficulty for p in workload),
         },
-        "notes": notes,
-        "seeds": {"arrivals": config.seed, "replay": config.replay_seed},
+    }
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def interval95(values: Sequence[float]) -> tuple[float, float]:
+    """Student-t 95% interval of the mean of ``values`` (replicates); NaNs when any is not finite
+    or there are fewer than two."""
+    from scipy import stats
+
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        return math.nan, math.nan
+    if len(set(values)) == 1:
+        return values[0], values[0]
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=_mean(values), scale=stats.sem(values))
+    return float(low), float(high)
+
+
+def _mean_points(curves: Sequence[Sequence[Mapping[str, Any]]], key: str) -> list[dict[str, Any]]:
+    """Pointwise means of the replicates' curves, at the ``key`` values every replicate ran."""
+    common = set.intersection(*({p[key] for p in curve} for curve in curves))
+    out = []
+    for x in sorted(common):
+        points = [next(p for p in curve if p[key] == x) for curve in curves]
+        out.append({k: _mean([p[k] for p in points]) for k in points[0]})
+    return out
+
+
+def _combine(replicates: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The replicates' figures as one: means, 95% intervals of the headline figures, mean curves."""
+    if len(replicates) == 1:
+        return {**replicates[0], "replicates": 1}
+    scalar = (
+        "max_rate_at_90", "min_slo_scale_at_90", "alone_min_slo_scale_at_90", "programs", "attainment",
+        "accuracy", "latency_mean_s", "latency_p90_s", "tokens", "samples", "rejected", "cut",
+    )  # fmt: skip
+    policies: dict[str, Any] = {}
+    intervals: dict[str, Any] = {}
+    for name, first in replicates[0]["policies"].items():
+        each = [r["policies"][name] for r in replicates]
+        policies[name] = {
+            "description": first["description"],
+            **{key: _mean([f[key] for f in each]) for key in scalar},
+            "curve": _mean_points([f["curve"] for f in each], "rate"),
+            "slo_curve": _mean_points([f["slo_curve"] for f in each], "slo_scale"),
+            "alone_slo_curve": _mean_points([f["alone_slo_curve"] for f in each], "slo_scale"),
+        }
+        ratios = [r["ratios"][name] for r in replicates]
+        intervals[name] = {
+            **{key: interval95([f[key] for f in each]) for key in (*scalar[:3], "accuracy")},
+            "rate_ratio": interval95([x["rate"] for x in ratios]),
+            "slo_scale_ratio": interval95([x["slo_scale"] for x in ratios]),
+        }
+    return {
+        "seeds": replicates[0]["seeds"],
+        "replicates": len(replicates),
+        # Ratios pair each replicate with its own naive run (same programs and draws), then average.
+        "ratios": {
+            name: {key: _mean([r["ratios"][name][key] for r in replicates]) for key in ("rate", "slo_scale")}
+            for name in policies
+        },
+        "intervals": intervals,
+        "programs": _mean([r["programs"] for r in replicates]),
+        "policies": policies,
+        "base_latency_s": {
+            key: _mean([r["base_latency_s"][key] for r in replicates]) for key in ("mean", "p10", "p90")
+        },
+        "difficulty": {key: _mean([r["difficulty"][key] for r in replicates]) for key in ("mean", "max")},
+        "by_seed": [{key: r[key] for key in ("seeds", "programs", "policies", "ratios")} for r in replicates],
+    }
+
+
+def _notes(replicates: Sequence[Mapping[str, Any]]) -> list[str]:
+    notes: list[str] = []
+    for replicate in replicates:
+        seed = f" (arrival seed {replicate['seeds']['arrivals']})" if len(replicates) > 1 else ""
+        for name, f in replicate["policies"].items():
+            if f["curve"] and f["curve"][-1]["attainment"] >= TARGET:
+                bound = "max_rate_at_90 is a lower bound"
+                notes.append(f"{name} kept 90% at the highest rate tried{seed}: {bound}")
+            if f["slo_curve"] and f["slo_curve"][0]["attainment"] >= TARGET:
+                bound = "min_slo_scale_at_90 is an upper bound"
+                notes.append(f"{name} kept 90% at the tightest SLO scale tried{seed}: {bound}")
+    return notes
+
+
+def _assemble(
+    config: OnlineConfig, replicates: Sequence[dict[str, Any]], grid: _Grid, started: float
+) -> dict[str, Any]:
+    combined = _combine(replicates)
+    return {
+        "benchmark": "online",
+        "profile": config.profile,
+        "traces": Path(config.traces).name,
+        "split": config.split,
+        "n": config.n,
+        "rule": config.rule,
+        "window": config.window,
+        "duration_s": config.duration_s,
+        "capacity_rate": grid.capacity,
+        "ref_rate": grid.ref_rate,
+        "slo_scale": config.slo_scale,
+        "target": TARGET,
+        "quick": config.quick,
+        **combined,
+        "notes": _notes(replicates),
         **run_metadata(),
         "elapsed_s": time.perf_counter() - started,
     }
@@ -895,18 +1048,32 @@ def _pct(value: Any) -> str:
     )
 
 
+def _with_interval(value: Any, interval: Sequence[Any] | None, suffix: str = "") -> str:
+    """``value`` and, from replicates, the half-width of its 95% interval (``1.23x ±0.10``)."""
+    text = _num(value) + suffix
+    if interval is None:
+        return text
+    low, high = interval
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return f"{text} ±?"
+    return f"{text} ±{(high - low) / 2:.2f}"
+
+
 def online_table(result: Mapping[str, Any]) -> str:
     """The figures as a readable table (and the attainment curves, compactly)."""
     ratios = result["ratios"]
+    intervals = result.get("intervals") or {}
     rows = []
     for name, f in result["policies"].items():
+        ci = intervals.get(name, {})
         rows.append(
             [
                 name,
-                _num(f["max_rate_at_90"]),
-                _num(ratios[name]["rate"]) + "x",
-                _num(f["min_slo_scale_at_90"]),
-                _num(ratios[name]["slo_scale"]) + "x",
+                _with_interval(f["max_rate_at_90"], ci.get("max_rate_at_90")),
+                _with_interval(ratios[name]["rate"], ci.get("rate_ratio"), "x"),
+                _with_interval(f["min_slo_scale_at_90"], ci.get("min_slo_scale_at_90")),
+                _with_interval(ratios[name]["slo_scale"], ci.get("slo_scale_ratio"), "x"),
+                _with_interval(f["alone_min_slo_scale_at_90"], ci.get("alone_min_slo_scale_at_90")),
                 _pct(f["attainment"]),
                 _pct(f["accuracy"]),
                 _num(f["latency_mean_s"]),
@@ -923,7 +1090,7 @@ def online_table(result: Mapping[str, Any]) -> str:
     )
     table = format_table(
         [
-            "policy", "rate@90%", "vs naive", "SLO@90%", "vs naive", "attain", "accuracy",
+            "policy", "rate@90%", "vs naive", "SLO@90%", "vs naive", "alone", "attain", "accuracy",
             "lat mean", "lat p90", "tokens", "cut/rej",
         ],
         rows,
@@ -931,8 +1098,17 @@ def online_table(result: Mapping[str, Any]) -> str:
     reference = (
         f"attainment, accuracy, latency (modelled s), tokens and cut/rejected at the reference point: "
         f"{result['ref_rate']:.2f} programs/s, SLO scale {result['slo_scale']:g}; rate@90% at SLO scale "
-        f"{result['slo_scale']:g}; SLO@90% at {result['ref_rate']:.2f} programs/s"
+        f"{result['slo_scale']:g}; SLO@90% at {result['ref_rate']:.2f} programs/s; alone: SLO@90% with "
+        "each of those programs run alone on the idle GPU (the bound of that policy's programs)"
     )
+    replicates = result.get("replicates", 1)
+    if replicates > 1:
+        first = result["seeds"]["arrivals"]
+        reference += (
+            f"\nmeans of {replicates} replicates (arrival and replay seeds {first}.."
+            f"{first + replicates - 1}), ± the half-width of the 95% interval (Student t); ratios pair "
+            "each replicate with its own naive run; curves are pointwise means"
+        )
     curves = []
     for name, f in result["policies"].items():
         points = " ".join(f"{p['rate']:.1f}:{100 * p['attainment']:.0f}%" for p in f["curve"])
@@ -940,6 +1116,9 @@ def online_table(result: Mapping[str, Any]) -> str:
     for name, f in result["policies"].items():
         points = " ".join(f"x{p['slo_scale']:g}:{100 * p['attainment']:.0f}%" for p in f["slo_curve"])
         curves.append(f"  {name:<12} SLO   {points}")
+    for name, f in result["policies"].items():
+        points = " ".join(f"x{p['slo_scale']:g}:{100 * p['attainment']:.0f}%" for p in f["alone_slo_curve"])
+        curves.append(f"  {name:<12} alone {points}")
     lines = [head, table, reference, "attainment curves:", *curves]
     lines += [f"note: {n}" for n in result["notes"]]
     lines.append(f"({result['elapsed_s']:.0f} s)")
@@ -958,6 +1137,10 @@ def plot_online(result: Mapping[str, Any], path: str | Path) -> None:
             right.plot(
                 [p["slo_scale"] for p in f["slo_curve"]], [p["attainment"] for p in f["slo_curve"]], **style
             )
+            if name in ("naive", "ours"):  # the bounds of the two headline policies, dashed
+                alone = f["alone_slo_curve"]
+                style = {**style, "linestyle": "--", "linewidth": 1.0, "label": f"{name}, each alone"}
+                right.plot([p["slo_scale"] for p in alone], [p["attainment"] for p in alone], **style)
         for ax in (left, right):
             ax.axhline(TARGET, color="0.5", linestyle=":", linewidth=1)
             ax.set_ylim(-0.02, 1.02)
@@ -1018,6 +1201,10 @@ def add_online_parser(bench_sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the arrivals and question choices")
     parser.add_argument("--replay-seed", type=int, default=0, help="seed of the replay server's draws")
     parser.add_argument(
+        "--seeds", type=int, default=1,
+        help="replicates: repeat everything with seeds +1, +2, ... and report means with 95%% intervals",
+    )  # fmt: skip
+    parser.add_argument(
         "--jobs", type=int, default=None, help="worker processes (default: the available CPUs, at most 2)"
     )
     return parser
@@ -1045,6 +1232,7 @@ def online_config(args: argparse.Namespace) -> OnlineConfig:
         slo_scales=args.slo_scales or (QUICK_SLO_SCALES if quick else SLO_SCALES),
         seed=args.seed,
         replay_seed=args.replay_seed,
+        seeds=args.seeds,
         jobs=args.jobs or (1 if quick else min(2, available)),
         quick=quick,
     )
