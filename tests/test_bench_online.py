@@ -71,6 +71,8 @@ def test_quick_cli_writes_the_schema_and_a_plot(quick_run: tuple[int, Path, Path
             value = figures[key]
             assert value is None or isinstance(value, float | int), (name, key)
         assert 0 <= figures["accuracy"] <= 1
+        # The GPU generated at least what the programs received (and the work they cancelled).
+        assert figures["gpu_tokens"] >= figures["tokens"] - 1e-9, name
         assert figures["latency_p90_s"] >= 0 and figures["latency_mean_s"] > 0
         assert figures["curve"] and figures["slo_curve"]
         for point in figures["curve"]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -49,54 +51,139 @@ def test_round_schedules() -> None:
         round_sizes("halving", 10)
 
 
-class _Clock:
-    """A clock the test moves: each round of a plan 'takes' ``round_s`` seconds."""
+class _Draws:
+    """Rounds that take ``round_s`` modelled seconds each (virtual clock; a list: per round, in the
+    order sent); records what was sent, what was cancelled, and how many rounds ran at once."""
 
-    def __init__(self) -> None:
-        self.now = 0.0
+    def __init__(self, round_s: float | list[float], fail: set[int] | None = None) -> None:
+        self.round_s, self.fail = round_s, fail or set()
+        self.sent: list[int] = []
+        self.cancelled: list[int] = []
+        self.running = self.most_at_once = 0
 
-    def __call__(self) -> float:
-        return self.now
+    async def __call__(self, size: int) -> SimpleNamespace:
+        index = len(self.sent)
+        self.sent.append(size)
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            await asyncio.sleep(self.round_s if isinstance(self.round_s, float) else self.round_s[index])
+        except asyncio.CancelledError:
+            self.cancelled.append(index)
+            raise
+        finally:
+            self.running -= 1
+        if index in self.fail:
+            raise RuntimeError(f"request {index} failed")
+        return SimpleNamespace(choices=[index] * size)  # a Generation's choices, by request
 
 
-def _walk(plan: RoundPlan, clock: _Clock, round_s: float) -> list[int]:
-    sizes = []
-    for size in plan:
-        sizes.append(size)
-        clock.now += round_s
-    return sizes
+def _walk(
+    planned: list[int],
+    draws: _Draws,
+    *,
+    deadline_s: float | None = None,
+    stop_after: int | None = None,
+    **options: float,
+) -> tuple[RoundPlan, list[int], float]:
+    """Read the plan's rounds on the virtual clock (stopping after ``stop_after`` rounds, as a
+    program whose rule fires): the plan, the results read, and the modelled seconds taken."""
+    from dynasor_client.replay import run_virtual
+
+    async def main() -> tuple[RoundPlan, list[int], float]:
+        loop = asyncio.get_running_loop()
+        context = StandaloneContext(
+            Endpoint("http://127.0.0.1:9"), cap(30), deadline_s=deadline_s, clock=loop.time
+        )
+        plan = RoundPlan(planned, context, **options)  # type: ignore[arg-type]
+        read, started = [], loop.time()
+        async with plan.rounds(draws) as results:  # type: ignore[arg-type]
+            async for choices in results:
+                read.append(len(choices))
+                if len(read) == stop_after:
+                    break
+        return plan, read, loop.time() - started
+
+    return run_virtual(main())
+
+
+def test_round_plan_without_a_deadline_sends_one_round_at_a_time() -> None:
+    draws = _Draws(3.0)
+    plan, read, took = _walk([4, 2, 2, 4], draws)
+    assert read == [4, 2, 2, 4] and draws.sent == read and draws.most_at_once == 1
+    assert took == pytest.approx(12.0) and not plan.out_of_time and plan.ahead == 0
+    # A rule that fires after the second round: nothing more is drawn.
+    draws = _Draws(3.0)
+    plan, read, _ = _walk([4, 2, 2, 4], draws, stop_after=2)
+    assert read == [4, 2] and draws.sent == [4, 2] and draws.cancelled == []
+
+
+def test_round_plan_with_a_deadline_sends_ahead_and_cancels_what_is_not_needed() -> None:
+    # Ample time, lookahead 4: 4 samples past the current check are in flight (requests of 4, 2, 2 at once; a
+    # bigger next round goes out in parts), and the rounds still come in the planned order.
+    draws = _Draws(3.0)
+    plan, read, took = _walk([4, 2, 2, 4, 4], draws, deadline_s=100.0, lookahead=4)
+    assert read == [4, 2, 2, 4, 4] and draws.sent == [4, 2, 2, 2, 2, 4]
+    assert draws.most_at_once == 3 and took == pytest.approx(6.0) and plan.ahead == 0
+    # The rule fires after the first round: the requests sent ahead are cancelled (aborted on the server).
+    draws = _Draws([3.0, 4.0, 4.0])
+    plan, read, took = _walk([4, 2, 2, 4, 4], draws, deadline_s=100.0, stop_after=1, lookahead=4)
+    assert read == [4] and draws.sent == [4, 2, 2] and sorted(draws.cancelled) == [1, 2]
+    assert took == pytest.approx(3.0) and plan.sent == [4, 2, 2]
+    # A big next round: only the lookahead's 2 (the default) of its 25 samples go out ahead.
+    draws = _Draws([3.0, 4.0])
+    plan, read, _ = _walk([5, 25], draws, deadline_s=100.0, stop_after=1)
+    assert read == [5] and draws.sent == [5, 2] and draws.cancelled == [1]
+    # No lookahead asked: one round at a time, deadline or not.
+    draws = _Draws(3.0)
+    _walk([4, 2, 2], draws, deadline_s=100.0, lookahead=0)
+    assert draws.most_at_once == 1
 
 
 def test_round_plan_fits_the_deadline() -> None:
-    endpoint, rule, planned = Endpoint("http://127.0.0.1:9"), cap(30), [5, 5, 5, 5, 10]
-    clock = _Clock()
-    free = StandaloneContext(endpoint, rule, clock=clock)
-    assert _walk(RoundPlan(planned, free), clock, 3.0) == planned  # no deadline: the plan as is
-    # 10 s, 3 s a round: after the first, two rounds fit, so the last four merge into two.
-    clock = _Clock()
-    context = StandaloneContext(endpoint, rule, deadline_s=10.0, clock=clock)
-    plan = RoundPlan(planned, context, margin=1.0)
-    assert _walk(plan, clock, 3.0) == [5, 5, 20] and plan.merged == 2 and not plan.out_of_time
-    # The default margin expects the next round to last 1.25x the last one: one fits, not two.
-    clock = _Clock()
-    plan = RoundPlan(planned, StandaloneContext(endpoint, rule, deadline_s=10.0, clock=clock))
-    assert _walk(plan, clock, 3.0) == [5, 25] and plan.merged == 3
-    # 6 s a round: after the first, no round fits: the plan ends with the samples it has.
-    clock = _Clock()
-    plan = RoundPlan(planned, StandaloneContext(endpoint, rule, deadline_s=10.0, clock=clock))
-    assert _walk(plan, clock, 6.0) == [5] and plan.out_of_time
-    # Ample time: nothing changes.
-    clock = _Clock()
-    plan = RoundPlan(planned, StandaloneContext(endpoint, rule, deadline_s=100.0, clock=clock))
-    assert _walk(plan, clock, 3.0) == planned and plan.merged == 0
+    # 10 s, 3 s a round: after the first, 7 s hold one round of 3 x 1.25 s: the rest go out together
+    # (one request per round, so the program can still stop at any of their checks).
+    draws = _Draws(3.0)
+    plan, read, took = _walk([5, 5, 5, 5, 10], draws, deadline_s=10.0, lookahead=0)
+    assert read == [5, 5, 5, 5, 10] and took == pytest.approx(6.0) and draws.sent == [5, 5, 5, 5, 10]
+    assert plan.ahead == 20 and not plan.out_of_time and draws.most_at_once == 4
+    # With margin 1: two rounds fit, so the remaining four go out two at a time.
+    draws = _Draws(3.0)
+    plan, read, took = _walk([5, 5, 5, 5, 10], draws, deadline_s=10.0, lookahead=0, margin=1.0)
+    assert read == [5, 5, 5, 5, 10] and took == pytest.approx(9.0) and draws.most_at_once == 2
+    # 6 s a round: after the first, no new round fits; the two sent ahead are expected by 7.5 s
+    # (6 x 1.25), within the 10 s, so they are read, and then the plan ends with the samples it has.
+    draws = _Draws([6.0, 7.0, 7.0])
+    plan, read, took = _walk([4, 2, 2, 4], draws, deadline_s=10.0, lookahead=4)
+    assert read == [4, 2, 2] and plan.out_of_time and took == pytest.approx(7.0)
+    assert draws.sent == [4, 2, 2]
+    # Requests sent ahead that are expected after the deadline are cancelled, not waited for: at 4 s
+    # (6 s left, one 5 s round fits) the last two rounds go out; at 5 s requests take 5 s, 6.25 s
+    # with the margin, and they have 6 s left.
+    draws = _Draws([4.0, 5.0, 5.0, 9.0, 9.0])
+    plan, read, took = _walk([4, 2, 2, 4, 4], draws, deadline_s=10.0, lookahead=4)
+    assert read == [4, 2, 2] and plan.out_of_time and took == pytest.approx(5.0)
+    assert draws.sent == [4, 2, 2, 4, 4] and draws.cancelled == [3, 4] and plan.ahead == 6
     with pytest.raises(ValueError, match="margin"):
-        RoundPlan(planned, free, margin=0.5)
+        RoundPlan([5], StandaloneContext(Endpoint("http://127.0.0.1:9"), cap(5)), margin=0.5)
+    with pytest.raises(ValueError, match="lookahead"):
+        RoundPlan([5], StandaloneContext(Endpoint("http://127.0.0.1:9"), cap(5)), lookahead=-1)
 
 
-def test_deadline_merges_rounds_of_a_live_program(svamp: list[TraceQuestion]) -> None:
+def test_round_plan_failures() -> None:
+    # A request the program reads fails with its own error (not an exception group).
+    with pytest.raises(RuntimeError, match="request 1 failed"):
+        _walk([4, 2, 2], _Draws(3.0, fail={1}), deadline_s=100.0)
+    # A request sent ahead that the program never reads cannot fail it.
+    draws = _Draws(3.0, fail={1})
+    _, read, _ = _walk([4, 2, 2], draws, deadline_s=100.0, stop_after=1)
+    assert read == [4]
+
+
+def test_deadline_fits_the_rounds_of_a_live_program(svamp: list[TraceQuestion]) -> None:
     # A rule that checks every 5 samples on a contested question: six rounds alone. Half that
-    # time as the deadline makes the program draw the same 30 samples in fewer rounds, in time
-    # (modelled H100 time).
+    # time as the deadline: the program sends rounds ahead and draws the same 30 samples, checking
+    # after each round as before, in time (modelled H100 time).
     from dynasor_client.replay import InProcessReplay, run_virtual
 
     question = next(q for q in svamp[:40] if _agreement(q, 30) <= 10)
@@ -104,7 +191,7 @@ def test_deadline_merges_rounds_of_a_live_program(svamp: list[TraceQuestion]) ->
     planned = round_sizes("auto", 30, rule=rule)
     assert planned == [5] * 6
 
-    async def run(deadline_s: float | None) -> tuple[ProgramResult, float]:
+    async def run(deadline_s: float | None) -> tuple[ProgramResult, float, dict[str, Any]]:
         loop = asyncio.get_running_loop()
         async with InProcessReplay(svamp[:40], seed=3) as replay, replay.endpoint() as endpoint:
             context = StandaloneContext(
@@ -112,20 +199,47 @@ def test_deadline_merges_rounds_of_a_live_program(svamp: list[TraceQuestion]) ->
             )
             started = loop.time()
             result = await self_consistency(question.question, context=context, n=30, rule=rule)
-            return result, loop.time() - started
+            took = loop.time() - started
+            await asyncio.sleep(1.0)  # let the engine take in any abort
+            return result, took, replay.metrics()
 
-    alone, alone_s = run_virtual(run(None))
+    alone, alone_s, _ = run_virtual(run(None))
     assert alone.stop_reason is StopReason.CAP and alone.steps == len(planned)
-    fitted, fitted_s = run_virtual(run(alone_s / 2))
+    fitted, fitted_s, _ = run_virtual(run(alone_s / 2))
     assert fitted.stop_reason is StopReason.CAP and not fitted.partial
-    assert len(fitted.answers) == 30 and fitted.steps < alone.steps
-    assert sorted(map(str, fitted.answers)) == sorted(map(str, alone.answers))  # the same samples
+    assert len(fitted.answers) == 30 and fitted.steps == alone.steps
+    assert list(map(str, fitted.answers)) == list(map(str, alone.answers))  # the same samples, in order
     assert fitted_s <= alone_s / 2
-    # Too little time for a second round: the detect round's answer, now, not at the deadline.
+    # Too little time for a second round: the detect round's answer, now, not at the deadline;
+    # the part of the second round sent ahead is aborted on the server.
     first_round_s = alone.certaindex[0].elapsed_s
-    cut, cut_s = run_virtual(run(first_round_s * 1.5))
+    cut, cut_s, metrics = run_virtual(run(first_round_s * 1.5))
     assert cut.stop_reason is StopReason.DEADLINE and cut.partial
     assert len(cut.answers) == planned[0] and cut_s < first_round_s * 1.5
+    assert metrics["running"] == 0
+
+
+def test_a_confident_program_aborts_the_rounds_it_sent_ahead(svamp: list[TraceQuestion]) -> None:
+    # All six rounds go out at once (lookahead 25); the rule fires on the first: the other requests
+    # are cancelled and the replay engine aborts them, so it stops generating for this program.
+    from dynasor_client.replay import InProcessReplay, run_virtual
+
+    question = next(
+        q for q in svamp[:40] if _agreement(q, 30) == 30 and len({s.num_tokens for s in q.samples}) > 3
+    )
+    rule = self_consistency_rule(entropy_at_least(0.95, every=5), 30, 5)
+
+    async def run() -> tuple[ProgramResult, dict[str, Any]]:
+        async with InProcessReplay(svamp[:40], seed=3) as replay, replay.endpoint() as endpoint:
+            context = StandaloneContext(endpoint, rule, program_id="ahead-1", deadline_s=1e6)
+            result = await self_consistency(question.question, context=context, n=30, rule=rule, lookahead=25)
+            await asyncio.sleep(1.0)
+            return result, replay.metrics()
+
+    result, metrics = run_virtual(run())
+    assert result.stop_reason is StopReason.CONFIDENT and len(result.answers) == 5
+    assert metrics["submitted"] == 30 and metrics["aborted"] >= 1 and metrics["running"] == 0
+    assert metrics["tokens_generated"] < sum(s.num_tokens for s in question.samples)
 
 
 async def test_unanimous_question_stops_at_the_detect_round(

@@ -106,6 +106,7 @@ async def best_of_n(
     messages: Sequence[Message] | None = None,
     token_budget: int | None = None,
     deadline_s: float | None = None,
+    lookahead: int | None = None,
 ) -> ProgramResult:
     """Sample in rounds, score every response, stop when the rule fires (or ``n``); return the best.
 
@@ -115,6 +116,7 @@ async def best_of_n(
     use ``RewardCertainty(bounds=(0, 1))``). ``step_separator`` defaults to the reward model's own
     (``"\\n\\n"`` if it has none). ``details``: ``rewards`` (one per response, drawn order),
     ``step_rewards``, ``labels``, ``best`` (index of the response whose answer won under ``"max"``).
+    ``lookahead`` and deadlines: as for :func:`~dynasor_client.algorithms.self_consistency`.
     """
     if n < 1:
         raise ValueError("n must be >= 1")
@@ -131,34 +133,33 @@ async def best_of_n(
     step_rewards: list[list[float]] = []
     rewards: list[float] = []
     reason = None
-    plan = RoundPlan(round_sizes(rounds, n, detect, stop_rule), context)
-    for size in plan:
-        generation = await context.generate(
-            messages=chat, n=size, params=params or SamplingParams(temperature=0.7)
-        )
-        async with asyncio.TaskGroup() as group:
-            scoring = [
-                group.create_task(_score(reward_model, question, c.text, separator, context))
-                for c in generation.choices
-            ]
-        for choice, task_ in zip(generation.choices, scoring, strict=True):
-            answer = extract(choice.text)
-            answers.append(answer)
-            tokens.append(choice.num_tokens)
-            step_rewards.append(task_.result())
-            await asyncio.to_thread(clusters.add, answer)
-        rewards = [reduce_step_rewards(s, step_reduce) for s in step_rewards]
-        obs = Observations.single(clusters.labels, rewards=rewards, tokens=tokens)
-        certainty = signal(obs).value
-        leader = best_index(clusters.labels, rewards)
-        context.report(
-            0.0 if math.isnan(certainty) else certainty,
-            len(answers),
-            None if leader is None else answers[leader],
-        )
-        reason = context.stop_reason(obs)
-        if reason is not None:
-            break
+    plan = RoundPlan(round_sizes(rounds, n, detect, stop_rule), context, lookahead=lookahead)
+    sampling = params or SamplingParams(temperature=0.7)
+    async with plan.rounds(lambda size: context.generate(messages=chat, n=size, params=sampling)) as results:
+        async for choices in results:
+            async with asyncio.TaskGroup() as group:
+                scoring = [
+                    group.create_task(_score(reward_model, question, c.text, separator, context))
+                    for c in choices
+                ]
+            for choice, task_ in zip(choices, scoring, strict=True):
+                answer = extract(choice.text)
+                answers.append(answer)
+                tokens.append(choice.num_tokens)
+                step_rewards.append(task_.result())
+                await asyncio.to_thread(clusters.add, answer)
+            rewards = [reduce_step_rewards(s, step_reduce) for s in step_rewards]
+            obs = Observations.single(clusters.labels, rewards=rewards, tokens=tokens)
+            certainty = signal(obs).value
+            leader = best_index(clusters.labels, rewards)
+            context.report(
+                0.0 if math.isnan(certainty) else certainty,
+                len(answers),
+                None if leader is None else answers[leader],
+            )
+            reason = context.stop_reason(obs)
+            if reason is not None:
+                break
     if plan.out_of_time:
         reason = StopReason.DEADLINE
     labels = clusters.labels

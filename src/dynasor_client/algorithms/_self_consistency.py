@@ -2,7 +2,7 @@
 
 sample a detect round; while the stop rule does not fire: sample the next round
 answer = majority over answer-equivalence classes; certaindex = entropy H~ of those classes
-(with a deadline, rounds that no longer fit are merged, or end the program: see ``_rounds``)
+(with a deadline, the next rounds are sent ahead and fitted to the time left: see ``_rounds``)
 """
 
 from __future__ import annotations
@@ -69,10 +69,13 @@ async def self_consistency(
     messages: Sequence[Message] | None = None,
     token_budget: int | None = None,
     deadline_s: float | None = None,
+    lookahead: int | None = None,
 ) -> ProgramResult:
     """Sample answers in rounds until the stop rule fires (or ``n`` samples); return the majority.
 
-    Usable in one line: ``await self_consistency(question, endpoint=endpoint)``.
+    Usable in one line: ``await self_consistency(question, endpoint=endpoint)``. With a deadline,
+    ``lookahead`` samples past the current check are sent ahead (default 2; 0 without a deadline)
+    and rounds are fitted to the time left (:class:`~dynasor_client.algorithms.RoundPlan`).
     """
     if n < 1:
         raise ValueError("n must be >= 1")
@@ -83,23 +86,22 @@ async def self_consistency(
     answers: list[str | None] = []
     tokens: list[int] = []
     reason = None
-    plan = RoundPlan(round_sizes(rounds, n, detect, stop_rule), context)
-    for size in plan:
-        generation = await context.generate(
-            messages=chat, n=size, params=params or SamplingParams(temperature=0.7)
-        )
-        for choice in generation.choices:
-            answer = extract(choice.text)
-            answers.append(answer)
-            tokens.append(choice.num_tokens)
-            await asyncio.to_thread(clusters.add, answer)  # symbolic checks may block for a moment
-        obs = Observations.single(clusters.labels, tokens=tokens)
-        certainty = EntropyCertainty()(obs).value
-        leader = clusters.majority()
-        context.report(certainty, len(answers), None if leader is None else leader[1])
-        reason = context.stop_reason(obs)
-        if reason is not None:
-            break
+    plan = RoundPlan(round_sizes(rounds, n, detect, stop_rule), context, lookahead=lookahead)
+    sampling = params or SamplingParams(temperature=0.7)
+    async with plan.rounds(lambda size: context.generate(messages=chat, n=size, params=sampling)) as results:
+        async for choices in results:
+            for choice in choices:
+                answer = extract(choice.text)
+                answers.append(answer)
+                tokens.append(choice.num_tokens)
+                await asyncio.to_thread(clusters.add, answer)  # symbolic checks may block for a moment
+            obs = Observations.single(clusters.labels, tokens=tokens)
+            certainty = EntropyCertainty()(obs).value
+            leader = clusters.majority()
+            context.report(certainty, len(answers), None if leader is None else leader[1])
+            reason = context.stop_reason(obs)
+            if reason is not None:
+                break
     if plan.out_of_time:
         reason = StopReason.DEADLINE
     winner = clusters.majority()
