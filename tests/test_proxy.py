@@ -451,7 +451,10 @@ async def test_deadlines_stop_programs_and_abort_passthrough(
         )
         info, usage = (answer.model_extra or {})["dynasor"], answer.usage
         assert info["stop_reason"] == "deadline" and info["partial"]
-        assert info["samples"] == 5 and info["answer"] is not None  # the best answer so far
+        # The best answer so far: the detect round's 5 samples, and the 2 of the next round sent
+        # ahead when they came back before the program stopped (paid for, so reported).
+        assert info["samples"] in (5, 7) and info["answer"] is not None
+        assert info["certaindex"][-1][0] == 5  # the rule read the detect round only
         assert usage is not None and usage.completion_tokens == sum(info["sample_tokens"])
         assert answer.choices[0].message.content in {s.text for s in split.samples}
         assert await _until(lambda: replay.metrics()["running"] == 0)  # the second round was aborted
