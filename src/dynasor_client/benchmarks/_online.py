@@ -92,7 +92,7 @@ sweeps) runs ``K`` times, replicate ``r`` with arrival seed ``seed + r`` and rep
 the replicates' means; ``intervals`` holds 95% Student-t intervals of the headline figures and of
 the ratios, each replicate's ratio taken against its own naive run (same programs, same draws);
 curves are pointwise means over the rates and scales every replicate ran; ``by_seed`` keeps each
-replicate's own figures and curves. One replicate takes about 4.5 minutes on 2 cores.
+replicate's own figures and curves. One replicate takes about 6 minutes on 2 cores.
 
 **Window.** At most ``window`` sequences in flight (a gang may overshoot it rather than be split).
 Default: the profile's ``max_batch`` (256 on the Llama-3-8B profiles): the modelled GPU's batch
@@ -651,6 +651,10 @@ class RunResult:
         return self.gpu_tokens / max(len(self.outcomes), 1)
 
 
+Results = dict[tuple[str, float, float, bool], RunResult]
+"""Each run's result by (policy, rate, SLO scale, alone)."""
+
+
 def _run_job(context: _Context, run: RunSpec) -> tuple[RunSpec, RunResult, float]:
     c = context.config
     questions = _questions(c.traces, c.split)
@@ -839,10 +843,6 @@ def _sweep(
                 stopped[run.policy] = min(stopped.get(run.policy, math.inf), run.rate)
             top_up(run.policy)
     return results
-
-
-Results = dict[tuple[str, float, float, bool], RunResult]
-"""Each run's result by (policy, rate, SLO scale, alone)."""
 
 
 def _curve_points(
