@@ -448,8 +448,8 @@ def simulate(
             replay.endpoint(max_in_flight=100_000) as endpoint,
         ):
             outcomes = await drive(endpoint, arriving, run)
-            await asyncio.sleep(1.0)  # the engine takes in the last aborts
             if metrics is not None:
+                await asyncio.sleep(1.0)  # the engine takes in the last aborts
                 metrics.update(replay.metrics())
             return outcomes
 
@@ -646,9 +646,12 @@ class RunResult:
     outcomes: list[ProgramOutcome]
     gpu_tokens: int  # including those of requests cancelled when their program stopped
 
-    @property
-    def gpu_tokens_per_program(self) -> float:
-        return self.gpu_tokens / max(len(self.outcomes), 1)
+    def figures(self, programs: Sequence[ProgramSpec], slo_scale: float) -> dict[str, Any]:
+        """:func:`run_figures`, and ``gpu_tokens``: the GPU's tokens per program."""
+        return {
+            **run_figures(programs, self.outcomes, slo_scale),
+            "gpu_tokens": self.gpu_tokens / max(len(self.outcomes), 1),
+        }
 
 
 Results = dict[tuple[str, float, float, bool], RunResult]
@@ -766,7 +769,7 @@ def _replicate(
     context.base = [b for part in pool.map(_base_job, chunks) for b in part]
     workload = context.programs()
     say(f"isolated latencies measured ({time.perf_counter() - started:.0f} s)")
-    results = _sweep(config, context, workload, pool, grid.rates, grid.scales, grid.ref_rate, say)
+    results = _sweep(config, context, workload, pool, grid, say)
     return _replicate_figures(config, workload, results, grid)
 
 
@@ -781,9 +784,7 @@ def _sweep(
     context: _Context,
     workload: Sequence[ProgramSpec],
     pool: _Pool,
-    rates: Sequence[float],
-    scales: Sequence[float],
-    ref_rate: float,
+    grid: _Grid,
     say: Callable[[str], None],
 ) -> Results:
     """Every run: each policy's rate sweep in rising order (stopping after the first rate whose
@@ -814,7 +815,7 @@ def _sweep(
         ahead = sum(
             r.policy == policy and r.slo_scale == config.slo_scale and not r.alone for r in running.values()
         )
-        for rate in rates:
+        for rate in grid.rates:
             if ahead >= pool.jobs or rate > stopped.get(policy, math.inf):
                 return
             run = spec(policy, rate, config.slo_scale)
@@ -823,9 +824,9 @@ def _sweep(
                 ahead += 1
 
     for policy in config.policies:
-        for scale in scales if POLICIES[policy].deadlines else (config.slo_scale,):
-            submit(spec(policy, ref_rate, scale))
-            submit(spec(policy, ref_rate, scale, alone=True))
+        for scale in grid.scales if POLICIES[policy].deadlines else (config.slo_scale,):
+            submit(spec(policy, grid.ref_rate, scale))
+            submit(spec(policy, grid.ref_rate, scale, alone=True))
         top_up(policy)
     while running:
         done, _ = wait(list(running), return_when=FIRST_COMPLETED)
@@ -860,9 +861,7 @@ def _curve_points(
         result = results.get((policy, rate, scale, False))
         if result is None:
             continue
-        figures = run_figures(workload, result.outcomes, scale)
-        figures["gpu_tokens"] = result.gpu_tokens_per_program
-        points.append({"rate": rate, "rate_x": rate / capacity, **figures})
+        points.append({"rate": rate, "rate_x": rate / capacity, **result.figures(workload, scale)})
     return points
 
 
@@ -903,9 +902,7 @@ def _replicate_figures(
         curve = _curve_points(config, name, workload, results, grid.rates, grid.capacity)
         slo_curve = _slo_points(config, name, workload, results, grid.scales, grid.ref_rate)
         alone_curve = _slo_points(config, name, workload, results, grid.scales, grid.ref_rate, alone=True)
-        ref_run = results[(name, grid.ref_rate, config.slo_scale, False)]
-        ref = run_figures(workload, ref_run.outcomes, config.slo_scale)
-        ref["gpu_tokens"] = ref_run.gpu_tokens_per_program
+        ref = results[(name, grid.ref_rate, config.slo_scale, False)].figures(workload, config.slo_scale)
         policies[name] = {
             "description": POLICIES[name].description,
             "max_rate_at_90": crossing_down([p["rate"] for p in curve], [p["attainment"] for p in curve]),
