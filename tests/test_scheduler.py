@@ -148,6 +148,26 @@ async def test_window_none_sends_everything_and_refusal_raises_budget() -> None:
         scheduler(fcfs(), window=0)
 
 
+async def test_saturated_while_the_window_is_full_or_requests_wait() -> None:
+    sched, _ = scheduler(fcfs(), window=4)
+    assert not sched.saturated()
+    sched.acquire(program("a"), 3)
+    assert not sched.saturated()  # one sequence still fits
+    sched.acquire(program("b"), 1)
+    assert sched.saturated() and sched.waiting == 0  # full
+    sched.release(1)
+    assert not sched.saturated()
+    big = sched.acquire(program("big"), 2)  # overshoots the window as the head gang
+    assert big.done() and sched.in_flight == 5 and sched.saturated()
+    waiting = sched.acquire(program("c"), 1)
+    assert not waiting.done() and sched.waiting == 1
+    sched.release(2)
+    assert waiting.done() and sched.in_flight == 4 and sched.saturated()  # full again
+    unbounded, _ = scheduler(fcfs(), window=None)
+    unbounded.acquire(program("d"), 1000)
+    assert not unbounded.saturated()
+
+
 async def test_discard_cancels_waiting_requests() -> None:
     sched, _ = scheduler(fcfs(), window=1)
     sched.acquire(program("busy"), 1)

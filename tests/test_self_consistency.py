@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -78,12 +78,24 @@ class _Draws:
         return SimpleNamespace(choices=[index] * size)  # a Generation's choices, by request
 
 
+class _SharedContext(StandaloneContext):
+    """A standalone context as if other programs filled its runtime's window while ``busy(now)``."""
+
+    def __init__(self, *args: Any, busy: Callable[[float], bool], **options: Any) -> None:
+        super().__init__(*args, **options)
+        self._busy = busy
+
+    def saturated(self) -> bool:
+        return self._busy(self._clock())
+
+
 def _walk(
     planned: list[int],
     draws: _Draws,
     *,
     deadline_s: float | None = None,
     stop_after: int | None = None,
+    busy: Callable[[float], bool] = lambda now: False,
     **options: float,
 ) -> tuple[RoundPlan, list[int], float]:
     """Read the plan's rounds on the virtual clock (stopping after ``stop_after`` rounds, as a
@@ -92,11 +104,16 @@ def _walk(
 
     async def main() -> tuple[RoundPlan, list[int], float]:
         loop = asyncio.get_running_loop()
-        context = StandaloneContext(
-            Endpoint("http://127.0.0.1:9"), cap(30), deadline_s=deadline_s, clock=loop.time
+        started = loop.time()
+        context = _SharedContext(
+            Endpoint("http://127.0.0.1:9"),
+            cap(30),
+            deadline_s=deadline_s,
+            clock=loop.time,
+            busy=lambda now: busy(now - started),
         )
         plan = RoundPlan(planned, context, **options)  # type: ignore[arg-type]
-        read, started = [], loop.time()
+        read: list[int] = []
         async with plan.rounds(draws) as results:  # type: ignore[arg-type]
             async for choices in results:
                 read.append(len(choices))
@@ -170,6 +187,26 @@ def test_round_plan_fits_the_deadline() -> None:
         RoundPlan([5], StandaloneContext(Endpoint("http://127.0.0.1:9"), cap(5)), lookahead=-1)
 
 
+def test_round_plan_sends_nothing_early_while_the_runtime_is_saturated() -> None:
+    # Other programs fill the window throughout: one round at a time despite the deadline and the
+    # lookahead, as without a deadline.
+    draws = _Draws(3.0)
+    plan, read, took = _walk([4, 2, 2, 4], draws, deadline_s=100.0, lookahead=4, busy=lambda now: True)
+    assert read == [4, 2, 2, 4] and draws.sent == read and draws.most_at_once == 1
+    assert took == pytest.approx(12.0) and plan.ahead == 0 and not plan.out_of_time
+    # Nor are rounds sent together to fit the deadline (unsaturated, the last four would go out at
+    # 3 s, as in the test above); the plan still ends once the next round is expected late: at 9 s
+    # 1 s is left and a round takes 3 x 1.25 s.
+    draws = _Draws(3.0)
+    plan, read, took = _walk([5, 5, 5, 5, 10], draws, deadline_s=10.0, lookahead=0, busy=lambda now: True)
+    assert read == [5, 5, 5] and draws.sent == [5, 5, 5] and draws.most_at_once == 1
+    assert took == pytest.approx(9.0) and plan.out_of_time and plan.ahead == 0
+    # Saturated only during the first round: the lookahead resumes once the window has room.
+    draws = _Draws(3.0)
+    plan, read, took = _walk([4, 2, 2, 4], draws, deadline_s=100.0, lookahead=2, busy=lambda now: now < 2.0)
+    assert read == [4, 2, 2, 4] and draws.sent == [4, 2, 2, 2, 2] and took == pytest.approx(9.0)
+
+
 def test_round_plan_failures() -> None:
     # A request the program reads fails with its own error (not an exception group).
     with pytest.raises(RuntimeError, match="request 1 failed"):
@@ -240,6 +277,43 @@ def test_a_confident_program_aborts_the_rounds_it_sent_ahead(svamp: list[TraceQu
     assert result.stop_reason is StopReason.CONFIDENT and len(result.answers) == 5
     assert metrics["submitted"] == 30 and metrics["aborted"] >= 1 and metrics["running"] == 0
     assert metrics["tokens_generated"] < sum(s.num_tokens for s in question.samples)
+
+
+def test_under_a_full_runtime_window_nothing_is_sent_ahead(svamp: list[TraceQuestion]) -> None:
+    # The same confident program under the runtime, arriving while another program's 30 samples
+    # are in flight: with room in the window it sends the next round's first 2 samples along with
+    # its detect round (wasted: the rule fires on the detect round); when the other program fills
+    # the window, it sends nothing before its turn, so the engine gets only the 5 samples it reads.
+    from dynasor_client.certainty import cap
+    from dynasor_client.replay import InProcessReplay, run_virtual
+    from dynasor_client.runtime import Runtime, as_program
+
+    question = next(
+        q for q in svamp[:40] if _agreement(q, 30) == 30 and len({s.num_tokens for s in q.samples}) > 3
+    )
+    rule = self_consistency_rule(entropy_at_least(0.95, every=5), 30, 5)
+
+    async def run(window: int) -> tuple[ProgramResult, dict[str, Any]]:
+        async with (
+            InProcessReplay(svamp[:40], seed=3) as replay,
+            replay.endpoint() as endpoint,
+            Runtime(endpoint, window=window) as runtime,
+        ):
+            other = runtime.submit(
+                as_program(self_consistency, svamp[0].question, n=30, rule=cap(30), rounds=[30])
+            )
+            await asyncio.sleep(0.01)  # the other program's request is in flight
+            program = as_program(self_consistency, question.question, n=30, rule=rule)
+            result = await runtime.run(program, deadline_s=1e6, program_id="ahead-2")
+            await other
+            await asyncio.sleep(1.0)
+            return result, replay.metrics()
+
+    roomy, roomy_metrics = run_virtual(run(64))
+    full, full_metrics = run_virtual(run(30))
+    for result in (roomy, full):
+        assert result.stop_reason is StopReason.CONFIDENT and len(result.answers) == 5
+    assert roomy_metrics["submitted"] == 30 + 7 and full_metrics["submitted"] == 30 + 5
 
 
 async def test_unanimous_question_stops_at_the_detect_round(

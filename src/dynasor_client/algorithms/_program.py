@@ -149,6 +149,11 @@ class ProgramContext(Protocol):
 
     def seconds_left(self) -> float | None: ...
 
+    def saturated(self) -> bool:
+        """Whether a request sent now would wait behind other programs' requests (a runtime whose
+        window is full): work sent ahead of need then only adds to the queue."""
+        ...
+
     def bind(self, rule: StopRule) -> None:
         """The algorithm's stop rule; :meth:`stop_reason` combines it with budget and deadline."""
         ...
@@ -277,6 +282,9 @@ class StandaloneContext:
 
     def seconds_left(self) -> float | None:
         return None if self.deadline_s is None else self.deadline_s - (self._clock() - self._started)
+
+    def saturated(self) -> bool:
+        return False  # one program alone shares nothing
 
     def report(self, value: float, observations: int, answer: str | None = None) -> None:
         elapsed = self._clock() - self._started

@@ -75,7 +75,8 @@ async def self_consistency(
 
     Usable in one line: ``await self_consistency(question, endpoint=endpoint)``. With a deadline,
     ``lookahead`` samples past the current check are sent ahead (default 2; 0 without a deadline)
-    and rounds are fitted to the time left (:class:`~dynasor_client.algorithms.RoundPlan`).
+    and rounds are fitted to the time left, unless the runtime's window is full
+    (:class:`~dynasor_client.algorithms.RoundPlan`).
     """
     if n < 1:
         raise ValueError("n must be >= 1")

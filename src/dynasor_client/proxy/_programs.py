@@ -146,6 +146,9 @@ class Recorder:
     def seconds_left(self) -> float | None:
         return self.inner.seconds_left()
 
+    def saturated(self) -> bool:
+        return self.inner.saturated()
+
     def bind(self, rule: StopRule) -> None:
         self.inner.bind(rule)
 

@@ -94,6 +94,9 @@ class RuntimeContext:
         deadline = self.record.deadline
         return None if deadline is None else deadline - self._runtime.clock()
 
+    def saturated(self) -> bool:
+        return self._runtime.scheduler.saturated()
+
     def bind(self, rule: StopRule) -> None:
         self.rule = rule
 

@@ -55,6 +55,10 @@ class Scheduler:
         self.decisions = 0
         self.mean_width = 1.0  # running mean of the sequences a dispatched gang holds
 
+    def saturated(self) -> bool:
+        """The window is full: a request sent now would wait for others to end."""
+        return self.window is not None and self.in_flight >= self.window
+
     def acquire(self, record: ProgramRecord, n: int) -> asyncio.Future[None]:
         """A future resolved when ``record`` may send a request of ``n`` sequences."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
