@@ -27,6 +27,7 @@ from dynasor_client.benchmarks._online import (
     online_table,
     run_online_benchmark,
     simulate,
+    slo_floor,
 )
 from dynasor_client.cli import main
 from dynasor_client.runtime import Runtime, as_program
@@ -95,6 +96,13 @@ def test_quick_cli_writes_the_schema_and_a_plot(quick_run: tuple[int, Path, Path
     assert data["ratios"]["naive"] == {"rate": 1.0, "slo_scale": 1.0}
     # The deadline is SLO scale x difficulty (>= 1) x naive's latency alone: naive alone meets it at x1.
     assert data["policies"]["naive"]["alone_slo_curve"][0] == {"slo_scale": 1.0, "attainment": 1.0}
+    # The floor (each question's shortest sample, alone, at the cost model's least per token) is a
+    # bound: it meets every deadline any policy's programs meet alone, and all of them at x1.
+    floor = {p["slo_scale"]: p["attainment"] for p in data["slo_floor"]["slo_curve"]}
+    assert floor[1.0] == 1.0 and data["slo_floor"]["min_slo_scale_at_90"] <= 1.0
+    for name, figures in data["policies"].items():
+        for point in figures["alone_slo_curve"]:
+            assert floor[point["slo_scale"]] >= point["attainment"] - 1e-9, (name, point)
     # Certaindex spends fewer tokens than sending every sample.
     assert data["policies"]["ours"]["tokens"] < data["policies"]["naive"]["tokens"]
     assert plot_path.stat().st_size > 10_000
@@ -186,6 +194,24 @@ def test_zero_replicates_fail_clearly(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code != 0
     assert "seeds (replicates) must be >= 1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_slo_floor_bounds_a_measured_single_sample(svamp: list[TraceQuestion]) -> None:
+    # Twelve programs: the share of deadlines met by the floor is at least the share met by each
+    # program drawing one sample alone on the idle modelled GPU (measured), at every scale.
+    questions = svamp[:40]
+    programs = build_workload(questions, 12.0, seed=5)[:12]
+    base = measure_base(questions, programs, n=30, profile=PROFILE, seed=0)
+    programs = [dataclasses.replace(p, base_s=b) for p, b in zip(programs, base, strict=True)]
+    one = measure_base(questions, programs, n=1, profile=PROFILE, seed=0)
+    config = OnlineConfig(traces=SVAMP, duration_s=1e9)
+    scales = [0.2, 0.3, 0.4, 0.5, 0.75, 1.0]
+    floor = slo_floor(config, programs, _online._Grid([1.0], scales, 1.0, 1.0))
+    measured = [sum(t <= p.deadline(s) for p, t in zip(programs, one, strict=True)) / 12 for s in scales]
+    attained = [p["attainment"] for p in floor["slo_curve"]]
+    assert all(f >= m for f, m in zip(attained, measured, strict=True)), (attained, measured)
+    assert attained[0] < 1.0 and attained[-1] == 1.0  # informative: some deadlines are out of reach
+    assert 0.2 < floor["min_slo_scale_at_90"] <= 1.0
 
 
 def test_crossings_interpolate() -> None:

@@ -55,9 +55,10 @@ miss) and uses them to schedule.
   ``demote_infeasible()`` in the policy (``dynasor()``), programs cut at their deadline, and
   deadline-aware rounds in the program (:class:`~dynasor_client.algorithms.RoundPlan`: the next
   rounds' requests go out ahead, 2 samples past the current check, and are read in order; when the
-  time left holds fewer rounds than remain, more rounds go out at once; when a round is expected
-  after the deadline, the program returns its answer so far at once, which counts as a miss, and
-  cancels what it sent ahead). (So the ablation is naive, gang, +certaindex, +srw, ours = +deadline.)
+  time left holds fewer rounds than remain, more rounds go out at once; neither while the window
+  is full; when a round is expected after the deadline, the program returns its answer so far at
+  once, which counts as a miss, and cancels what it sent ahead). (So the ablation is naive, gang,
+  +certaindex, +srw, ours = +deadline.)
 
 **Sweeps.** Attainment against the arrival rate at ``slo_scale`` (default 3), and against the SLO
 scale at ``ref_rate`` (default 0.75 x capacity: the naive server loaded but stable). Rates are
@@ -77,6 +78,16 @@ rate) run one at a time on the idle modelled GPU, each after the previous one fi
 about the tightest SLO scale that policy's programs can meet under any scheduler (about: a program
 that adapts to its deadline may choose differently under load; naive's is 1 by construction, as
 ``base`` is naive alone), and the gap to ``min_slo_scale_at_90`` is what sharing the GPU costs.
+
+**Floor.** ``slo_floor``: for the same programs (those of the reference rate), the share whose
+deadline would be met by the fastest answer possible on the profile: the question's shortest
+recorded sample (of the ``n`` a program may draw), generated as the only sequence on the GPU with
+its prompt already cached, so that each of its tokens takes at least one iteration of ``a + b``
+(the cost model's fixed and per-sequence terms); ``slo_curve`` and ``min_slo_scale_at_90``. A
+program that answers from a sample waits at least that long, so no policy, whatever it samples and
+however it schedules, keeps 90% of the deadlines below this scale. It bounds the SLO ratio:
+``ratios`` divides naive's scale by a policy's, so no ratio exceeds naive's scale over the floor
+at this reference point.
 
 **Figures** per policy at the reference point (``ref_rate``, ``slo_scale``): ``accuracy`` (graded
 against the traces' gold as calibration grades; a program without an answer is wrong),
@@ -120,13 +131,14 @@ was ``paper``; both are reported in the README.
                          "slo_curve": [{"slo_scale", "attainment"}],
                          "alone_slo_curve": [{"slo_scale", "attainment"}]}},
      "ratios": {NAME: {"rate": float, "slo_scale": float}}, "base_latency_s": {...}, "notes": [str],
+     "slo_floor": {"min_slo_scale_at_90": float, "slo_curve": [{"slo_scale", "attainment"}]},
      "seeds": {"arrivals": int, "replay": int}, "replicates": int, "quick": bool,
      "versions": {...}, "commit": str | null, "machine": {...}, "elapsed_s": float}
 
 With ``replicates > 1`` also ``"intervals": {NAME: {"max_rate_at_90", "min_slo_scale_at_90",
 "alone_min_slo_scale_at_90", "accuracy", "rate_ratio", "slo_scale_ratio": [low, high]}}`` and
-``"by_seed": [{"seeds", "programs", "policies", "ratios"}]``; ``seeds`` is then the first
-replicate's.
+``"by_seed": [{"seeds", "programs", "policies", "ratios", "slo_floor"}]``; ``seeds`` is then
+the first replicate's.
 """
 
 from __future__ import annotations
@@ -773,6 +785,28 @@ def _replicate(
     return _replicate_figures(config, workload, results, grid)
 
 
+def slo_floor(config: OnlineConfig, workload: Sequence[ProgramSpec], grid: _Grid) -> dict[str, Any]:
+    """The SLO scale below which no policy can keep 90% of the deadlines (module docs, *Floor*):
+    each program of the reference rate answering with its question's shortest recorded sample,
+    generated alone (one sequence, prompt already cached: every iteration at least ``a + b``)."""
+    from ..replay import get_profile
+
+    iteration_s = get_profile(config.profile).iteration_seconds(1, 0)
+    programs = [p for p in workload if p.arrival(grid.ref_rate) < config.duration_s] or list(workload[:1])
+    fastest = [min(s.num_tokens for s in p.question.samples[: config.n]) * iteration_s for p in programs]
+    curve = [
+        {
+            "slo_scale": scale,
+            "attainment": _mean([t <= p.deadline(scale) for p, t in zip(programs, fastest, strict=True)]),
+        }
+        for scale in grid.scales
+    ]
+    return {
+        "min_slo_scale_at_90": crossing_up([p["slo_scale"] for p in curve], [p["attainment"] for p in curve]),
+        "slo_curve": curve,
+    }
+
+
 def _replace(config: OnlineConfig, **changes: Any) -> OnlineConfig:
     import dataclasses
 
@@ -927,6 +961,7 @@ def _replicate_figures(
     }
     bases = [p.base_s for p in workload]
     return {
+        "slo_floor": slo_floor(config, workload, grid),
         "seeds": {"arrivals": config.seed, "replay": config.replay_seed},
         "programs": len(workload),
         "policies": policies,
@@ -1010,7 +1045,14 @@ def _combine(replicates: Sequence[dict[str, Any]]) -> dict[str, Any]:
             key: _mean([r["base_latency_s"][key] for r in replicates]) for key in ("mean", "p10", "p90")
         },
         "difficulty": {key: _mean([r["difficulty"][key] for r in replicates]) for key in ("mean", "max")},
-        "by_seed": [{key: r[key] for key in ("seeds", "programs", "policies", "ratios")} for r in replicates],
+        "slo_floor": {
+            "min_slo_scale_at_90": _mean([r["slo_floor"]["min_slo_scale_at_90"] for r in replicates]),
+            "slo_curve": _mean_points([r["slo_floor"]["slo_curve"] for r in replicates], "slo_scale"),
+        },
+        "by_seed": [
+            {key: r[key] for key in ("seeds", "programs", "policies", "ratios", "slo_floor")}
+            for r in replicates
+        ],
     }
 
 
@@ -1144,6 +1186,13 @@ def online_table(result: Mapping[str, Any]) -> str:
     for name, f in result["policies"].items():
         points = " ".join(f"x{p['slo_scale']:g}:{100 * p['attainment']:.0f}%" for p in f["alone_slo_curve"])
         curves.append(f"  {name:<12} alone {points}")
+    floor = result["slo_floor"]
+    points = " ".join(f"x{p['slo_scale']:g}:{100 * p['attainment']:.0f}%" for p in floor["slo_curve"])
+    curves.append(f"  {'floor':<12} alone {points}")
+    reference += (
+        f"\nfloor: SLO scale {_num(floor['min_slo_scale_at_90'])} at 90% with each program's shortest "
+        "recorded sample generated alone: no policy that answers from a sample can go below it"
+    )
     lines = [head, table, reference, "attainment curves:", *curves]
     lines += [f"note: {n}" for n in result["notes"]]
     lines.append(f"({result['elapsed_s']:.0f} s)")
@@ -1166,6 +1215,11 @@ def plot_online(result: Mapping[str, Any], path: str | Path) -> None:
                 alone = f["alone_slo_curve"]
                 style = {**style, "linestyle": "--", "linewidth": 1.0, "label": f"{name}, each alone"}
                 right.plot([p["slo_scale"] for p in alone], [p["attainment"] for p in alone], **style)
+        floor = result["slo_floor"]["slo_curve"]
+        right.plot(
+            [p["slo_scale"] for p in floor], [p["attainment"] for p in floor],
+            color="0.3", linestyle=":", linewidth=1.2, label="floor: shortest sample, alone",
+        )  # fmt: skip
         for ax in (left, right):
             ax.axhline(TARGET, color="0.5", linestyle=":", linewidth=1)
             ax.set_ylim(-0.02, 1.02)
