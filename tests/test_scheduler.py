@@ -148,7 +148,7 @@ async def test_window_none_sends_everything_and_refusal_raises_budget() -> None:
         scheduler(fcfs(), window=0)
 
 
-async def test_saturated_while_the_window_is_full_or_requests_wait() -> None:
+async def test_saturated_while_the_window_is_full() -> None:
     sched, _ = scheduler(fcfs(), window=4)
     assert not sched.saturated()
     sched.acquire(program("a"), 3)
