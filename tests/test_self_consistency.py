@@ -158,27 +158,27 @@ def test_round_plan_with_a_deadline_sends_ahead_and_cancels_what_is_not_needed()
 
 
 def test_round_plan_fits_the_deadline() -> None:
-    # 10 s, 3 s a round: after the first, 7 s hold one round of 3 x 1.25 s: the rest go out together
-    # (one request per round, so the program can still stop at any of their checks).
+    # 10 s, 3 s a round, margin 1.25: after the first, 7 s hold one round of 3 x 1.25 s: the rest go
+    # out together (one request per round, so the program can still stop at any of their checks).
     draws = _Draws(3.0)
-    plan, read, took = _walk([5, 5, 5, 5, 10], draws, deadline_s=10.0, lookahead=0)
+    plan, read, took = _walk([5, 5, 5, 5, 10], draws, deadline_s=10.0, lookahead=0, margin=1.25)
     assert read == [5, 5, 5, 5, 10] and took == pytest.approx(6.0) and draws.sent == [5, 5, 5, 5, 10]
     assert plan.ahead == 20 and not plan.out_of_time and draws.most_at_once == 4
-    # With margin 1: two rounds fit, so the remaining four go out two at a time.
+    # With the default margin, 1: two rounds fit, so the remaining four go out two at a time.
     draws = _Draws(3.0)
-    plan, read, took = _walk([5, 5, 5, 5, 10], draws, deadline_s=10.0, lookahead=0, margin=1.0)
+    plan, read, took = _walk([5, 5, 5, 5, 10], draws, deadline_s=10.0, lookahead=0)
     assert read == [5, 5, 5, 5, 10] and took == pytest.approx(9.0) and draws.most_at_once == 2
     # 6 s a round: after the first, no new round fits; the two sent ahead are expected by 7.5 s
     # (6 x 1.25), within the 10 s, so they are read, and then the plan ends with the samples it has.
     draws = _Draws([6.0, 7.0, 7.0])
-    plan, read, took = _walk([4, 2, 2, 4], draws, deadline_s=10.0, lookahead=4)
+    plan, read, took = _walk([4, 2, 2, 4], draws, deadline_s=10.0, lookahead=4, margin=1.25)
     assert read == [4, 2, 2] and plan.out_of_time and took == pytest.approx(7.0)
     assert draws.sent == [4, 2, 2]
     # Requests sent ahead that are expected after the deadline are cancelled, not waited for: at 4 s
     # (6 s left, one 5 s round fits) the last two rounds go out; at 5 s requests take 5 s, 6.25 s
     # with the margin, and they have 6 s left.
     draws = _Draws([4.0, 5.0, 5.0, 9.0, 9.0])
-    plan, read, took = _walk([4, 2, 2, 4, 4], draws, deadline_s=10.0, lookahead=4)
+    plan, read, took = _walk([4, 2, 2, 4, 4], draws, deadline_s=10.0, lookahead=4, margin=1.25)
     assert read == [4, 2, 2] and plan.out_of_time and took == pytest.approx(5.0)
     assert draws.sent == [4, 2, 2, 4, 4] and draws.cancelled == [3, 4] and plan.ahead == 6
     with pytest.raises(ValueError, match="margin"):
@@ -196,7 +196,7 @@ def test_round_plan_sends_nothing_early_while_the_runtime_is_saturated() -> None
     assert took == pytest.approx(12.0) and plan.ahead == 0 and not plan.out_of_time
     # Nor are rounds sent together to fit the deadline (unsaturated, the last four would go out at
     # 3 s, as in the test above); the plan still ends once the next round is expected late: at 9 s
-    # 1 s is left and a round takes 3 x 1.25 s.
+    # 1 s is left and a round takes 3 s.
     draws = _Draws(3.0)
     plan, read, took = _walk([5, 5, 5, 5, 10], draws, deadline_s=10.0, lookahead=0, busy=lambda now: True)
     assert read == [5, 5, 5] and draws.sent == [5, 5, 5] and draws.most_at_once == 1
