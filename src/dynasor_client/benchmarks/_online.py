@@ -339,8 +339,13 @@ class RunSpec:
 
     def arriving(self, programs: Sequence[ProgramSpec]) -> list[ProgramSpec]:
         """The programs that arrive in this run at ``rate`` (at least one)."""
-        chosen = [p for p in programs if p.arrival(self.rate) < self.duration_s]
-        return chosen or list(programs[:1])
+        return arriving(programs, self.rate, self.duration_s)
+
+
+def arriving(programs: Sequence[ProgramSpec], rate: float, duration_s: float) -> list[ProgramSpec]:
+    """The programs that arrive within ``duration_s`` at ``rate`` (at least one)."""
+    chosen = [p for p in programs if p.arrival(rate) < duration_s]
+    return chosen or list(programs[:1])
 
 
 @dataclass(frozen=True)
@@ -792,7 +797,7 @@ def slo_floor(config: OnlineConfig, workload: Sequence[ProgramSpec], grid: _Grid
     from ..replay import get_profile
 
     iteration_s = get_profile(config.profile).iteration_seconds(1, 0)
-    programs = [p for p in workload if p.arrival(grid.ref_rate) < config.duration_s] or list(workload[:1])
+    programs = arriving(workload, grid.ref_rate, config.duration_s)  # those of the reference runs
     fastest = [min(s.num_tokens for s in p.question.samples[: config.n]) * iteration_s for p in programs]
     curve = [
         {
@@ -801,10 +806,12 @@ def slo_floor(config: OnlineConfig, workload: Sequence[ProgramSpec], grid: _Grid
         }
         for scale in grid.scales
     ]
-    return {
-        "min_slo_scale_at_90": crossing_up([p["slo_scale"] for p in curve], [p["attainment"] for p in curve]),
-        "slo_curve": curve,
-    }
+    return {"min_slo_scale_at_90": _min_scale_at_90(curve), "slo_curve": curve}
+
+
+def _min_scale_at_90(slo_curve: Sequence[Mapping[str, Any]]) -> float:
+    """The tightest SLO scale of an SLO curve that keeps 90% attainment (:func:`crossing_up`)."""
+    return crossing_up([p["slo_scale"] for p in slo_curve], [p["attainment"] for p in slo_curve])
 
 
 def _replace(config: OnlineConfig, **changes: Any) -> OnlineConfig:
@@ -940,12 +947,8 @@ def _replicate_figures(
         policies[name] = {
             "description": POLICIES[name].description,
             "max_rate_at_90": crossing_down([p["rate"] for p in curve], [p["attainment"] for p in curve]),
-            "min_slo_scale_at_90": crossing_up(
-                [p["slo_scale"] for p in slo_curve], [p["attainment"] for p in slo_curve]
-            ),
-            "alone_min_slo_scale_at_90": crossing_up(
-                [p["slo_scale"] for p in alone_curve], [p["attainment"] for p in alone_curve]
-            ),
+            "min_slo_scale_at_90": _min_scale_at_90(slo_curve),
+            "alone_min_slo_scale_at_90": _min_scale_at_90(alone_curve),
             **ref,
             "curve": curve,
             "slo_curve": slo_curve,
@@ -1125,6 +1128,10 @@ def _with_interval(value: Any, interval: Sequence[Any] | None, suffix: str = "")
     return f"{text} ±{(high - low) / 2:.2f}"
 
 
+def _scale_points(slo_curve: Sequence[Mapping[str, Any]]) -> str:
+    return " ".join(f"x{p['slo_scale']:g}:{100 * p['attainment']:.0f}%" for p in slo_curve)
+
+
 def online_table(result: Mapping[str, Any]) -> str:
     """The figures as a readable table (and the attainment curves, compactly)."""
     ratios = result["ratios"]
@@ -1181,14 +1188,11 @@ def online_table(result: Mapping[str, Any]) -> str:
         points = " ".join(f"{p['rate']:.1f}:{100 * p['attainment']:.0f}%" for p in f["curve"])
         curves.append(f"  {name:<12} rate  {points}")
     for name, f in result["policies"].items():
-        points = " ".join(f"x{p['slo_scale']:g}:{100 * p['attainment']:.0f}%" for p in f["slo_curve"])
-        curves.append(f"  {name:<12} SLO   {points}")
+        curves.append(f"  {name:<12} SLO   {_scale_points(f['slo_curve'])}")
     for name, f in result["policies"].items():
-        points = " ".join(f"x{p['slo_scale']:g}:{100 * p['attainment']:.0f}%" for p in f["alone_slo_curve"])
-        curves.append(f"  {name:<12} alone {points}")
+        curves.append(f"  {name:<12} alone {_scale_points(f['alone_slo_curve'])}")
     floor = result["slo_floor"]
-    points = " ".join(f"x{p['slo_scale']:g}:{100 * p['attainment']:.0f}%" for p in floor["slo_curve"])
-    curves.append(f"  {'floor':<12} alone {points}")
+    curves.append(f"  {'floor':<12} alone {_scale_points(floor['slo_curve'])}")
     reference += (
         f"\nfloor: SLO scale {_num(floor['min_slo_scale_at_90'])} at 90% with each program's shortest "
         "recorded sample generated alone: no policy that answers from a sample can go below it"
