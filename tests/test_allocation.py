@@ -8,8 +8,23 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dynasor_client.certainty import AnyOf, Cap, EntropyCertainty, Observations, Threshold, rule_from_dict
+from dynasor_client.certainty import (
+    AnyOf,
+    BayesianAgreement,
+    Cap,
+    EntropyCertainty,
+    Hopeless,
+    Observations,
+    StopRule,
+    Threshold,
+    TokenBudget,
+    adaptive_consistency,
+    default_rule,
+    rule_from_dict,
+)
 from dynasor_client.certainty._allocation import (
     NO_LIMIT,
     CurveFitAllocation,
@@ -116,6 +131,41 @@ def test_rounds_as_defined_in_the_issue() -> None:
     # checked after every observation from 2 on, stopping at 7: counts 2..7 are 6 rounds
     every = Threshold(EntropyCertainty(), 1.0, min_obs=2) | Cap(7)
     assert _stop_count(every, DISTINCT) == 7 and _rounds(every, DISTINCT) == 6
+
+
+SKIPPING_RULES: list[StopRule] = [
+    default_rule(),
+    adaptive_consistency(0.95) | Cap(12),
+    StaticThreshold(5, 0.7, 12),
+    MultiStepThreshold({3: 1.0, 6: 0.75, 9: 0.5}, cap=12),
+    Threshold(EntropyCertainty(), 0.8, every=2, min_obs=2) & Threshold(BayesianAgreement(), 0.9, every=3),
+    MultiStepThreshold({4: 0.9}, cap=12) | HopelessCut({6: 0.3}) | Hopeless(8, 0.2) | TokenBudget(900),
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-1, 3), min_size=2, max_size=12), st.data())
+def test_may_fire_is_true_wherever_the_rule_fires(labels: list[int], data: st.DataObject) -> None:
+    # Sound: a rule that fires at `count` observations was, at any earlier point, one that may fire.
+    held = data.draw(st.integers(0, len(labels) - 1))
+    so_far = Observations.single(labels[:held], tokens=[100] * held)
+    for rule in SKIPPING_RULES:
+        fires = rule.batch(Observations.single(labels, tokens=[100] * len(labels)))[0]
+        for count in range(held + 1, len(labels) + 1):
+            if fires[count - 1]:
+                assert rule.may_fire(so_far, count)[0], (rule, labels, held, count)
+
+
+def test_may_fire_rules_out_checks_a_split_vote_cannot_pass() -> None:
+    # The default rule after a 2-2 split at 4: even if the next samples all agree, its thresholds
+    # at 6 and 8 are out of reach; at 12 they are not. Rules on unknown features never rule out.
+    rule = default_rule()
+    split = Observations.single([0, 1, 0, 1])
+    assert [bool(rule.may_fire(split, c)[0]) for c in (6, 8, 12, 30)] == [False, False, True, True]
+    assert not rule.may_fire(split, 7)[0]  # not one of its checkpoints
+    assert TokenBudget(500).may_fire(split, 5)[0] and Hopeless(6, 0.3).may_fire(split, 6)[0]
+    assert not Hopeless(6, 0.3).may_fire(split, 5)[0] and not Cap(30).may_fire(split, 29)[0]
+    assert (Cap(30) | rule).may_fire(Observations.single([0] * 4), 6)[0]
 
 
 @pytest.mark.parametrize(

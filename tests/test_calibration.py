@@ -16,6 +16,7 @@ import pytest
 
 from dynasor_client.certainty import (
     NONE,
+    BayesianAgreement,
     Cap,
     EntropyCertainty,
     Hopeless,
@@ -214,8 +215,28 @@ def _reference(rule: StopRule, replay: Replay, with_rounds: bool) -> tuple[float
         correct.append(leader is not None and bool(replay.data.class_correct[q, leader]))
         tokens.append(int(obs.tokens[b, : stop + 1].sum()))
         if with_rounds:
-            rounds.append(sum(1 for c in cps if c <= stop + 1) + (0 if stop + 1 in cps else 1))
+            rounds.append(_consulted(rule, obs, b, int(obs.valid[b, : stop + 1].sum()), sorted(cps)))
     return float(np.mean(correct)), float(np.mean(tokens)), float(np.mean(rounds)) if rounds else 0.0
+
+
+def _consulted(rule: StopRule, obs: Observations, b: int, stop_count: int, cps: list[int]) -> int:
+    """Rounds of row ``b`` as a program takes them (``RoundPlan``): from each consulted checkpoint on
+    to the next one where ``rule.may_fire`` on the observations so far; the stop is always consulted."""
+    valid = np.flatnonzero(obs.valid[b])
+    position, rounds = 0, 0
+    while position < stop_count:
+        held = valid[:position]
+        so_far = Observations(
+            labels=obs.labels[b : b + 1, held],
+            valid=np.ones((1, len(held)), dtype=bool),
+            rewards=obs.rewards[b : b + 1, held],
+            tokens=obs.tokens[b : b + 1, held],
+            confidence=obs.confidence[b : b + 1, held],
+        )
+        later = [c for c in cps if c > position]
+        position = next((c for c in later if c >= stop_count or rule.may_fire(so_far, c)[0]), stop_count)
+        rounds += 1
+    return rounds
 
 
 @pytest.mark.parametrize(
@@ -226,6 +247,7 @@ def _reference(rule: StopRule, replay: Replay, with_rounds: bool) -> tuple[float
         (MultiStepThreshold({2: 1.0, 4: 0.7, 6: 0.5}, cap=10), True),
         (MultiStepThreshold({3: 0.9}, cap=10) | HopelessCut({5: 0.3}), True),
         (Threshold(EntropyCertainty(), 0.8, every=2, min_obs=2) | Cap(10), True),
+        (Threshold(BayesianAgreement(), 0.9, min_obs=2) | Cap(10), True),
         (Hopeless(after=6, below=0.3) | Threshold(EntropyCertainty(), 1.0, at=[3]), True),
         (TokenBudget(300) | Cap(9), True),
         (CurveFitAllocation(3, RemainingCurve(9.0, 1.3), cap=10), False),

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from dynasor_client import Endpoint, SamplingParams
@@ -19,7 +20,14 @@ from dynasor_client.algorithms import (
     self_consistency,
     self_consistency_rule,
 )
-from dynasor_client.certainty import cap, cluster_answers, entropy_at_least
+from dynasor_client.certainty import (
+    EntropyCertainty,
+    Observations,
+    Threshold,
+    cap,
+    cluster_answers,
+    entropy_at_least,
+)
 from dynasor_client.traces import TraceQuestion
 from tests.support.replay import replay_endpoint, traces_or_skip
 
@@ -33,6 +41,13 @@ def svamp() -> list[TraceQuestion]:
 async def replay(svamp: list[TraceQuestion]) -> AsyncIterator[Endpoint]:
     async with replay_endpoint(svamp[:40], seed=3) as endpoint:
         yield endpoint
+
+
+class _Unbounded(EntropyCertainty):
+    """H~ with no bound on what the samples to come may bring: a program consults every check."""
+
+    def best_case(self, obs: Observations, count: int) -> np.ndarray:
+        return np.ones(obs.shape[0])
 
 
 def _agreement(question: TraceQuestion, k: int) -> int:
@@ -207,6 +222,50 @@ def test_round_plan_sends_nothing_early_while_the_runtime_is_saturated() -> None
     assert read == [4, 2, 2, 4] and draws.sent == [4, 2, 2, 2, 2] and took == pytest.approx(9.0)
 
 
+def test_round_plan_skips_checks_the_rule_cannot_pass() -> None:
+    # The rule could not stop the program at 6 or 8 samples: those rounds go out with the 12's, in
+    # one request, and the program reads them at once (two rounds instead of four).
+    draws = _Draws(3.0)
+    plan, read, took = _walk([4, 2, 2, 4], draws, may_stop=lambda count: count not in (6, 8))  # type: ignore[arg-type]
+    assert read == [4, 8] and draws.sent == [4, 8] and took == pytest.approx(6.0) and plan.skipped == 2
+    # With a lookahead: the 2 samples sent ahead of the first check, then the rest of the 12.
+    draws = _Draws(3.0)
+    plan, read, took = _walk(
+        [4, 2, 2, 4],
+        draws,
+        deadline_s=100.0,
+        lookahead=2,
+        may_stop=lambda count: count not in (6, 8),  # type: ignore[arg-type]
+    )
+    assert read == [4, 8] and draws.sent == [4, 2, 6] and took == pytest.approx(6.0)
+
+
+def test_a_contested_program_skips_checks_it_cannot_pass(svamp: list[TraceQuestion]) -> None:
+    # Adaptive-Consistency checks after every sample. On a contested question most checks cannot
+    # fire whatever comes next, so the program skips them: the same samples, answer and stop in
+    # far fewer rounds than the rule's checks (a signal that cannot rule checks out skips none).
+    question = next(q for q in svamp[:40] if _agreement(q, 30) <= 12)
+    from dynasor_client.certainty import BayesianAgreement
+    from dynasor_client.replay import InProcessReplay, run_virtual
+
+    class Unbounded(BayesianAgreement):
+        def best_case(self, obs: Observations, count: int) -> np.ndarray:
+            return np.ones(obs.shape[0])
+
+    async def run(signal: BayesianAgreement) -> ProgramResult:
+        async with InProcessReplay(svamp[:40], seed=3) as replay, replay.endpoint() as endpoint:
+            rule = Threshold(signal, 0.95, min_obs=2)
+            context = StandaloneContext(endpoint, rule, program_id="skip-1")  # the same draws each run
+            return await self_consistency(question.question, context=context, n=30, rule=rule)
+
+    every = run_virtual(run(Unbounded()))
+    skipping = run_virtual(run(BayesianAgreement()))
+    assert list(map(str, skipping.answers)) == list(map(str, every.answers))
+    assert skipping.stop_reason is every.stop_reason and skipping.answer == every.answer
+    assert every.steps == len(every.answers) - 1  # checked at 2, 3, ..., every sample
+    assert skipping.steps <= every.steps // 3
+
+
 def test_round_plan_failures() -> None:
     # A request the program reads fails with its own error (not an exception group).
     with pytest.raises(RuntimeError, match="request 1 failed"):
@@ -218,13 +277,14 @@ def test_round_plan_failures() -> None:
 
 
 def test_deadline_fits_the_rounds_of_a_live_program(svamp: list[TraceQuestion]) -> None:
-    # A rule that checks every 5 samples on a contested question: six rounds alone. Half that
-    # time as the deadline: the program sends rounds ahead and draws the same 30 samples, checking
-    # after each round as before, in time (modelled H100 time).
+    # A rule that checks every 5 samples on a contested question: six rounds alone (its signal
+    # cannot rule a check out, so none is skipped). Half that time as the deadline: the program
+    # sends rounds ahead and draws the same 30 samples, checking after each round as before, in
+    # time (modelled H100 time).
     from dynasor_client.replay import InProcessReplay, run_virtual
 
     question = next(q for q in svamp[:40] if _agreement(q, 30) <= 10)
-    rule = self_consistency_rule(entropy_at_least(0.95, every=5), 30, 5)
+    rule = self_consistency_rule(Threshold(_Unbounded(), 0.95, every=5, min_obs=2), 30, 5)
     planned = round_sizes("auto", 30, rule=rule)
     assert planned == [5] * 6
 

@@ -151,6 +151,37 @@ def _random_obs(b: int, k: int, seed: int = 0) -> Observations:
     )
 
 
+# -- best cases: no future beats them ---------------------------------------------------------------
+
+
+@RELAXED
+@given(observations(max_b=3, max_k=8), st.lists(st.integers(-1, 4), min_size=1, max_size=8))
+def test_best_case_bounds_every_future(obs: Observations, future: list[int]) -> None:
+    # Whatever the observations to come, no signal ends above its best case (label-only signals
+    # bound it; the others answer 1, no bound).
+    for signal in [*LABEL_ONLY, *SIGNALS]:
+        for i in range(obs.shape[0]):
+            held = obs.labels[i][obs.valid[i]].tolist()
+            count = len(held) + len(future)
+            value = signal(Observations.single(held + future)).value
+            bound = signal.best_case(_row(obs, i), count)[0]
+            assert np.isnan(value) or value <= bound + 1e-9, (signal, held, future)
+
+
+def test_best_case_of_agreement_signals() -> None:
+    # 2-2 at four samples: at best the next two join one side (4-2); no answer yet: all agree.
+    split = Observations.single([0, 1, 0, 1])
+    for signal in (EntropyCertainty(), BayesianAgreement()):
+        assert signal.best_case(split, 6)[0] == pytest.approx(
+            signal(Observations.single([0, 1, 0, 1, 0, 0])).value
+        )
+        assert signal.best_case(Observations.single([]), 4)[0] == pytest.approx(
+            signal(Observations.single([7] * 4)).value
+        )
+    assert BayesianAgreement().best_case(split, 6)[0] < 0.8  # P(Beta(5, 3) > 1/2) = 0.77
+    assert RewardCertainty().best_case(split, 6)[0] == 1.0  # rewards to come are unknown: no bound
+
+
 # -- every signal: batch == row by row, invalid positions, range, NaN/empty ---------------------------
 
 

@@ -43,7 +43,7 @@ from ._program import (
 )
 from ._reward import MeteredRewardModel
 from ._reward_protocol import RewardModel
-from ._rounds import RoundPlan, RoundSchedule, round_sizes
+from ._rounds import RoundPlan, RoundSchedule, round_sizes, rule_may_stop
 from ._self_consistency import DEFAULT_SYSTEM
 
 Aggregate = Literal["max", "weighted_majority"]
@@ -133,7 +133,14 @@ async def best_of_n(
     step_rewards: list[list[float]] = []
     rewards: list[float] = []
     reason = None
-    plan = RoundPlan(round_sizes(rounds, n, detect, stop_rule), context, lookahead=lookahead)
+    plan = RoundPlan(
+        round_sizes(rounds, n, detect, stop_rule),
+        context,
+        lookahead=lookahead,
+        may_stop=rule_may_stop(
+            stop_rule, context, lambda: Observations.single(clusters.labels, rewards=rewards, tokens=tokens)
+        ),
+    )
     sampling = params or SamplingParams(temperature=0.7)
     async with plan.rounds(lambda size: context.generate(messages=chat, n=size, params=sampling)) as results:
         async for choices in results:

@@ -4,7 +4,10 @@
 :class:`RoundPlan` sends them and hands their results back in order, one round at a time, so the
 program checks its rule after each round exactly as planned. Without a deadline a round is sent
 when the program asks for it: the rounds run one after the other and no sample is drawn past a
-check that stops. With a deadline two things change:
+check that stops. A check the rule cannot pass is skipped (``may_stop``: even if every sample to
+come agreed with the leading answer, the rule would not fire there): its round goes out with the
+next one, so the program draws the same samples and stops at the same check in fewer rounds. With
+a deadline two more things change:
 
 - **Lookahead.** The next rounds' requests go out while the current one runs, up to ``lookahead``
   samples past the current check (2 by default), so a program that goes on finds its next round
@@ -37,7 +40,7 @@ import math
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
-from ..certainty import StopRule
+from ..certainty import Observations, StopRule
 from ..certainty.calibration import checkpoints
 
 if TYPE_CHECKING:
@@ -98,6 +101,20 @@ def round_sizes(schedule: RoundSchedule, n: int, detect: int = 5, rule: StopRule
     return out
 
 
+def rule_may_stop(
+    rule: StopRule, context: ProgramContext, observations: Callable[[], Observations]
+) -> Callable[[int], bool]:
+    """:class:`RoundPlan`'s ``may_stop`` for a program running ``rule`` on ``observations()`` (its
+    samples so far). Under a token limit every check stays: the budget is checked there too."""
+
+    def may_stop(count: int) -> bool:
+        if context.tokens_left() is not None:
+            return True
+        return bool(rule.may_fire(observations(), count)[0])
+
+    return may_stop
+
+
 class RoundPlan:
     """Send the rounds ``sizes`` of a program and read their samples in order (module docs).
 
@@ -105,7 +122,9 @@ class RoundPlan:
     ``draw(k)`` requests ``k`` samples and ``choices`` are one round's samples, in the order sent.
     A round sent partly ahead goes out in parts (the lookahead's, then the rest), one request each.
     ``lookahead`` (samples sent ahead of the current check) defaults to 0 without a deadline and
-    :data:`DEADLINE_LOOKAHEAD` with one.
+    :data:`DEADLINE_LOOKAHEAD` with one. ``may_stop(count)``: whether the program's rule could stop
+    it once it holds ``count`` samples, given those it holds now (``StopRule.may_fire``); a round
+    whose check it could not pass goes out with the next one.
     """
 
     def __init__(
@@ -115,6 +134,7 @@ class RoundPlan:
         *,
         margin: float = DEADLINE_MARGIN,
         lookahead: int | None = None,
+        may_stop: Callable[[int], bool] | None = None,
     ) -> None:
         if any(size < 1 for size in sizes):
             raise ValueError(f"round sizes must be >= 1, got {list(sizes)}")
@@ -127,7 +147,8 @@ class RoundPlan:
         self.out_of_time = False  #: the plan ended because no further round fits the deadline
         self.ahead = 0  #: samples sent before their turn to meet the deadline (beyond the lookahead)
         self.sent: list[int] = []  #: sizes of the requests sent, in order (cancelled ones included)
-        self._context = context
+        self.skipped = 0  #: checks skipped because the rule could not have stopped there
+        self._context, self._may_stop = context, may_stop
 
     @contextlib.asynccontextmanager
     async def rounds(
@@ -151,11 +172,14 @@ class RoundPlan:
         ends = list(itertools.accumulate(sizes))  # samples drawn once each round is in
         deadline = context.seconds_left() is not None
         lookahead = self.lookahead if self.lookahead is not None else (DEADLINE_LOOKAHEAD if deadline else 0)
-        pieces: list[list[int]] = [[] for _ in sizes]  # each round's requests (indices into tasks)
+        pieces: list[list[int]] = [
+            [] for _ in sizes
+        ]  # requests by the round they start in (indices into tasks)
         sent_at: list[float] = []  # seconds left when each request was sent
         answered_at: dict[int, float] = {}  # ... and when its answer came
         sent = 0  # samples sent so far
         piece_s = 0.0  # the longest request so far
+        last = 0  # the last planned round read with the current one (the checks between are skipped)
 
         def answered(index: int, _: object) -> None:
             answered_at.setdefault(index, context.seconds_left() or 0.0)
@@ -164,7 +188,7 @@ class RoundPlan:
             nonlocal sent
             while sent < min(wanted, ends[-1]):
                 round_ = bisect.bisect_right(ends, sent)
-                size = min(ends[round_], wanted) - sent
+                size = min(ends[max(round_, last)], wanted) - sent  # a request per round read
                 task = asyncio.ensure_future(draw(size))
                 index = len(tasks)
                 sent_at.append(context.seconds_left() or 0.0)
@@ -174,31 +198,39 @@ class RoundPlan:
                 self.sent.append(size)
                 sent += size
 
-        for round_ in range(len(sizes)):
+        round_ = 0
+        while round_ < len(sizes):
+            # Checks the rule cannot pass are skipped: their samples go out with the next round's.
+            last = round_
+            while last + 1 < len(sizes) and self._may_stop is not None and not self._may_stop(ends[last]):
+                last += 1
+            self.skipped += last - round_
             # Requests sent now would wait behind other programs': send nothing before its turn.
             saturated = context.saturated()
-            wanted = ends[round_] + (0 if saturated else lookahead)  # this round's, and the lookahead
+            wanted = ends[last] + (0 if saturated else lookahead)  # this round's, and the lookahead
             left = context.seconds_left()
             if left is not None and piece_s > 0:
                 expected_s = piece_s * self.margin
                 # This round, sent now or earlier, is expected to answer after the deadline: stop.
-                if (sent_at[pieces[round_][-1]] if sent >= ends[round_] else left) < expected_s:
+                group = [index for piece in pieces[round_ : last + 1] for index in piece]
+                if (sent_at[group[-1]] if sent >= ends[last] else left) < expected_s:
                     self.out_of_time = True
                     return
                 fits = int(left // expected_s)  # new rounds that would still answer in time
                 if fits == 0:
                     wanted = sent  # send nothing new; what is in flight is expected in time
                 elif not saturated:
-                    together = math.ceil((len(sizes) - round_) / fits)  # rounds per wave that fits
-                    by_deadline = ends[min(len(sizes), round_ + together) - 1]
+                    together = math.ceil((len(sizes) - last) / fits)  # rounds per wave that fits
+                    by_deadline = ends[min(len(sizes), last + together) - 1]
                     self.ahead += max(0, by_deadline - max(wanted, sent))
                     wanted = max(wanted, by_deadline)
             send_until(wanted)
             choices: list[Choice] = []
-            for index in pieces[round_]:
+            for index in itertools.chain.from_iterable(pieces[round_ : last + 1]):
                 choices.extend((await tasks[index]).choices)
                 if deadline:
                     piece_s = max(
                         piece_s, sent_at[index] - answered_at.get(index, context.seconds_left() or 0.0)
                     )
             yield choices
+            round_ = last + 1

@@ -32,7 +32,7 @@ from ._program import (
     program_context,
     question_messages,
 )
-from ._rounds import RoundPlan, RoundSchedule, round_sizes
+from ._rounds import RoundPlan, RoundSchedule, round_sizes, rule_may_stop
 
 DEFAULT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -87,7 +87,16 @@ async def self_consistency(
     answers: list[str | None] = []
     tokens: list[int] = []
     reason = None
-    plan = RoundPlan(round_sizes(rounds, n, detect, stop_rule), context, lookahead=lookahead)
+
+    def observations() -> Observations:
+        return Observations.single(clusters.labels, tokens=tokens)
+
+    plan = RoundPlan(
+        round_sizes(rounds, n, detect, stop_rule),
+        context,
+        lookahead=lookahead,
+        may_stop=rule_may_stop(stop_rule, context, observations),
+    )
     sampling = params or SamplingParams(temperature=0.7)
     async with plan.rounds(lambda size: context.generate(messages=chat, n=size, params=sampling)) as results:
         async for choices in results:

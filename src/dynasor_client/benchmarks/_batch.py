@@ -146,12 +146,12 @@ def oracle_stops(replay: Replay) -> IntArray:
 
 def method_stops(replay: Replay, method: Method) -> tuple[IntArray, IntArray]:
     """Stop position and sequential rounds per row of ``replay`` for ``method`` (oracle: 1 round)."""
-    from ..certainty.calibration import checkpoint_mask
+    from ..certainty.calibration import consulted_rounds
 
     if method.rule is None:
         return oracle_stops(replay), np.ones(replay.rows, dtype=np.int64)
     stop = replay.stops(method.rule)
-    return stop, replay.rounds_at(checkpoint_mask(method.rule, replay.obs), stop)
+    return stop, consulted_rounds(method.rule, replay.obs, stop)
 
 
 def replay_in_orders(

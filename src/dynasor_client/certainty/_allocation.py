@@ -69,6 +69,17 @@ def _steps_dict(raw: Mapping[int, float] | Any) -> dict[int, float]:
     return dict(sorted(out.items()))
 
 
+def _may_reach(
+    signal: Signal, obs: Observations, count: int, thresholds: Mapping[int, float], cap: int
+) -> BoolArray:
+    """``may_fire`` of a rule that stops at ``cap`` or where the signal meets ``thresholds[count]``."""
+    if count >= cap:
+        return np.ones(obs.shape[0], dtype=bool)
+    if count not in thresholds:
+        return np.zeros(obs.shape[0], dtype=bool)
+    return np.asarray(np.nan_to_num(signal.best_case(obs, count), nan=-1.0) >= thresholds[count], dtype=bool)
+
+
 class StaticThreshold(StopRule):
     """At ``detect`` observations stop if the signal (default: entropy H~) >= ``threshold``;
     otherwise run to ``cap``. The paper's SC setting: ``StaticThreshold(5, 0.7, cap)``."""
@@ -89,6 +100,9 @@ class StaticThreshold(StopRule):
         v = np.nan_to_num(values, nan=-1.0)
         fire = ((counts == self.detect) & (v >= self.threshold)) | (counts >= self.cap)
         return np.asarray(fire & valid, dtype=bool)
+
+    def may_fire(self, obs: Observations, count: int) -> BoolArray:
+        return _may_reach(self.signal, obs, count, {self.detect: self.threshold}, self.cap)
 
     def check_mask(self, obs: Observations) -> BoolArray:
         counts = obs.counts
@@ -147,6 +161,9 @@ class MultiStepThreshold(StopRule):
             bound[counts == step] = threshold
         return ((v >= bound) | (counts >= self.cap)) & valid
 
+    def may_fire(self, obs: Observations, count: int) -> BoolArray:
+        return _may_reach(self.signal, obs, count, self.thresholds, self.cap)
+
     def check_mask(self, obs: Observations) -> BoolArray:
         counts = obs.counts
         steps = np.asarray(self.steps, dtype=np.int64)
@@ -203,6 +220,9 @@ class HopelessCut(StopRule):
         for step, value in self.below.items():
             bound[counts == step] = value
         return (v < bound) & valid
+
+    def may_fire(self, obs: Observations, count: int) -> BoolArray:
+        return np.full(obs.shape[0], count in self.below)
 
     def check_mask(self, obs: Observations) -> BoolArray:
         return np.isin(obs.counts, np.asarray(self.steps, dtype=np.int64)) & obs.valid

@@ -163,3 +163,30 @@ def prefix_class_counts(obs: Observations) -> tuple[npt.NDArray[np.int32], npt.N
     onehot[rows, cols, inverse[rows, cols]] = 1
     none = (~real & obs.valid).astype(np.int32)
     return np.cumsum(onehot, axis=1, dtype=np.int32), np.cumsum(none, axis=1, dtype=np.int32)
+
+
+def agreeing_future(obs: Observations, count: int) -> Observations:
+    """Each row's observations (its valid ones, in order) followed by copies of its most frequent
+    answer (a new answer where it has none) up to ``count`` observations: the future in which every
+    observation still to come agrees. ``count`` columns, all valid; a row that already holds more
+    keeps its first ``count``. Only labels carry over (the other features are absent)."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    b, _ = obs.shape
+    rows = np.arange(b)
+    known = obs.valid.sum(axis=1)
+    order = np.argsort(~obs.valid, axis=1, kind="stable")  # valid positions first, in order
+    labels = np.take_along_axis(np.where(obs.valid, obs.labels, NONE), order, axis=1)
+    real = (np.arange(labels.shape[1]) < known[:, None]) & (labels >= 0)
+    leader = np.full(b, int(labels.max(initial=0)) + 1, dtype=np.int64)  # a label no row uses
+    if real.any():
+        key = np.where(real, labels, -1)
+        votes = np.zeros((b, int(key.max()) + 2), dtype=np.int64)
+        np.add.at(votes, (rows[:, None].repeat(key.shape[1], 1), key + 1), 1)
+        votes[:, 0] = 0  # missing answers and padding never lead
+        has = votes.max(axis=1) > 0
+        leader = np.where(has, votes.argmax(axis=1) - 1, leader)
+    future = np.repeat(leader[:, None], count, axis=1)
+    keep = min(count, labels.shape[1])
+    future[:, :keep] = np.where(np.arange(keep) < known[:, None], labels[:, :keep], future[:, :keep])
+    return Observations(labels=future, valid=np.ones((b, count), dtype=bool))

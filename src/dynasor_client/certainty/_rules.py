@@ -66,6 +66,13 @@ class StopRule(ABC):
     @abstractmethod
     def from_dict(cls, data: dict[str, Any]) -> StopRule: ...
 
+    def may_fire(self, obs: Observations, count: int) -> BoolArray:
+        """``[B]``: whether the rule could fire once row b holds ``count`` observations, whatever the
+        ones still to come (True wherever the rule cannot tell). A program skips a check at which
+        its rule cannot fire: it would not have stopped there, so it draws the same samples in
+        fewer rounds."""
+        return np.ones(obs.shape[0], dtype=bool)
+
     def __call__(self, obs: Observations) -> bool:
         if obs.shape[0] != 1:
             raise ValueError("call a rule on one program (B = 1); use .batch() for many")
@@ -100,6 +107,9 @@ class _Combination(StopRule):
 
     def batch(self, obs: Observations) -> BoolArray:
         return np.asarray(self._combine.reduce([r.batch(obs) for r in self.rules]), dtype=bool)
+
+    def may_fire(self, obs: Observations, count: int) -> BoolArray:
+        return np.asarray(self._combine.reduce([r.may_fire(obs, count) for r in self.rules]), dtype=bool)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "rules": [r.to_dict() for r in self.rules]}
@@ -161,6 +171,11 @@ class Threshold(StopRule):
         fires = np.nan_to_num(values, nan=-1.0) >= self.at_least
         return fires & _checkpoints(obs.counts, self.at, self.every, self.min_obs) & obs.valid
 
+    def may_fire(self, obs: Observations, count: int) -> BoolArray:
+        if not _checkpoints(np.array([count]), self.at, self.every, self.min_obs)[0]:
+            return np.zeros(obs.shape[0], dtype=bool)
+        return np.nan_to_num(self.signal.best_case(obs, count), nan=-1.0) >= self.at_least
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -197,6 +212,9 @@ class Hopeless(StopRule):
         values = np.nan_to_num(self.signal.batch(obs), nan=0.0)
         return (obs.counts >= self.after) & (values < self.below) & obs.valid
 
+    def may_fire(self, obs: Observations, count: int) -> BoolArray:
+        return np.full(obs.shape[0], count >= self.after)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -222,6 +240,9 @@ class Cap(StopRule):
 
     def batch(self, obs: Observations) -> BoolArray:
         return (obs.counts >= self.n) & obs.valid
+
+    def may_fire(self, obs: Observations, count: int) -> BoolArray:
+        return np.full(obs.shape[0], count >= self.n)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "n": self.n}

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ._observations import Certainty, FloatArray, IntArray, Observations, prefix_class_counts
+from ._observations import Certainty, FloatArray, IntArray, Observations, agreeing_future, prefix_class_counts
 
 
 class Signal(ABC):
@@ -37,6 +37,12 @@ class Signal(ABC):
             return Certainty(float("nan"), 0)
         last = int(np.flatnonzero(obs.valid[0])[-1])
         return Certainty(float(self.batch(obs)[0, last]), int(self.support(obs)[0, last]))
+
+    def best_case(self, obs: Observations, count: int) -> FloatArray:
+        """``[B]``: the highest value row b could reach once it holds ``count`` observations, whatever
+        the ones still to come (1, no bound, unless the signal knows better). A stop rule uses it
+        to tell a check it cannot pass: a program skips that check instead of pausing at it."""
+        return np.ones(obs.shape[0])
 
     def params(self) -> dict[str, Any]:
         """Parameters that, with ``name``, rebuild this signal (for JSON)."""
@@ -79,3 +85,7 @@ class EntropyCertainty(Signal):
     def batch(self, obs: Observations) -> FloatArray:
         counts, none = prefix_class_counts(obs)
         return normalised_entropy_certainty(counts, none)
+
+    def best_case(self, obs: Observations, count: int) -> FloatArray:
+        """Entropy is lowest when every observation to come joins the largest class."""
+        return self.batch(agreeing_future(obs, count))[:, -1]

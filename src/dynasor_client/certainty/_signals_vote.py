@@ -10,7 +10,7 @@ import numpy as np
 from scipy.linalg import eigh_tridiagonal
 from scipy.special import gammainc
 
-from ._observations import BoolArray, Certainty, FloatArray, IntArray, Observations
+from ._observations import BoolArray, Certainty, FloatArray, IntArray, Observations, agreeing_future
 from ._rules import register_signal
 from ._signal import Signal
 from ._signals_util import dense_labels
@@ -169,6 +169,10 @@ class BayesianAgreement(Signal):
         missing = np.array([np.count_nonzero(labels < 0)])
         value = self._posterior(counts if counts.size else np.zeros((1, 1), dtype=np.int64), missing, n + 1)
         return Certainty(float(value[0]), n)
+
+    def best_case(self, obs: Observations, count: int) -> FloatArray:
+        """The leader is surest when every observation to come joins it."""
+        return self.batch(agreeing_future(obs, count))[:, -1]
 
     def _posterior(self, counts: IntArray, missing: IntArray, width: int) -> FloatArray:
         """Posterior per row from its class counts ``[B, C]`` (all < ``width``) and missing answers."""

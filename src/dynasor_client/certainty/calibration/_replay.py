@@ -19,10 +19,13 @@ Definitions used by :func:`evaluate`:
 - *Tokens*: generated tokens (``num_tokens``) of the observations used, per question. Prompt tokens
   are not counted (they do not depend on the rule when the prompt is cached; ``prompt_tokens`` per
   sample is reported separately in :attr:`Evaluation.prompt_tokens`).
-- *Rounds*: sequential rounds — checkpoints reached, where a checkpoint is an observation count at
-  which the program consults the rule (:func:`checkpoint_mask`); the final observation always counts.
-  A rule checked at counts 5, 10 and 30 that stops at 10 took 2 rounds; one checked after every
-  observation that stops at 7 took 7.
+- *Rounds*: sequential rounds — the checkpoints a program consults, where a checkpoint is an
+  observation count at which the rule may fire (:func:`checkpoint_mask`); the final observation
+  always counts. A rule checked at counts 5, 10 and 30 that stops at 10 took 2 rounds; one checked
+  after every observation that stops at 7 took 7. A program skips a checkpoint at which its rule
+  cannot fire whatever the samples still to come (``StopRule.may_fire``), so it takes fewer:
+  :func:`consulted_rounds`. The calibration search bounds the planned checkpoints
+  (:meth:`Replay.rounds_at`), which are at least as many.
 - *accuracy_ci95*: the 2.5th-97.5th percentile of the per-order accuracies (the spread of one run's
   accuracy over these questions); *accuracy_ci95_questions*: a normal-approximation 95% interval over
   questions (per-question accuracy averaged over orders), which is what matters for new questions.
@@ -398,7 +401,7 @@ class Replay:
 
     def evaluate(self, rule: StopRule) -> Evaluation:
         stop = self.stops(rule)
-        return self.summarise(stop, self.rounds_at(checkpoint_mask(rule, self.obs), stop))
+        return self.summarise(stop, consulted_rounds(rule, self.obs, stop))
 
 
 def evaluate(
@@ -476,3 +479,37 @@ def checkpoints(rule: StopRule, cap: int) -> tuple[int, ...]:
     dummy = Observations(labels=np.zeros((1, cap), dtype=np.int64), valid=np.ones((1, cap), dtype=bool))
     mask = _leaf_mask(rule, dummy)[0]
     return tuple(sorted({int(i) + 1 for i in np.flatnonzero(mask)} | {cap}))
+
+
+def consulted_rounds(rule: StopRule, obs: Observations, stop: IntArray) -> IntArray:
+    """Rounds per row of a program running ``rule`` that stops at position ``stop[b]``: one per
+    checkpoint it consults. From each consulted checkpoint it goes on to the next one at which the
+    rule may fire given the observations so far (``rule.may_fire``), drawing the checkpoints in
+    between in the same round, as :class:`~dynasor_client.algorithms.RoundPlan` does."""
+    b = obs.shape[0]
+    rows = np.arange(b)
+    counts = obs.counts
+    stop_count = counts[rows, stop]
+    ends = checkpoints(rule, max(int(stop_count.max(initial=1)), 1))
+    position = np.zeros(b, dtype=np.int64)  # observations held at the last consulted checkpoint
+    rounds = np.zeros(b, dtype=np.int64)
+    active = np.ones(b, dtype=bool)
+    while active.any():
+        target = np.where(active, -1, 0)
+        for end in ends:
+            open_ = np.flatnonzero((target < 0) & (end > position))
+            if open_.size == 0:
+                continue
+            last = end >= stop_count[open_]  # the stop (or the last observation) is always consulted
+            ask = open_[~last]
+            if ask.size:
+                prefix = obs.valid[ask] & (counts[ask] <= position[ask, None])
+                held = Observations(labels=obs.labels[ask], valid=prefix, rewards=obs.rewards[ask],
+                                    tokens=obs.tokens[ask], confidence=obs.confidence[ask],
+                                    hesitant=obs.hesitant[ask])  # fmt: skip
+                last[~last] = rule.may_fire(held, end)
+            target[open_[last]] = end
+        rounds += active
+        position = np.where(active, target, position)
+        active &= position < stop_count
+    return rounds
