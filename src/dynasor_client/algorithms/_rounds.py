@@ -172,9 +172,8 @@ class RoundPlan:
         ends = list(itertools.accumulate(sizes))  # samples drawn once each round is in
         deadline = context.seconds_left() is not None
         lookahead = self.lookahead if self.lookahead is not None else (DEADLINE_LOOKAHEAD if deadline else 0)
-        pieces: list[list[int]] = [
-            [] for _ in sizes
-        ]  # requests by the round they start in (indices into tasks)
+        # requests (indices into tasks) by the round they start in
+        pieces: list[list[int]] = [[] for _ in sizes]
         sent_at: list[float] = []  # seconds left when each request was sent
         answered_at: dict[int, float] = {}  # ... and when its answer came
         sent = 0  # samples sent so far
