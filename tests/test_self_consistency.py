@@ -21,6 +21,7 @@ from dynasor_client.algorithms import (
     self_consistency_rule,
 )
 from dynasor_client.certainty import (
+    BayesianAgreement,
     EntropyCertainty,
     Observations,
     Threshold,
@@ -43,11 +44,20 @@ async def replay(svamp: list[TraceQuestion]) -> AsyncIterator[Endpoint]:
         yield endpoint
 
 
-class _Unbounded(EntropyCertainty):
-    """H~ with no bound on what the samples to come may bring: a program consults every check."""
+class _NoBound:
+    """A signal that claims no bound on what the samples to come may bring: the program running
+    its rule consults every check (none is skipped)."""
 
     def best_case(self, obs: Observations, count: int) -> np.ndarray:
         return np.ones(obs.shape[0])
+
+
+class _UnboundedEntropy(_NoBound, EntropyCertainty):
+    pass
+
+
+class _UnboundedAgreement(_NoBound, BayesianAgreement):
+    pass
 
 
 def _agreement(question: TraceQuestion, k: int) -> int:
@@ -244,13 +254,9 @@ def test_a_contested_program_skips_checks_it_cannot_pass(svamp: list[TraceQuesti
     # Adaptive-Consistency checks after every sample. On a contested question most checks cannot
     # fire whatever comes next, so the program skips them: the same samples, answer and stop in
     # far fewer rounds than the rule's checks (a signal that cannot rule checks out skips none).
-    question = next(q for q in svamp[:40] if _agreement(q, 30) <= 12)
-    from dynasor_client.certainty import BayesianAgreement
     from dynasor_client.replay import InProcessReplay, run_virtual
 
-    class Unbounded(BayesianAgreement):
-        def best_case(self, obs: Observations, count: int) -> np.ndarray:
-            return np.ones(obs.shape[0])
+    question = next(q for q in svamp[:40] if _agreement(q, 30) <= 12)
 
     async def run(signal: BayesianAgreement) -> ProgramResult:
         async with InProcessReplay(svamp[:40], seed=3) as replay, replay.endpoint() as endpoint:
@@ -258,7 +264,7 @@ def test_a_contested_program_skips_checks_it_cannot_pass(svamp: list[TraceQuesti
             context = StandaloneContext(endpoint, rule, program_id="skip-1")  # the same draws each run
             return await self_consistency(question.question, context=context, n=30, rule=rule)
 
-    every = run_virtual(run(Unbounded()))
+    every = run_virtual(run(_UnboundedAgreement()))
     skipping = run_virtual(run(BayesianAgreement()))
     assert list(map(str, skipping.answers)) == list(map(str, every.answers))
     assert skipping.stop_reason is every.stop_reason and skipping.answer == every.answer
@@ -284,7 +290,7 @@ def test_deadline_fits_the_rounds_of_a_live_program(svamp: list[TraceQuestion]) 
     from dynasor_client.replay import InProcessReplay, run_virtual
 
     question = next(q for q in svamp[:40] if _agreement(q, 30) <= 10)
-    rule = self_consistency_rule(Threshold(_Unbounded(), 0.95, every=5, min_obs=2), 30, 5)
+    rule = self_consistency_rule(Threshold(_UnboundedEntropy(), 0.95, every=5, min_obs=2), 30, 5)
     planned = round_sizes("auto", 30, rule=rule)
     assert planned == [5] * 6
 
