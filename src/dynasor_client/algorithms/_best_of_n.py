@@ -133,13 +133,12 @@ async def best_of_n(
     step_rewards: list[list[float]] = []
     rewards: list[float] = []
     reason = None
+    obs = Observations.single([])  # the samples so far, rebuilt after each round
     plan = RoundPlan(
         round_sizes(rounds, n, detect, stop_rule),
         context,
         lookahead=lookahead,
-        may_stop=rule_may_stop(
-            stop_rule, context, lambda: Observations.single(clusters.labels, rewards=rewards, tokens=tokens)
-        ),
+        may_stop=rule_may_stop(stop_rule, context, lambda: obs),
     )
     sampling = params or SamplingParams(temperature=0.7)
     async with plan.rounds(lambda size: context.generate(messages=chat, n=size, params=sampling)) as results:

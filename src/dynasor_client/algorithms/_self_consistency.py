@@ -87,15 +87,12 @@ async def self_consistency(
     answers: list[str | None] = []
     tokens: list[int] = []
     reason = None
-
-    def observations() -> Observations:
-        return Observations.single(clusters.labels, tokens=tokens)
-
+    obs = Observations.single([])  # the samples so far, rebuilt after each round
     plan = RoundPlan(
         round_sizes(rounds, n, detect, stop_rule),
         context,
         lookahead=lookahead,
-        may_stop=rule_may_stop(stop_rule, context, observations),
+        may_stop=rule_may_stop(stop_rule, context, lambda: obs),
     )
     sampling = params or SamplingParams(temperature=0.7)
     async with plan.rounds(lambda size: context.generate(messages=chat, n=size, params=sampling)) as results:
