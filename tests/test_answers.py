@@ -360,9 +360,8 @@ def test_symbolic_timeout_is_honoured_and_the_worker_replaced() -> None:
             os.kill(stuck, 0)  # the worker running sympy was killed
         assert checker("\\sqrt{8}", "2\\sqrt{2}")  # a fresh worker serves later checks
         assert stuck not in checker.worker_pids()
-        start = time.monotonic()
-        assert checker("3", ADVERSARIAL) is False  # cached, symmetric
-        assert time.monotonic() - start < 0.05
+        assert checker("3", ADVERSARIAL) is False  # cached, symmetric: not run (and timed out) again
+        assert checker.timeouts == 1
     finally:
         checker.close()
     assert checker.worker_pids() == []

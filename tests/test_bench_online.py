@@ -228,6 +228,21 @@ def test_crossings_interpolate() -> None:
 # ---------------------------------------------------------------------------- against the HTTP server
 
 
+class StallWatch:
+    """Wakes every 10 ms and keeps the longest delay past its wake-up: how long the event loop ran
+    nothing else (a GC pass, a blocking call, the process waiting for a core)."""
+
+    def __init__(self) -> None:
+        self.longest_s = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + 0.01
+            await asyncio.sleep(0.01)
+            self.longest_s = max(self.longest_s, loop.time() - due)
+
+
 def test_the_simulation_matches_the_http_replay_server(svamp: list[TraceQuestion]) -> None:
     """The same programs, seeds and arrivals: in process on the virtual clock, and through a real
     socket to a ReplayServer at time_scale 0.5 (a modelled second takes 0.5 s). Same answers,
@@ -244,7 +259,9 @@ def test_the_simulation_matches_the_http_replay_server(svamp: list[TraceQuestion
     programs = [dataclasses.replace(p, base_s=b) for p, b in zip(programs, base, strict=True)]
     time_scale = 0.5
 
-    async def over_http(run: RunSpec) -> list[ProgramOutcome]:
+    async def over_http(run: RunSpec) -> tuple[list[ProgramOutcome], float]:
+        """The programs over HTTP, and the longest stall of the event loop meanwhile (the client and
+        the server share it: a stall is time neither of them ran, from GC or a busy machine)."""
         async with (
             ReplayServer(questions, profile=PROFILE, time_scale=time_scale, seed=0) as server,
             Endpoint(
@@ -259,23 +276,46 @@ def test_the_simulation_matches_the_http_replay_server(svamp: list[TraceQuestion
                     as_program(self_consistency, questions[0].question, n=30), program_id="warm-up"
                 )
             await asyncio.sleep(0.2)
-            return await drive(endpoint, programs, run, time_scale=time_scale)
+            watch = StallWatch()
+            async with asyncio.TaskGroup() as group:
+                watching = group.create_task(watch.run())
+                outcomes = await drive(endpoint, programs, run, time_scale=time_scale)
+                watching.cancel()
+            return outcomes, watch.longest_s
+
+    def timing_errors(real: list[ProgramOutcome], virtual: list[ProgramOutcome]) -> list[str]:
+        errors = [
+            # Never faster than the model; slower by the CPU time at most (0.1 wall s a program).
+            f"program {r.index}: {r.latency_s:.3f} s over HTTP, {v.latency_s:.3f} s modelled"
+            for r, v in zip(real, virtual, strict=True)
+            if not v.latency_s - 0.01 <= r.latency_s <= v.latency_s + 0.1 / time_scale
+        ]
+        mean_real = sum(o.latency_s for o in real) / len(real)
+        mean_virtual = sum(o.latency_s for o in virtual) / len(virtual)
+        if not mean_virtual <= mean_real <= mean_virtual * 1.3:
+            errors.append(f"mean latency {mean_real:.3f} s over HTTP, {mean_virtual:.3f} s modelled")
+        return errors
 
     for policy in ("naive", "ours"):
         # Light load and a loose SLO: nothing is cut, so both runs take the same decisions.
         run = RunSpec(policy, 1.0, 20.0, 256, 30, "paper", PROFILE, 1e9, 0)
         virtual = simulate(questions, programs, run)
-        real = asyncio.run(over_http(run))
-        assert [o.answer for o in real] == [o.answer for o in virtual]
-        assert [o.tokens for o in real] == [o.tokens for o in virtual]
-        assert [o.stop_reason for o in real] == [o.stop_reason for o in virtual]
         assert all(o.stop_reason != "deadline" for o in virtual)
-        for r, v in zip(real, virtual, strict=True):
-            # Never faster than the model; slower by the CPU time at most (0.1 wall s a program).
-            assert v.latency_s - 0.01 <= r.latency_s <= v.latency_s + 0.1 / time_scale, (policy, r.index)
-        mean_real = sum(o.latency_s for o in real) / len(real)
-        mean_virtual = sum(o.latency_s for o in virtual) / len(virtual)
-        assert mean_virtual <= mean_real <= mean_virtual * 1.3
+        # The decisions must match on every run. Wall-clock timing on a shared 2-core machine can be
+        # disturbed (CI once saw one program 0.65 wall s late), so the latencies get three tries:
+        # a timing model that is off fails all three.
+        attempts = []
+        for _ in range(3):
+            real, stall = asyncio.run(over_http(run))
+            assert [o.answer for o in real] == [o.answer for o in virtual]
+            assert [o.tokens for o in real] == [o.tokens for o in virtual]
+            assert [o.stop_reason for o in real] == [o.stop_reason for o in virtual]
+            errors = timing_errors(real, virtual)
+            if not errors:
+                break
+            attempts.append(f"longest event-loop stall {stall:.3f} s: " + "; ".join(errors))
+        else:
+            pytest.fail(f"{policy}: latencies off in three runs:\n" + "\n".join(attempts))
     # The naive program's latency alone is its base latency (the deadlines' unit), exactly.
     alone = simulate(questions, programs[:1], RunSpec("naive", 1.0, 1.0, 256, 30, "paper", PROFILE, 1e9, 0))
     assert alone[0].latency_s == pytest.approx(programs[0].base_s, abs=1e-9)
