@@ -26,7 +26,7 @@ from dynasor_client._exceptions import (
     RateLimited,
     ServerError,
 )
-from dynasor_client.endpoints import RetryPolicy, TokenLogprob
+from dynasor_client.endpoints import RetryPolicy, SamplingParams, TokenLogprob
 from tests.support.faulty_server import GOOD_API_KEY, MODEL_ID, REASONING_TEXT, FaultyServer
 
 PROMPT = "what is forty two"
@@ -342,6 +342,8 @@ async def test_split_n_with_seed_gets_distinct_seeds(faulty_server: FaultyServer
     assert (bodies[0]["n"], bodies[0]["seed"]) == (5, 10)
     assert sorted((b["seed"], b["n"]) for b in bodies[1:4]) == [(10, 2), (12, 2), (14, 1)]
     assert sorted((b["seed"], b["n"]) for b in bodies[4:]) == [(7, 2), (9, 1)]
+    # The same numbering a program uses across its requests (sample i: seed + i).
+    assert SamplingParams(seed=10).for_sample(2).seed == 12 and SamplingParams().for_sample(2).seed is None
 
 
 @STREAM

@@ -120,6 +120,12 @@ async def test_seed_makes_sampling_repeatable_and_choices_distinct(local_endpoin
     assert first.texts == second.texts
     assert len(set(first.texts)) > 1, "the n choices under one seed must differ from each other"
     assert first.texts != other.texts
+    # llama.cpp draws choice i of a seeded request as a request seeded seed + i would: the numbering
+    # a program's later rounds continue (SamplingParams.for_sample), so a seeded program's samples do
+    # not depend on how its rounds split them.
+    head = await local_endpoint.complete(PROMPT, n=2, params=params)
+    tail = await local_endpoint.complete(PROMPT, n=2, params=params.for_sample(2))
+    assert [*head.texts, *tail.texts] == first.texts
 
 
 async def test_chunked_token_continuation_is_exact(local_endpoint: Endpoint) -> None:

@@ -28,6 +28,7 @@ from dynasor_client.certainty import (
     cap,
     cluster_answers,
     entropy_at_least,
+    get_extractor,
 )
 from dynasor_client.traces import TraceQuestion
 from tests.support.replay import replay_endpoint, traces_or_skip
@@ -78,17 +79,20 @@ def test_round_schedules() -> None:
 
 class _Draws:
     """Rounds that take ``round_s`` modelled seconds each (virtual clock; a list: per round, in the
-    order sent); records what was sent, what was cancelled, and how many rounds ran at once."""
+    order sent); records what was sent (sizes, and each request's first sample), what was cancelled,
+    and how many rounds ran at once."""
 
     def __init__(self, round_s: float | list[float], fail: set[int] | None = None) -> None:
         self.round_s, self.fail = round_s, fail or set()
         self.sent: list[int] = []
+        self.firsts: list[int] = []
         self.cancelled: list[int] = []
         self.running = self.most_at_once = 0
 
-    async def __call__(self, size: int) -> SimpleNamespace:
+    async def __call__(self, first: int, size: int) -> SimpleNamespace:
         index = len(self.sent)
         self.sent.append(size)
+        self.firsts.append(first)
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
         try:
@@ -166,6 +170,7 @@ def test_round_plan_with_a_deadline_sends_ahead_and_cancels_what_is_not_needed()
     draws = _Draws(3.0)
     plan, read, took = _walk([4, 2, 2, 4, 4], draws, deadline_s=100.0, lookahead=4)
     assert read == [4, 2, 2, 4, 4] and draws.sent == [4, 2, 2, 2, 2, 4]
+    assert draws.firsts == [0, 4, 6, 8, 10, 12]  # each request names its first sample (its seeds)
     assert draws.most_at_once == 3 and took == pytest.approx(6.0) and plan.ahead == 0
     # The rule fires after the first round: the requests sent ahead are cancelled (aborted on the server).
     draws = _Draws([3.0, 4.0, 4.0])
@@ -442,6 +447,25 @@ async def test_runs_on_the_local_model(local_endpoint: Endpoint) -> None:
     assert result.stop_reason in (StopReason.CONFIDENT, StopReason.CAP)
     assert result.tokens.generated > 0 and result.tokens.prompt > 0
     assert all(0.0 <= p.value <= 1.0 for p in result.certaindex)
+
+
+async def test_a_seeded_program_draws_new_samples_each_round(local_endpoint: Endpoint) -> None:
+    # llama.cpp, like vLLM, repeats a seeded request's samples. Sample i of a seeded program is drawn
+    # with seed + i, so the second round draws what a request seeded 3 + 2 draws, not the first
+    # round again (which would make a seeded program sure of whatever it drew first).
+    question = "Tom has 27 apples and buys 21 more. How many apples does he have? Explain."
+    params = SamplingParams(temperature=1.0, max_tokens=32, seed=3)
+    result = await self_consistency(
+        question, endpoint=local_endpoint, n=4, rounds=[2, 2], rule=cap(4), params=params,
+        system=None, token_budget=10**6,  # a token limit: the check after the first round stays
+    )  # fmt: skip
+    assert result.steps == 2
+    chat = [{"role": "user", "content": question}]
+    first = await local_endpoint.chat(chat, n=2, params=params)
+    second = await local_endpoint.chat(chat, n=2, params=params.for_sample(2))
+    assert [c.text for c in second.choices] != [c.text for c in first.choices]
+    extract = get_extractor("math")
+    assert list(result.answers) == [extract(c.text) for c in (*first.choices, *second.choices)]
 
 
 async def test_bad_input_is_refused(replay: Endpoint) -> None:

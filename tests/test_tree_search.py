@@ -9,10 +9,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from dynasor_client import Endpoint
+from dynasor_client import Endpoint, SamplingParams
+from dynasor_client.algorithms import StandaloneContext
 from dynasor_client.algorithms._mcts import Node, backpropagate, mcts, select, uct
-from dynasor_client.algorithms._rebase import allocate_width, rebase
+from dynasor_client.algorithms._rebase import allocate_width, expand, rebase
 from dynasor_client.algorithms._reward import JudgeRewardModel, PoolingRewardModel
+from dynasor_client.certainty import cap
+from dynasor_client.endpoints import Trajectory
 from dynasor_client.traces import TraceQuestion
 from tests.support.replay import replay_endpoint, traces_or_skip
 
@@ -70,6 +73,22 @@ async def test_mcts_local(local_endpoint: Endpoint) -> None:
     assert result.details["root_visits"] == result.details["iterations"] == 4
     assert result.tokens.generated > 0 and result.tokens.reward > 0
     assert result.answer is None or result.answer in result.answers
+
+
+async def test_seeded_siblings_are_different_steps(local_endpoint: Endpoint) -> None:
+    # A node's children share its prompt, and a server repeats a seeded request's sample: each
+    # child takes its own seed (seed + its index), or under a seed all k would be one step.
+    question = "What is 12 x 7? Think step by step."
+    params = SamplingParams(temperature=1.0, seed=3)
+    start = await Trajectory.start(
+        local_endpoint, messages=[{"role": "user", "content": question}], params=params
+    )
+    steps = await expand(
+        start, 3, question=question, reward_model=JudgeRewardModel(local_endpoint),
+        context=StandaloneContext(local_endpoint, cap(3)), step_delimiter="\n\n", step_tokens=24, task="math",
+    )  # fmt: skip
+    assert len({step.trajectory.text for step in steps}) == 3
+    assert [step.trajectory.params.seed for step in steps] == [3, 4, 5]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -32,7 +32,7 @@ from ..certainty import (
     reduce_step_rewards,
     reward_at_least,
 )
-from ..endpoints import Endpoint, Message, SamplingParams
+from ..endpoints import Endpoint, Generation, Message, SamplingParams
 from ._program import (
     ProgramContext,
     ProgramResult,
@@ -141,7 +141,11 @@ async def best_of_n(
         may_stop=rule_may_stop(stop_rule, context, lambda: obs),
     )
     sampling = params or SamplingParams(temperature=0.7)
-    async with plan.rounds(lambda size: context.generate(messages=chat, n=size, params=sampling)) as results:
+
+    def draw(first: int, size: int) -> Awaitable[Generation]:
+        return context.generate(messages=chat, n=size, params=sampling.for_sample(first))
+
+    async with plan.rounds(draw) as results:
         async for choices in results:
             async with asyncio.TaskGroup() as group:
                 scoring = [

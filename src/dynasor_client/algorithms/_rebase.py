@@ -106,8 +106,10 @@ async def expand(
     """``k`` children of ``node``, one step each, scored concurrently (tokens counted on ``context``)."""
     extract = get_extractor(task)
 
-    async def child() -> Step:
+    async def child(index: int) -> Step:
         traj = node.fork()
+        # Siblings share their prompt: under one seed all k would be the same step.
+        traj.params = traj.params.for_sample(index)
         async with context.request_slot():
             with program_scope(context.program_id):
                 chunk = await traj.extend(step_tokens, stop=[step_delimiter])
@@ -124,7 +126,7 @@ async def expand(
         return Step(traj, scores[-1] if scores else math.nan, answer, finished, scores)
 
     async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(child()) for _ in range(k)]
+        tasks = [group.create_task(child(i)) for i in range(k)]
     return [t.result() for t in tasks]
 
 

@@ -121,7 +121,9 @@ class RoundPlan:
     """Send the rounds ``sizes`` of a program and read their samples in order (module docs).
 
     ``async with plan.rounds(draw) as results: async for choices in results: ...`` where
-    ``draw(k)`` requests ``k`` samples and ``choices`` are one round's samples, in the order sent.
+    ``draw(first, k)`` requests the program's samples ``first`` to ``first + k - 1`` (a seeded
+    program passes ``params.for_sample(first)``, so no request repeats another's samples) and
+    ``choices`` are one round's samples, in the order sent.
     A round sent partly ahead goes out in parts (the lookahead's, then the rest), one request each.
     ``lookahead`` (samples sent ahead of the current check) defaults to 0 without a deadline and
     :data:`DEADLINE_LOOKAHEAD` with one. ``may_stop(count)``: whether the program's rule could stop
@@ -154,7 +156,7 @@ class RoundPlan:
 
     @contextlib.asynccontextmanager
     async def rounds(
-        self, draw: Callable[[int], Awaitable[Generation]]
+        self, draw: Callable[[int, int], Awaitable[Generation]]
     ) -> AsyncIterator[AsyncIterator[list[Choice]]]:
         """The rounds' samples in planned order; leaving cancels the requests still in flight."""
         tasks: list[asyncio.Task[Generation]] = []
@@ -168,7 +170,7 @@ class RoundPlan:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _results(
-        self, draw: Callable[[int], Awaitable[Generation]], tasks: list[asyncio.Task[Generation]]
+        self, draw: Callable[[int, int], Awaitable[Generation]], tasks: list[asyncio.Task[Generation]]
     ) -> AsyncGenerator[list[Choice], None]:
         sizes, context = self.planned, self._context
         ends = list(itertools.accumulate(sizes))  # samples drawn once each round is in
@@ -190,7 +192,7 @@ class RoundPlan:
             while sent < min(wanted, ends[-1]):
                 round_ = bisect.bisect_right(ends, sent)
                 size = min(ends[max(round_, last)], wanted) - sent  # a request per round read
-                task = asyncio.ensure_future(draw(size))
+                task = asyncio.ensure_future(draw(sent, size))
                 index = len(tasks)
                 sent_at.append(context.seconds_left() or 0.0)
                 task.add_done_callback(functools.partial(answered, index))

@@ -8,7 +8,7 @@ answer = majority over answer-equivalence classes; certaindex = entropy H~ of th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +24,7 @@ from ..certainty import (
     get_extractor,
 )
 from ..certainty.calibration import load_rule
-from ..endpoints import Endpoint, Message, SamplingParams
+from ..endpoints import Endpoint, Generation, Message, SamplingParams
 from ._program import (
     ProgramContext,
     ProgramResult,
@@ -95,7 +95,11 @@ async def self_consistency(
         may_stop=rule_may_stop(stop_rule, context, lambda: obs),
     )
     sampling = params or SamplingParams(temperature=0.7)
-    async with plan.rounds(lambda size: context.generate(messages=chat, n=size, params=sampling)) as results:
+
+    def draw(first: int, size: int) -> Awaitable[Generation]:
+        return context.generate(messages=chat, n=size, params=sampling.for_sample(first))
+
+    async with plan.rounds(draw) as results:
         async for choices in results:
             for choice in choices:
                 answer = extract(choice.text)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
@@ -496,14 +495,9 @@ def _has_content(chunk: Mapping[str, Any]) -> bool:
 def _plan(n: int, params: SamplingParams, caps: Capabilities) -> list[tuple[int, int, SamplingParams]]:
     """Split n samples into HTTP requests: ``(choice offset, n, params)`` each."""
     if params.seed is not None and n > 1 and not caps.seeded_n_distinct:
-        return [(i, 1, replace(params, seed=params.seed + i)) for i in range(n)]
+        return [(i, 1, params.for_sample(i)) for i in range(n)]
     size = min(n, caps.max_n or n)
-    plan = []
-    for i in range(math.ceil(n / size)):
-        k = min(size, n - i * size)
-        seed = None if params.seed is None else params.seed + i * size
-        plan.append((i * size, k, replace(params, seed=seed) if seed != params.seed else params))
-    return plan
+    return [(i, min(size, n - i), params.for_sample(i)) for i in range(0, n, size)]
 
 
 def _merge(parts: list[Generation], rid: str, latency: float) -> Generation:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeAlias
 
 #: The two generation routes: ``/v1/completions`` and ``/v1/chat/completions``.
@@ -47,6 +47,15 @@ class SamplingParams:
     @property
     def wants_logprobs(self) -> bool:
         return self.logprobs or self.top_logprobs > 0
+
+    def for_sample(self, index: int) -> SamplingParams:
+        """These params for a request whose first sample is a program's ``index``-th: sample ``i`` of a
+        seeded program is drawn with ``seed + i`` (as :class:`~dynasor_client.Endpoint` numbers the
+        parts of a split ``n``). A server repeats a seeded request's samples, so a later request that
+        kept the seed would draw the same samples again. Unseeded params come back unchanged."""
+        if self.seed is None or index == 0:
+            return self
+        return replace(self, seed=self.seed + index)
 
 
 @dataclass(frozen=True, slots=True)
