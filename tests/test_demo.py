@@ -193,6 +193,10 @@ def test_demo_against_a_fake_endpoint(faulty_server: FaultyServer, tmp_path: Pat
     assert certaindex["samples"] == 3 * 4 and certaindex["stops"] == {"confident": 3, "hopeless": 0, "cap": 0}
     assert data["saved"] == pytest.approx(0.5)
     assert re.search(r"^certaindex .* 50% ", out, re.MULTILINE), out
+    # Every sample is seeded (sample i: --seed + i), so both methods draw the same samples.
+    texts = [q.text for q in generate_questions(3, seed=0)]
+    bodies = [r.json for r in faulty_server.requests("ok") if any(t in json.dumps(r.json) for t in texts)]
+    assert len(bodies) >= 6 and all(isinstance(body.get("seed"), int) for body in bodies)
 
 
 def test_an_endpoint_that_fails_every_request(faulty_server: FaultyServer, capsys: Any) -> None:

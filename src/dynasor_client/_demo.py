@@ -15,6 +15,10 @@ Backends:
   model is mostly wrong and its answers scatter, so few questions are certified and many are cut as
   hopeless: the point is the mechanics and the tokens, not the accuracy.
 - ``--endpoint URL``: the same questions on any OpenAI-compatible server.
+
+  On both, sample ``i`` of a question is drawn with seed ``--seed + i`` in both methods. On a server
+  that numbers a seeded request's choices the same way (llama.cpp does), the two methods share
+  their samples, as far as batching keeps the numerics, and differ only where certaindex stopped.
 - ``--traces FILE``: recorded real-model samples (``shared/data/traces`` format) served by the replay
   engine (:class:`~dynasor_client.replay.ReplayServer` on loopback); the questions are the traces'
   questions with their gold answers, and the savings are those of a real model.
@@ -347,6 +351,9 @@ class _Backend:
     window: int | None
     source: str | None = None
     paired: bool = False  # replay: each question's program draws the same sample order in both methods
+    # local and endpoint: sample i of each question is drawn with seed + i in both methods, so they
+    # share their samples as far as the server is deterministic (batching can change the numerics)
+    seed: int | None = None
 
 
 async def _check_reachable(url: str, api_key: str | None) -> None:
@@ -422,7 +429,9 @@ async def _backend(args: argparse.Namespace, log: Callable[[str], None]) -> Asyn
         await _check_reachable(args.endpoint, args.api_key)
         async with Endpoint(args.endpoint, model=args.model, api_key=args.api_key) as endpoint:
             log(f"Using {await endpoint.model_name()} at {args.endpoint}")
-            yield _Backend("endpoint", _shared(endpoint), generated, n, max_tokens, 64, args.endpoint)
+            yield _Backend(
+                "endpoint", _shared(endpoint), generated, n, max_tokens, 64, args.endpoint, seed=args.seed
+            )
         return
     from .local import LocalLlamaServer
 
@@ -434,7 +443,7 @@ async def _backend(args: argparse.Namespace, log: Callable[[str], None]) -> Asyn
         Endpoint(local.base_url, timeout=300) as endpoint,
     ):
         log(f"Serving {local.model} at {local.base_url} ({parallel} slots)")
-        yield _Backend("local", _shared(endpoint), generated, n, max_tokens, parallel)
+        yield _Backend("local", _shared(endpoint), generated, n, max_tokens, parallel, seed=args.seed)
 
 
 @dataclass
@@ -452,7 +461,9 @@ async def _run_method(
     programs = []
     for q in backend.questions:
         extra = {"user": f"demo-{q.id}"} if backend.paired else {}
-        params = SamplingParams(temperature=0.7, max_tokens=backend.max_tokens, extra_body=extra)
+        params = SamplingParams(
+            temperature=0.7, max_tokens=backend.max_tokens, seed=backend.seed, extra_body=extra
+        )
         programs.append(
             as_program(
                 self_consistency,
@@ -654,7 +665,9 @@ def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"tokens per sample (default {DEFAULT_LOCAL_MAX_TOKENS} local, "
         f"{DEFAULT_ENDPOINT_MAX_TOKENS} --endpoint, none --traces)",
     )
-    demo.add_argument("--seed", type=int, default=0, help="seed of the questions (and of the replay draws)")
+    demo.add_argument(
+        "--seed", type=int, default=0, help="seed of the questions and the samples (or of the replay draws)"
+    )
     demo.add_argument("--json", dest="json_out", default=None, help="write the figures here (JSON)")
     demo.add_argument("--plot", default=DEFAULT_PLOT, help=f"save the plot here (default {DEFAULT_PLOT})")
     demo.add_argument("--no-plot", action="store_true", help="do not plot")
