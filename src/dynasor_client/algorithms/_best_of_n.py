@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -32,7 +32,7 @@ from ..certainty import (
     reduce_step_rewards,
     reward_at_least,
 )
-from ..endpoints import Endpoint, Generation, Message, SamplingParams
+from ..endpoints import Endpoint, Message, SamplingParams
 from ._program import (
     ProgramContext,
     ProgramResult,
@@ -43,7 +43,7 @@ from ._program import (
 )
 from ._reward import MeteredRewardModel
 from ._reward_protocol import RewardModel
-from ._rounds import RoundPlan, RoundSchedule, round_sizes, rule_may_stop
+from ._rounds import RoundPlan, RoundSchedule, chat_draw, round_sizes, rule_may_stop
 from ._self_consistency import DEFAULT_SYSTEM
 
 Aggregate = Literal["max", "weighted_majority"]
@@ -141,11 +141,7 @@ async def best_of_n(
         may_stop=rule_may_stop(stop_rule, context, lambda: obs),
     )
     sampling = params or SamplingParams(temperature=0.7)
-
-    def draw(first: int, size: int) -> Awaitable[Generation]:
-        return context.generate(messages=chat, n=size, params=sampling.for_sample(first))
-
-    async with plan.rounds(draw) as results:
+    async with plan.rounds(chat_draw(context, chat, sampling)) as results:
         async for choices in results:
             async with asyncio.TaskGroup() as group:
                 scoring = [

@@ -44,7 +44,7 @@ from ..certainty import Observations, StopRule
 from ..certainty.calibration import checkpoints
 
 if TYPE_CHECKING:
-    from ..endpoints import Choice, Generation
+    from ..endpoints import Choice, Generation, Message, SamplingParams
     from ._program import ProgramContext
 
 RoundSchedule = Literal["auto", "detect", "doubling", "one"] | Sequence[int]
@@ -103,6 +103,19 @@ def round_sizes(schedule: RoundSchedule, n: int, detect: int = 5, rule: StopRule
     return out
 
 
+def chat_draw(
+    context: ProgramContext, messages: Sequence[Message], params: SamplingParams
+) -> Callable[[int, int], Awaitable[Generation]]:
+    """:class:`RoundPlan`'s ``draw`` for a program sampling answers to ``messages``: the request for
+    samples ``first`` on takes ``params.for_sample(first)``. A server repeats a seeded request's
+    samples, so a round that kept the seed would draw an earlier round's samples again."""
+
+    def draw(first: int, size: int) -> Awaitable[Generation]:
+        return context.generate(messages=messages, n=size, params=params.for_sample(first))
+
+    return draw
+
+
 def rule_may_stop(
     rule: StopRule, context: ProgramContext, observations: Callable[[], Observations]
 ) -> Callable[[int], bool]:
@@ -121,9 +134,9 @@ class RoundPlan:
     """Send the rounds ``sizes`` of a program and read their samples in order (module docs).
 
     ``async with plan.rounds(draw) as results: async for choices in results: ...`` where
-    ``draw(first, k)`` requests the program's samples ``first`` to ``first + k - 1`` (a seeded
-    program passes ``params.for_sample(first)``, so no request repeats another's samples) and
-    ``choices`` are one round's samples, in the order sent.
+    ``draw(first, k)`` requests the program's samples ``first`` to ``first + k - 1`` (seeded from
+    ``first``, as :func:`chat_draw` does, so no request repeats another's samples) and ``choices``
+    are one round's samples, in the order sent.
     A round sent partly ahead goes out in parts (the lookahead's, then the rest), one request each.
     ``lookahead`` (samples sent ahead of the current check) defaults to 0 without a deadline and
     :data:`DEADLINE_LOOKAHEAD` with one. ``may_stop(count)``: whether the program's rule could stop

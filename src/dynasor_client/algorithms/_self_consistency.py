@@ -8,7 +8,7 @@ answer = majority over answer-equivalence classes; certaindex = entropy H~ of th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +24,7 @@ from ..certainty import (
     get_extractor,
 )
 from ..certainty.calibration import load_rule
-from ..endpoints import Endpoint, Generation, Message, SamplingParams
+from ..endpoints import Endpoint, Message, SamplingParams
 from ._program import (
     ProgramContext,
     ProgramResult,
@@ -32,7 +32,7 @@ from ._program import (
     program_context,
     question_messages,
 )
-from ._rounds import RoundPlan, RoundSchedule, round_sizes, rule_may_stop
+from ._rounds import RoundPlan, RoundSchedule, chat_draw, round_sizes, rule_may_stop
 
 DEFAULT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -95,11 +95,7 @@ async def self_consistency(
         may_stop=rule_may_stop(stop_rule, context, lambda: obs),
     )
     sampling = params or SamplingParams(temperature=0.7)
-
-    def draw(first: int, size: int) -> Awaitable[Generation]:
-        return context.generate(messages=chat, n=size, params=sampling.for_sample(first))
-
-    async with plan.rounds(draw) as results:
+    async with plan.rounds(chat_draw(context, chat, sampling)) as results:
         async for choices in results:
             for choice in choices:
                 answer = extract(choice.text)
