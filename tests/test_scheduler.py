@@ -219,8 +219,10 @@ def test_ctrl_c_keeps_finished_results(tmp_path: object) -> None:
     traces = TRACES / "svamp-codex-sc30.jsonl"
     if not traces.exists():
         pytest.skip("recorded traces absent")
+    # One program never finishes, so the batch can only end by Ctrl-C; Ctrl-C is sent once the
+    # child reports a finished program (an observable event, not a guess at how long a batch takes).
     script = textwrap.dedent(f"""
-        import asyncio, sys, threading
+        import asyncio, threading
         from dynasor_client import Endpoint, as_program, run_batch_sync
         from dynasor_client.algorithms import self_consistency
         from dynasor_client.replay import ReplayServer
@@ -232,9 +234,20 @@ def test_ctrl_c_keeps_finished_results(tmp_path: object) -> None:
         loop.run_until_complete(server.__aenter__())
         threading.Thread(target=loop.run_forever, daemon=True).start()
         endpoint = Endpoint(server.base_url, capabilities=server.capabilities)
-        programs = [as_program(self_consistency, q.question, n=30, rule="paper") for q in qs]
+
+        def announced(program):
+            async def run(context):
+                result = await program(context)
+                print("finished", flush=True)
+                return result
+            return run
+
+        async def never_finishes(context):
+            await asyncio.Event().wait()
+
+        programs = [announced(as_program(self_consistency, q.question, n=30, rule="paper")) for q in qs]
         print("ready", flush=True)
-        batch = run_batch_sync(endpoint, programs, concurrency=4, progress=False)
+        batch = run_batch_sync(endpoint, [*programs, never_finishes], concurrency=4, progress=False)
         print("RESULT", batch.interrupted, batch.finished, len(batch), flush=True)
     """)
     proc = subprocess.Popen(
@@ -242,15 +255,13 @@ def test_ctrl_c_keeps_finished_results(tmp_path: object) -> None:
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
-    import time
-
-    time.sleep(4.0)
+    assert proc.stdout.readline().strip() == "finished"
     os.kill(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     line = next((ln for ln in out.splitlines() if ln.startswith("RESULT")), None)
     assert line is not None, err[-2000:]
     _, interrupted, finished, total = line.split()
-    assert interrupted == "True" and 0 < int(finished) < int(total) == 40
+    assert interrupted == "True" and 0 < int(finished) < int(total) == 41
 
 
 def test_admission_policies() -> None:

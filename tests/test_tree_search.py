@@ -4,12 +4,15 @@ sample and few shared step prefixes."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator
+from typing import Any
 
+import httpx
 import pytest
 
-from dynasor_client import Endpoint, SamplingParams
+from dynasor_client import Capabilities, Endpoint, LocalLlamaServer, SamplingParams
 from dynasor_client.algorithms import StandaloneContext
 from dynasor_client.algorithms._mcts import Node, backpropagate, mcts, select, uct
 from dynasor_client.algorithms._rebase import allocate_width, expand, rebase
@@ -75,20 +78,42 @@ async def test_mcts_local(local_endpoint: Endpoint) -> None:
     assert result.answer is None or result.answer in result.answers
 
 
-async def test_seeded_siblings_are_different_steps(local_endpoint: Endpoint) -> None:
+class SentBodies(httpx.AsyncBaseTransport):
+    """The real HTTP transport, keeping the JSON body of every request it sends."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.bodies: list[dict[str, Any]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.content:
+            self.bodies.append(json.loads(request.content))
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_seeded_siblings_are_sent_different_seeds(
+    local_server: LocalLlamaServer, local_capabilities: Capabilities
+) -> None:
     # A node's children share its prompt, and a server repeats a seeded request's sample: each
-    # child takes its own seed (seed + its index), or under a seed all k would be one step.
+    # child is sent its own seed (seed + its index), or under a seed all k would be one step. What
+    # the model writes under distinct seeds may still coincide, so the seeds sent are what is checked.
     question = "What is 12 x 7? Think step by step."
     params = SamplingParams(temperature=1.0, seed=3)
-    start = await Trajectory.start(
-        local_endpoint, messages=[{"role": "user", "content": question}], params=params
-    )
-    steps = await expand(
-        start, 3, question=question, reward_model=JudgeRewardModel(local_endpoint),
-        context=StandaloneContext(local_endpoint, cap(3)), step_delimiter="\n\n", step_tokens=24, task="math",
-    )  # fmt: skip
-    assert len({step.trajectory.text for step in steps}) == 3
+    sent = SentBodies()
+    async with Endpoint(
+        local_server.base_url, capabilities=local_capabilities, timeout=60, transport=sent
+    ) as endpoint:
+        start = await Trajectory.start(endpoint, messages=[{"role": "user", "content": question}], params=params)
+        steps = await expand(
+            start, 3, question=question, reward_model=JudgeRewardModel(endpoint),
+            context=StandaloneContext(endpoint, cap(3)), step_delimiter="\n\n", step_tokens=24, task="math",
+        )  # fmt: skip
     assert [step.trajectory.params.seed for step in steps] == [3, 4, 5]
+    step_seeds = [body.get("seed") for body in sent.bodies if body.get("max_tokens") == 24]
+    assert sorted(step_seeds) == [3, 4, 5], sent.bodies
 
 
 @pytest.fixture(scope="module")
