@@ -18,7 +18,7 @@ from dynasor_client.algorithms._mcts import Node, backpropagate, mcts, select, u
 from dynasor_client.algorithms._rebase import allocate_width, expand, rebase
 from dynasor_client.algorithms._reward import JudgeRewardModel, PoolingRewardModel
 from dynasor_client.certainty import cap
-from dynasor_client.endpoints import Trajectory
+from dynasor_client.endpoints import Message, Trajectory
 from dynasor_client.traces import TraceQuestion
 from tests.support.replay import replay_endpoint, traces_or_skip
 
@@ -106,7 +106,8 @@ async def test_seeded_siblings_are_sent_different_seeds(
     async with Endpoint(
         local_server.base_url, capabilities=local_capabilities, timeout=60, transport=sent
     ) as endpoint:
-        start = await Trajectory.start(endpoint, messages=[{"role": "user", "content": question}], params=params)
+        chat: list[Message] = [{"role": "user", "content": question}]
+        start = await Trajectory.start(endpoint, messages=chat, params=params)
         steps = await expand(
             start, 3, question=question, reward_model=JudgeRewardModel(endpoint),
             context=StandaloneContext(endpoint, cap(3)), step_delimiter="\n\n", step_tokens=24, task="math",
