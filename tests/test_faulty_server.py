@@ -315,7 +315,11 @@ def test_slow_delays_without_blocking_others(srv: FaultyServer, http: httpx.Clie
 
     worker = threading.Thread(target=slow_call)
     worker.start()
-    time.sleep(0.05)
+    # The slow request has reached the server (counted before it starts sleeping).
+    deadline = time.monotonic() + 5
+    while srv.generation_count("slow-0.3") < 1:
+        assert time.monotonic() < deadline, "the slow request never reached the server"
+        time.sleep(0.005)
     start = time.monotonic()
     assert completion(srv, http, "ok").status_code == 200
     assert time.monotonic() - start < 0.2  # served while the slow one is still sleeping
