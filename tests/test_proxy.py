@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from dynasor_client import Capabilities, LocalLlamaServer, RetryPolicy
+from dynasor_client import Capabilities, DynasorError, LocalLlamaServer, RetryPolicy
 from dynasor_client._probe import PROBE_CLOSE
 from dynasor_client.certainty import cluster_answers
 from dynasor_client.proxy import KeyStore, ProxyConfig, ProxyServer, parse_options
@@ -114,6 +114,7 @@ def test_options_are_validated() -> None:
         with pytest.raises(ProxyError) as info:
             parse_options(body)
         assert info.value.status == 400
+        assert isinstance(info.value, DynasorError)  # one hierarchy for the whole library
 
 
 def test_keys_file(tmp_path: Any) -> None:

@@ -26,6 +26,7 @@ from .._exceptions import (
     AuthenticationFailed,
     BadRequest,
     ContextTooLong,
+    DynasorError,
     EndpointError,
     EndpointTimeout,
     EndpointUnavailable,
@@ -50,8 +51,9 @@ def error_type(status: int) -> str:
     return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
-class ProxyError(Exception):
-    """An error answered to the client as an OpenAI error object with HTTP ``status``."""
+class ProxyError(DynasorError):
+    """An error answered to the client as an OpenAI error object with HTTP ``status`` (a
+    :class:`~dynasor_client.DynasorError`, like every error of the library)."""
 
     def __init__(
         self,
