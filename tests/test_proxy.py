@@ -127,6 +127,35 @@ def test_keys_file(tmp_path: Any) -> None:
     assert "sk-a" not in repr(store) and "sk-a" not in repr(a)
 
 
+def test_upstream_events_are_parsed_and_reframed() -> None:
+    from dynasor_client.proxy import _sse
+
+    async def body() -> AsyncIterator[bytes]:
+        # Split mid-line and mid-CRLF, a keep-alive comment, named events, multi-line data, and a
+        # last event the connection cut before its blank line.
+        for part in (
+            b': keep-alive\r\n\r\ndata: {"a"',
+            b": 1}\r",
+            b"\n\r\nevent: ping\nid: 7\n",
+            b"data: x\ndata: y\n\n",
+            b'data: [DONE]\n\ndata: {"cut"',
+        ):
+            yield part
+
+    async def read() -> list[Any]:
+        response = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+        return [sse async for sse in _sse.upstream_events(response)]
+
+    events = asyncio.run(read())
+    assert [_sse.payload(e) for e in events] == [{"a": 1}, None, None]
+    assert [_sse.frame(e) for e in events] == [
+        b'data: {"a": 1}\n\n',
+        b"event: ping\nid: 7\ndata: x\ndata: y\n\n",
+        b"id: 7\n" + _sse.DONE,
+    ]  # an id holds until the next one (SSE spec): sent again, it means the same
+    assert _sse.is_done(events[-1]) and not _sse.is_done(events[0])
+
+
 # ---------------------------------------------------------------------------------------- replay
 
 

@@ -4,8 +4,9 @@ The body is forwarded byte for byte (tool calls, unknown fields and all) with tw
 ``dynasor`` field is removed, and a stream that does not ask for usage gets
 ``stream_options.include_usage`` (``ProxyConfig.meter_streams``) so that its tokens can be counted;
 the usage chunk this adds is removed before the client sees it. The response is the upstream's:
-its body (non-streaming) or its SSE events, each forwarded the moment it arrives (no buffering), with
-upstream errors mapped to HTTP errors (:mod:`._errors`).
+its body (non-streaming) or its SSE events (parsed by ``httpx-sse``, re-framed as :mod:`._sse`
+says), each forwarded the moment it arrives (no buffering), with upstream errors mapped to HTTP
+errors (:mod:`._errors`).
 
 The program holds one runtime request slot (``n`` sequences) while the upstream works, and charges
 the tokens upstream reports (``usage``), or, for a stream without usage, one token per content
@@ -140,8 +141,8 @@ class PassThrough:
 
     async def _relay(self, response: httpx.Response, run: Run) -> None:
         strip = self.forward.strip_usage
-        async for event in _sse.upstream_events(response.aiter_lines()):
-            data = event.json()
+        async for sse in _sse.upstream_events(response):
+            data = _sse.payload(sse)
             if isinstance(data, dict):
                 if isinstance(data.get("usage"), dict):
                     self.usage = usage_of(data)
@@ -153,7 +154,7 @@ class PassThrough:
                     data.pop("usage")
                     run.send(_sse.event(data))
                     continue
-            run.send(event.raw)
+            run.send(_sse.frame(sse))
 
 
 class PassThroughRenderer:

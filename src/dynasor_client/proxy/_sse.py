@@ -1,17 +1,26 @@
-"""Server-sent events: framing what the proxy sends and splitting what the upstream streams.
+"""Server-sent events: framing what the proxy sends, and reading what the upstream streams.
 
 An event is ``data: <one line of JSON>\\n\\n``; a stream ends with ``data: [DONE]\\n\\n`` (OpenAI's
 convention, which the openai SDK expects). An error after the stream started is sent as
 ``data: {"error": {...}}`` (the SDK raises it as an ``APIError``) and the stream ends without
 ``[DONE]``.
+
+Upstream streams are parsed by ``httpx-sse`` (:func:`upstream_events`); each event is forwarded
+re-framed by :func:`frame` (its ``event``, ``id``, ``retry`` and ``data`` fields; comment lines
+such as keep-alives are dropped; an ``id`` holds for the events after it, as the SSE spec says,
+and is sent with each of them). An event the upstream never ended with its blank line (the
+connection closed mid-event) is not an event and is not forwarded; a connection that drops
+mid-stream raises ``httpx``'s error, which the pass-through reports as an upstream failure.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
+
+import httpx
+from httpx_sse import EventSource, ServerSentEvent
 
 DONE = b"data: [DONE]\n\n"
 HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -25,42 +34,32 @@ def event(data: Any) -> bytes:
     return b"data: " + _encode(data).encode("utf-8") + b"\n\n"
 
 
-@dataclass(slots=True)
-class UpstreamEvent:
-    """One event of an upstream stream: its raw text (forwarded as is) and its ``data`` payload."""
-
-    raw: bytes
-    data: str | None
-
-    @property
-    def done(self) -> bool:
-        return self.data is not None and self.data.strip() == "[DONE]"
-
-    def json(self) -> Any:
-        """The payload as JSON (None when it is absent, ``[DONE]`` or not JSON)."""
-        if self.data is None or self.done:
-            return None
-        try:
-            return json.loads(self.data)
-        except json.JSONDecodeError:
-            return None
+def upstream_events(response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
+    """The events of an upstream ``text/event-stream`` response, each as soon as it is complete."""
+    return EventSource(response).aiter_sse()
 
 
-async def upstream_events(lines: AsyncIterator[str]) -> AsyncIterator[UpstreamEvent]:
-    """The events of an SSE stream, each as soon as its terminating blank line arrives."""
-    raw: list[str] = []
-    data: list[str] = []
-    async for line in lines:
-        if line == "":
-            if raw:
-                yield UpstreamEvent(
-                    ("\n".join(raw) + "\n\n").encode("utf-8"), "\n".join(data) if data else None
-                )
-                raw, data = [], []
-            continue
-        raw.append(line)
-        if line.startswith("data:"):
-            value = line[5:]
-            data.append(value[1:] if value.startswith(" ") else value)
-    if raw:  # a stream that ended without the final blank line
-        yield UpstreamEvent(("\n".join(raw) + "\n\n").encode("utf-8"), "\n".join(data) if data else None)
+def is_done(sse: ServerSentEvent) -> bool:
+    """Whether ``sse`` is OpenAI's end marker ``[DONE]``."""
+    return sse.data.strip() == "[DONE]"
+
+
+def payload(sse: ServerSentEvent) -> Any:
+    """The event's data as JSON (None when it is empty, ``[DONE]`` or not JSON)."""
+    if not sse.data or is_done(sse):
+        return None
+    try:
+        return sse.json()
+    except json.JSONDecodeError:
+        return None
+
+
+def frame(sse: ServerSentEvent) -> bytes:
+    """``sse`` as it goes to the client (module docs)."""
+    lines = [] if sse.event == "message" else [f"event: {sse.event}"]
+    if sse.id:
+        lines.append(f"id: {sse.id}")
+    if sse.retry is not None:
+        lines.append(f"retry: {sse.retry}")
+    lines += [f"data: {line}" for line in sse.data.split("\n")]
+    return ("\n".join(lines) + "\n\n").encode("utf-8")
