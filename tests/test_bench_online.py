@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from dynasor_client.algorithms import self_consistency
-from dynasor_client.benchmarks import _online
+from dynasor_client.benchmarks import _online_sweep
 from dynasor_client.benchmarks._online import (
     POLICIES,
     OnlineConfig,
+    OnlineRunError,
     ProgramOutcome,
     RunSpec,
     build_workload,
@@ -133,9 +134,9 @@ def test_a_failed_run_is_not_hidden(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     def broken(*args: object, **kwargs: object) -> list[ProgramOutcome]:
-        raise _online.OnlineRunError("ours at 1/s: program online-0-3 failed: EndpointError: boom")
+        raise OnlineRunError("ours at 1/s: program online-0-3 failed: EndpointError: boom")
 
-    monkeypatch.setattr(_online, "simulate", broken)
+    monkeypatch.setattr(_online_sweep, "simulate", broken)
     out = tmp_path / "o.json"
     code = main(["bench", "online", "--traces", str(TRACES / SVAMP), "--quick", "--json", str(out)])
     assert code != 0
@@ -206,7 +207,7 @@ def test_the_slo_floor_bounds_a_measured_single_sample(svamp: list[TraceQuestion
     one = measure_base(questions, programs, n=1, profile=PROFILE, seed=0)
     config = OnlineConfig(traces=SVAMP, duration_s=1e9)
     scales = [0.2, 0.3, 0.4, 0.5, 0.75, 1.0]
-    floor = slo_floor(config, programs, _online._Grid([1.0], scales, 1.0, 1.0))
+    floor = slo_floor(config, programs, _online_sweep.Grid([1.0], scales, 1.0, 1.0))
     measured = [sum(t <= p.deadline(s) for p, t in zip(programs, one, strict=True)) / 12 for s in scales]
     attained = [p["attainment"] for p in floor["slo_curve"]]
     assert all(f >= m for f, m in zip(attained, measured, strict=True)), (attained, measured)
@@ -275,7 +276,13 @@ def test_the_simulation_matches_the_http_replay_server(svamp: list[TraceQuestion
                 await runtime.run(
                     as_program(self_consistency, questions[0].question, n=30), program_id="warm-up"
                 )
-            await asyncio.sleep(0.2)
+            # The measured programs start on an idle modelled GPU: whatever the warm-up left running
+            # or queued (rounds sent ahead, aborted) is gone and the last iteration has ended.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while (m := server.metrics())["running"] or m["waiting"] or m["clock_s"] > server.driver.now():
+                assert loop.time() < deadline, f"the replay server is still busy after the warm-up: {m}"
+                await asyncio.sleep(0.005)
             watch = StallWatch()
             async with asyncio.TaskGroup() as group:
                 watching = group.create_task(watch.run())
