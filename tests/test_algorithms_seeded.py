@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from dynasor_client import Endpoint, SamplingParams
+from dynasor_client import Endpoint, SamplingParams, as_program
 from dynasor_client.algorithms import (
     JudgeRewardModel,
     PoolingRewardModel,
@@ -66,13 +66,13 @@ async def test_same_seed_same_run(name: str) -> None:
 
 
 async def test_best_of_n_on_the_local_model(local_endpoint: Endpoint) -> None:
-    result = await best_of_n(
+    result = await as_program(
+        best_of_n,
         "Tom has 27 apples and buys 21 more. How many apples does he have?",
-        endpoint=local_endpoint,
         reward_model=JudgeRewardModel(local_endpoint),
         n=4,
         params=SamplingParams(temperature=0.8, max_tokens=48, seed=5),
-    )
+    ).run(local_endpoint)
     rewards = result.details["rewards"]
     assert len(rewards) == len(result.answers) == 4
     assert all(0.0 <= r <= 1.0 for r in rewards)

@@ -8,10 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from dynasor_client import Endpoint
+from dynasor_client import Endpoint, as_program
 from dynasor_client.algorithms import round_sizes
 from dynasor_client.algorithms._best_of_n import best_of_n, best_of_n_rule
-from dynasor_client.algorithms._program import StopReason
 from dynasor_client.algorithms._reward import (
     JudgeRewardModel,
     PoolingRewardModel,
@@ -19,6 +18,7 @@ from dynasor_client.algorithms._reward import (
     yes_probability,
 )
 from dynasor_client.certainty import cap, cluster_answers, majority_vote
+from dynasor_client.program import StopReason
 from dynasor_client.traces import TraceQuestion
 from tests.support.replay import replay_endpoint, traces_or_skip
 
@@ -67,9 +67,13 @@ async def test_best_of_n_picks_the_max_reward_answer(
     replay: Endpoint, questions: list[TraceQuestion]
 ) -> None:
     q = _split(questions)
-    result = await best_of_n(
-        q.question, endpoint=replay, reward_model=PoolingRewardModel(replay), n=8, rule=cap(8)
-    )
+    result = await as_program(
+        best_of_n,
+        q.question,
+        reward_model=PoolingRewardModel(replay),
+        n=8,
+        rule=cap(8),
+    ).run(replay)
     assert result.stop_reason is StopReason.CAP and len(result.answers) == 8
     rewards = result.details["rewards"]
     # Drawn without replacement: all 8 recorded samples, each scored with its own recorded reward.
@@ -85,14 +89,14 @@ async def test_best_of_n_picks_the_max_reward_answer(
 
 async def test_weighted_majority(replay: Endpoint, questions: list[TraceQuestion]) -> None:
     for q in [q for q in questions if len(set(cluster_answers([s.answer for s in q.samples]))) > 1][:3]:
-        result = await best_of_n(
+        result = await as_program(
+            best_of_n,
             q.question,
-            endpoint=replay,
             reward_model=PoolingRewardModel(replay),
             n=8,
             rule=cap(8),
             aggregate="weighted_majority",
-        )
+        ).run(replay)
         labels, rewards = result.details["labels"], result.details["rewards"]
         assert labels == cluster_answers(list(result.answers))
         totals: dict[int, float] = {}
@@ -115,7 +119,7 @@ async def test_default_rule_stops_at_detect_when_confident(
         if len(set(cluster_answers([s.answer for s in q.samples]))) == 1
         and min(_reward(s.reward) for s in q.samples) > 3
     )
-    result = await best_of_n(q.question, endpoint=replay, reward_model=PoolingRewardModel(replay), n=8)
+    result = await as_program(best_of_n, q.question, reward_model=PoolingRewardModel(replay), n=8).run(replay)
     assert result.stop_reason is StopReason.CONFIDENT
     assert len(result.answers) == 4 and result.steps == 1 and result.confidence >= 0.9
 
@@ -144,10 +148,10 @@ def test_yes_probability() -> None:
 async def test_bad_input(replay: Endpoint) -> None:
     model = PoolingRewardModel(replay)
     with pytest.raises(ValueError, match="n must be"):
-        await best_of_n("q", endpoint=replay, reward_model=model, n=0)
+        await as_program(best_of_n, "q", reward_model=model, n=0).run(replay)
     with pytest.raises(ValueError, match="aggregate"):
-        await best_of_n("q", endpoint=replay, reward_model=model, aggregate="mean")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="endpoint"):
+        await as_program(best_of_n, "q", reward_model=model, aggregate="mean").run(replay)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="as_program"):
         await best_of_n("q", reward_model=model)
     with pytest.raises(ValueError, match="empty"):
         await model.score("q", [])

@@ -14,9 +14,9 @@ import pytest
 
 from dynasor_client import LocalLlamaServer
 from dynasor_client._demo import demo_rule, generate_questions, is_correct
-from dynasor_client.algorithms._program import StopReason, rule_stop_reason
 from dynasor_client.certainty import Observations
 from dynasor_client.cli import main
+from dynasor_client.program import StopReason
 from tests.support.faulty_server import MODEL_ID, FaultyServer
 from tests.support.replay import TRACES, traces_or_skip
 
@@ -59,7 +59,8 @@ def test_the_rule_stops_when_certain_and_cuts_when_hopeless(n: int) -> None:
     detect = rounds[0]
 
     def reason(labels: list[int]) -> StopReason | None:
-        return rule_stop_reason(rule, Observations.single(labels))
+        fired = rule.fired(Observations.single(labels))
+        return None if fired is None else StopReason(fired)
 
     if detect < n:
         assert reason([0] * detect) is StopReason.CONFIDENT  # all agree at the detect round

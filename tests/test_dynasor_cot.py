@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynasor_client import Endpoint, SamplingParams
+from dynasor_client import Endpoint, SamplingParams, as_program
 from dynasor_client.algorithms import StopReason
 from dynasor_client.algorithms._dynasor_cot import dynasor_cot, in_thinking
 from dynasor_client.certainty import is_hesitant, probe_consistency_at_least
@@ -27,14 +27,14 @@ def test_in_thinking() -> None:
 
 
 async def test_probes_follow_chunks_and_overlap_decoding(local_endpoint: Endpoint) -> None:
-    result = await dynasor_cot(
+    result = await as_program(
+        dynasor_cot,
         QUESTION,
-        endpoint=local_endpoint,
         chunk_tokens=16,
         window=2,
         max_tokens=96,
         params=SamplingParams(temperature=0.7, seed=1),
-    )
+    ).run(local_endpoint)
     d = result.details
     offsets = [offset for offset, _, _ in d["probes"]]
     assert offsets == [16 * (i + 1) for i in range(len(offsets))] and offsets
@@ -63,15 +63,15 @@ async def test_probes_follow_chunks_and_overlap_decoding(local_endpoint: Endpoin
 
 async def test_rule_firing_cancels_the_chunk_and_forces_the_answer(local_endpoint: Endpoint) -> None:
     # A rule that fires at the first probe: the decode in flight is cancelled, the answer forced.
-    result = await dynasor_cot(
+    result = await as_program(
+        dynasor_cot,
         QUESTION,
-        endpoint=local_endpoint,
         chunk_tokens=16,
         window=1,
         max_tokens=96,
         rule=probe_consistency_at_least(0.0, 1),
         params=SamplingParams(temperature=0.0),
-    )
+    ).run(local_endpoint)
     d = result.details
     if d["finished"]:  # the model answered within one chunk: nothing to probe
         pytest.skip("the model finished within the first chunk")
@@ -87,7 +87,7 @@ async def test_replay_end_to_end() -> None:
     async with replay_endpoint(questions) as endpoint:
         stops = []
         for question in questions:
-            result = await dynasor_cot(question.question, endpoint=endpoint, chunk_tokens=32, window=2)
+            result = await as_program(dynasor_cot, question.question, chunk_tokens=32, window=2).run(endpoint)
             d = result.details
             stops.append(result.stop_reason)
             assert d["probes"] and result.tokens.probe > 0

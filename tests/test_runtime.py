@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,15 @@ async def server_metrics(server: ReplayServer) -> dict[str, float]:
     async with httpx.AsyncClient() as client:
         response = await client.get(f"{server.root_url}/metrics", params={"format": "json"})
         return dict(response.json())
+
+
+async def until(check: Callable[[], bool], what: str, within: float = 10.0) -> None:
+    """Re-check ``check`` every 10 ms until it holds; fails saying ``what`` did not happen in time."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not check():
+        assert loop.time() < deadline, f"{what}: not within {within} s"
+        await asyncio.sleep(0.01)
 
 
 def sc(question: TraceQuestion, **options: Any) -> Program:
@@ -186,7 +195,8 @@ async def test_deadline_returns_best_so_far_and_aborts_requests(questions: list[
         one_round = asyncio.get_running_loop().time() - started
         started = asyncio.get_running_loop().time()
         result = await runtime.run(two_rounds, deadline_s=1.5 * one_round)
-        await asyncio.sleep(0.2)
+        m = server.metrics
+        await until(lambda: m()["running"] == 0 and m()["aborted"] >= 1, "the server aborting the request")
         metrics = await server_metrics(server)
     assert result.stop_reason is StopReason.DEADLINE and result.partial
     assert reported and reported[0] - started < 1.5 * one_round
@@ -218,13 +228,14 @@ async def test_cancelling_a_thousand_programs_leaks_nothing(questions: list[Trac
     async with served(questions[:5], time_scale=1.0) as (server, endpoint):
         async with Runtime(endpoint, window=32) as runtime:
             handles = [runtime.submit(sc(questions[i % 5])) for i in range(1000)]
-            await asyncio.sleep(0.5)
+            await until(lambda: server.metrics()["running"] > 0, "requests running on the server")
             assert runtime.cancel_all() == 1000
             outcomes = await asyncio.gather(*handles, return_exceptions=True)
         assert all(isinstance(o, ProgramCancelled) for o in outcomes)
         assert all(h.state is ProgramState.CANCELLED for h in handles)
         assert runtime.scheduler.in_flight == 0 and runtime.active == 0
-        await asyncio.sleep(0.3)
+        m = server.metrics
+        await until(lambda: m()["running"] == 0 and m()["waiting"] == 0, "the server dropping the requests")
         metrics = await server_metrics(server)
         assert metrics["running"] == 0 and metrics["waiting"] == 0
     leaked = {t for t in asyncio.all_tasks() - before if not t.done()}
@@ -234,7 +245,7 @@ async def test_cancelling_a_thousand_programs_leaks_nothing(questions: list[Trac
 async def test_cancel_one_program_others_finish(questions: list[TraceQuestion]) -> None:
     async with served(questions[:3], time_scale=0.2) as (_, endpoint), Runtime(endpoint) as runtime:
         handles = [runtime.submit(sc(q)) for q in questions[:3]]
-        await asyncio.sleep(0.05)
+        await until(lambda: handles[1].state is ProgramState.RUNNING, "program 1 sending a request")
         assert handles[1].cancel()
         with pytest.raises(ProgramCancelled):
             await handles[1]
@@ -262,7 +273,7 @@ async def test_endpoint_failure_fails_only_its_programs(questions: list[TraceQue
                         retry=RetryPolicy(max_attempts=1))  # fmt: skip
 
         async def on_dead_backend(ctx: ProgramContext) -> ProgramResult:
-            return await self_consistency(questions[0].question, endpoint=down, n=5)
+            return await as_program(self_consistency, questions[0].question, n=5).run(down)
 
         async with Runtime(endpoint) as runtime:
             good = runtime.submit(sc(questions[1]))
@@ -325,3 +336,37 @@ async def test_events_jsonl_and_prometheus(questions: list[TraceQuestion], tmp_p
     text = runtime.metrics.prometheus()
     assert 'dynasor_tokens_total{kind="generated"}' in text
     assert "dynasor_programs_total" in text
+
+
+async def test_metrics_are_bounded_histograms_in_a_registry_per_runtime(
+    questions: list[TraceQuestion],
+) -> None:
+    import numpy as np
+
+    from dynasor_client.runtime import RuntimeMetrics
+
+    async with (
+        served(questions[:6]) as (_, endpoint),
+        Runtime(endpoint) as runtime,
+        Runtime(endpoint) as other,
+    ):
+        runtime.metrics = RuntimeMetrics(recent=4)  # the last 4 latencies kept for exact percentiles
+        await runtime.run_batch([sc(q) for q in questions[:6]], progress=False)
+        await other.run_batch([sc(questions[0])], progress=False)
+    metrics = runtime.metrics
+    assert len(metrics.latencies) == 4 and len(metrics.fairness) <= 4  # bounded: 6 programs ran
+    recent = list(metrics.latencies)
+    d = metrics.as_dict()
+    assert d["programs"] == 6 and d["latency_p50_s"] == pytest.approx(float(np.percentile(recent, 50)))
+    assert d["latency_p90_s"] == pytest.approx(float(np.percentile(recent, 90)))
+    assert d["latency_mean_s"] is not None and d["latency_mean_s"] > 0  # over all 6, from the histogram
+    assert d["finish_time_fairness_max"] is None or d["finish_time_fairness_max"] >= 1.0
+    text = metrics.prometheus()
+    assert "dynasor_program_latency_seconds_count 6.0" in text
+    assert 'dynasor_program_latency_seconds_bucket{le="+Inf"} 6.0' in text
+    assert "dynasor_finish_time_fairness_bucket" in text and "dynasor_deadline_attainment" in text
+    # Each runtime counts into its own registry, though both live in one process.
+    assert other.metrics.outcomes.total() == 1 and metrics.outcomes.total() == 6
+    assert "dynasor_program_latency_seconds_count 1.0" in other.metrics.prometheus()
+    assert metrics.tokens["generated"] > other.metrics.tokens["generated"] > 0
+    assert metrics.requests > other.metrics.requests >= 1

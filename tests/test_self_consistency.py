@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dynasor_client import Endpoint, SamplingParams
+from dynasor_client import Endpoint, SamplingParams, as_program
 from dynasor_client.algorithms import (
     ProgramResult,
     RoundPlan,
@@ -115,7 +115,7 @@ class _SharedContext(StandaloneContext):
         self._busy = busy
 
     def saturated(self) -> bool:
-        return self._busy(self._clock())
+        return self._busy(self.clock())
 
 
 def _walk(
@@ -138,7 +138,6 @@ def _walk(
             Endpoint("http://127.0.0.1:9"),
             cap(30),
             deadline_s=deadline_s,
-            clock=loop.time,
             busy=lambda now: busy(now - started),
         )
         plan = RoundPlan(planned, context, **options)  # type: ignore[arg-type]
@@ -302,9 +301,7 @@ def test_deadline_fits_the_rounds_of_a_live_program(svamp: list[TraceQuestion]) 
     async def run(deadline_s: float | None) -> tuple[ProgramResult, float, dict[str, Any]]:
         loop = asyncio.get_running_loop()
         async with InProcessReplay(svamp[:40], seed=3) as replay, replay.endpoint() as endpoint:
-            context = StandaloneContext(
-                endpoint, rule, program_id="split-1", deadline_s=deadline_s, clock=loop.time
-            )
+            context = StandaloneContext(endpoint, rule, program_id="split-1", deadline_s=deadline_s)
             started = loop.time()
             result = await self_consistency(question.question, context=context, n=30, rule=rule)
             took = loop.time() - started
@@ -391,7 +388,7 @@ async def test_unanimous_question_stops_at_the_detect_round(
 ) -> None:
     # A question all 30 recorded samples agree on: the paper's rule stops after 5.
     question = next(q for q in svamp[:40] if _agreement(q, 30) == 30)
-    result = await self_consistency(question.question, endpoint=replay, n=30)
+    result = await as_program(self_consistency, question.question, n=30).run(replay)
     assert result.stop_reason is StopReason.CONFIDENT
     assert len(result.answers) == 5 and result.steps == 1
     assert result.certaindex[0].value == 1.0
@@ -429,20 +426,22 @@ async def test_deterministic_under_seed(svamp: list[TraceQuestion]) -> None:
 
 async def test_token_budget_stops_the_program(replay: Endpoint, svamp: list[TraceQuestion]) -> None:
     question = next(q for q in svamp[:40] if _agreement(q, 30) <= 20)
-    result = await self_consistency(question.question, endpoint=replay, n=30, rounds="one", token_budget=150)
+    result = await as_program(self_consistency, question.question, n=30, rounds="one").run(
+        replay, token_budget=150
+    )
     assert result.stop_reason is StopReason.BUDGET
     assert result.tokens.total >= 150 and len(result.answers) < 30
 
 
 async def test_runs_on_the_local_model(local_endpoint: Endpoint) -> None:
     # SmolLM2-135M answers all over the place: the mechanics, not the accuracy.
-    result = await self_consistency(
+    result = await as_program(
+        self_consistency,
         "Tom has 27 apples and buys 21 more. How many apples does he have?",
-        endpoint=local_endpoint,
         n=8,
         detect=4,
         params=SamplingParams(temperature=0.8, max_tokens=48, seed=1),
-    )
+    ).run(local_endpoint)
     assert len(result.answers) in (4, 8)
     assert result.stop_reason in (StopReason.CONFIDENT, StopReason.CAP)
     assert result.tokens.generated > 0 and result.tokens.prompt > 0
@@ -455,10 +454,16 @@ async def test_a_seeded_program_draws_new_samples_each_round(local_endpoint: End
     # round again (which would make a seeded program sure of whatever it drew first).
     question = "Tom has 27 apples and buys 21 more. How many apples does he have? Explain."
     params = SamplingParams(temperature=1.0, max_tokens=32, seed=3)
-    result = await self_consistency(
-        question, endpoint=local_endpoint, n=4, rounds=[2, 2], rule=cap(4), params=params,
-        system=None, token_budget=10**6,  # a token limit: the check after the first round stays
-    )  # fmt: skip
+    result = await as_program(
+        self_consistency,
+        question,
+        n=4,
+        rounds=[2, 2],
+        rule=cap(4),
+        params=params,
+        system=None,
+        # a token limit: the check after the first round stays,
+    ).run(local_endpoint, token_budget=10**6)  # fmt: skip
     assert result.steps == 2
     chat = [{"role": "user", "content": question}]
     first = await local_endpoint.chat(chat, n=2, params=params)
@@ -470,6 +475,6 @@ async def test_a_seeded_program_draws_new_samples_each_round(local_endpoint: End
 
 async def test_bad_input_is_refused(replay: Endpoint) -> None:
     with pytest.raises(ValueError, match="n must be"):
-        await self_consistency("q", endpoint=replay, n=0)
-    with pytest.raises(ValueError, match="endpoint"):
+        await as_program(self_consistency, "q", n=0).run(replay)
+    with pytest.raises(TypeError, match="as_program"):
         await self_consistency("q")

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dynasor_client import Capabilities, Endpoint, LocalLlamaServer, SamplingParams
+from dynasor_client import Capabilities, Endpoint, LocalLlamaServer, SamplingParams, as_program
 from dynasor_client.algorithms import StandaloneContext
 from dynasor_client.algorithms._mcts import Node, backpropagate, mcts, select, uct
 from dynasor_client.algorithms._rebase import allocate_width, expand, rebase
@@ -53,10 +53,14 @@ def test_uct_select_backpropagate() -> None:
 
 
 async def test_rebase_local(local_endpoint: Endpoint) -> None:
-    result = await rebase(
-        "What is 2 + 3?", reward_model=JudgeRewardModel(local_endpoint), endpoint=local_endpoint,
-        width=4, max_depth=3, step_tokens=32,
-    )  # fmt: skip
+    result = await as_program(
+        rebase,
+        "What is 2 + 3?",
+        reward_model=JudgeRewardModel(local_endpoint),
+        width=4,
+        max_depth=3,
+        step_tokens=32,
+    ).run(local_endpoint)  # fmt: skip
     d = result.details
     assert len(result.answers) <= 4
     for shares, left in zip(d["allocations"], d["width_left"], strict=True):
@@ -69,10 +73,15 @@ async def test_rebase_local(local_endpoint: Endpoint) -> None:
 
 
 async def test_mcts_local(local_endpoint: Endpoint) -> None:
-    result = await mcts(
-        "What is 2 + 3?", reward_model=JudgeRewardModel(local_endpoint), endpoint=local_endpoint,
-        iterations=4, expansions=2, max_depth=3, step_tokens=32,
-    )  # fmt: skip
+    result = await as_program(
+        mcts,
+        "What is 2 + 3?",
+        reward_model=JudgeRewardModel(local_endpoint),
+        iterations=4,
+        expansions=2,
+        max_depth=3,
+        step_tokens=32,
+    ).run(local_endpoint)  # fmt: skip
     assert result.details["root_visits"] == result.details["iterations"] == 4
     assert result.tokens.generated > 0 and result.tokens.reward > 0
     assert result.answer is None or result.answer in result.answers
@@ -132,11 +141,15 @@ async def test_rebase_and_mcts_on_replay(replay: Endpoint, questions: list[Trace
     q = questions[0]
     recorded = {s.answer for s in q.samples}
     model = PoolingRewardModel(replay)
-    r = await rebase(q.question, reward_model=model, endpoint=replay, width=4, max_depth=4, step_tokens=64)
+    r = await as_program(rebase, q.question, reward_model=model, width=4, max_depth=4, step_tokens=64).run(
+        replay
+    )
     assert len(r.answers) <= 4 and (r.answer is None or r.answer in recorded)
     for shares, left in zip(r.details["allocations"], r.details["width_left"], strict=True):
         assert sum(shares) == left
-    m = await mcts(q.question, reward_model=model, endpoint=replay, iterations=6, max_depth=4, step_tokens=64)
+    m = await as_program(mcts, q.question, reward_model=model, iterations=6, max_depth=4, step_tokens=64).run(
+        replay
+    )
     assert m.details["root_visits"] == m.details["iterations"]
     assert m.answer is None or m.answer in recorded
     assert r.tokens.generated > 0 and m.tokens.generated > 0

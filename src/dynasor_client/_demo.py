@@ -46,11 +46,11 @@ from typing import Any
 import httpx
 
 from .algorithms import self_consistency
-from .algorithms._program import ProgramResult, StopReason
 from .algorithms._self_consistency import DEFAULT_SYSTEM
 from .certainty import StopRule, cap, entropy_at_least, hopeless
 from .certainty.answers import default_equivalence
 from .endpoints import Endpoint, Message, SamplingParams
+from .program import ProgramResult, StopReason
 from .runtime import Runtime, as_program
 
 __all__ = [

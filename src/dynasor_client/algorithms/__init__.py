@@ -1,17 +1,16 @@
 """Reasoning programs as coroutines driven by certaindex.
 
-A program gets everything from a :class:`ProgramContext` (generation, allowance, certaindex
-reporting, whether to go on) and returns a :class:`ProgramResult`. :class:`StandaloneContext` runs
-one program over one endpoint. So far: :func:`self_consistency`, :func:`best_of_n` (with weighted
+An algorithm takes what is its own (question, ``n``, rule, sampling) and gets everything else from
+the :class:`~dynasor_client.program.ProgramContext` it runs under (generation, allowance,
+certaindex reporting, whether to go on); it returns a :class:`ProgramResult`. Bind one to its query
+with :func:`~dynasor_client.as_program` and run it alone (``.run(endpoint)``) or under a runtime.
+So far: :func:`self_consistency`, :func:`best_of_n` (with weighted
 majority) and reward-model clients (:class:`PoolingRewardModel` for vLLM's ``/pooling`` PRMs and the
 replay engine, :class:`JudgeRewardModel` on any chat endpoint) and :func:`dynasor_cot` (long chain
 of thought with concurrent probes), :func:`rebase` (reward-weighted tree expansion) and :func:`mcts`.
 """
 
-from ._best_of_n import best_index, best_of_n, best_of_n_rule, weighted_majority
-from ._dynasor_cot import dynasor_cot, in_thinking
-from ._mcts import Node, backpropagate, mcts, select, uct
-from ._program import (
+from ..program import (
     CertaindexPoint,
     ProgramContext,
     ProgramResult,
@@ -19,8 +18,10 @@ from ._program import (
     StopReason,
     TokenKind,
     TokenUsage,
-    rule_stop_reason,
 )
+from ._best_of_n import best_index, best_of_n, best_of_n_rule, weighted_majority
+from ._dynasor_cot import dynasor_cot, in_thinking
+from ._mcts import Node, backpropagate, mcts, select, uct
 from ._rebase import allocate_width, rebase, tree_certaindex
 from ._reward import (
     JudgeRewardModel,
@@ -60,7 +61,6 @@ __all__ = [
     "parse_pooling_scores",
     "rebase",
     "round_sizes",
-    "rule_stop_reason",
     "select",
     "self_consistency",
     "self_consistency_rule",

@@ -32,15 +32,9 @@ from ..certainty import (
     reduce_step_rewards,
     reward_at_least,
 )
-from ..endpoints import Endpoint, Message, SamplingParams
-from ._program import (
-    ProgramContext,
-    ProgramResult,
-    StopReason,
-    TokenKind,
-    program_context,
-    question_messages,
-)
+from ..endpoints import Message, SamplingParams
+from ..program import ProgramContext, ProgramResult, StopReason, TokenKind, algorithm
+from ._prompting import question_messages
 from ._reward import MeteredRewardModel
 from ._reward_protocol import RewardModel
 from ._rounds import RoundPlan, RoundSchedule, chat_draw, round_sizes, rule_may_stop
@@ -85,12 +79,12 @@ def weighted_majority(labels: Sequence[int], rewards: Sequence[float], signal: R
     return max(totals, key=lambda label: (totals[label], -label)) if totals else None
 
 
+@algorithm
 async def best_of_n(
     question: str,
     *,
     reward_model: RewardModel,
-    endpoint: Endpoint | None = None,
-    context: ProgramContext | None = None,
+    context: ProgramContext,
     n: int = 16,
     detect: int = 4,
     rounds: RoundSchedule = "auto",
@@ -104,8 +98,6 @@ async def best_of_n(
     params: SamplingParams | None = None,
     system: str | None = DEFAULT_SYSTEM,
     messages: Sequence[Message] | None = None,
-    token_budget: int | None = None,
-    deadline_s: float | None = None,
     lookahead: int | None = None,
 ) -> ProgramResult:
     """Sample in rounds, score every response, stop when the rule fires (or ``n``); return the best.
@@ -125,7 +117,7 @@ async def best_of_n(
     stop_rule = cap(n) | rule if rule is not None else best_of_n_rule(n, detect)
     signal = signal or RewardCertainty("mean")
     separator = step_separator or getattr(reward_model, "step_separator", None) or "\n\n"
-    context = program_context(endpoint, context, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
+    context.bind(stop_rule)
     chat = question_messages(question, system, messages)
     extract, clusters = get_extractor(task), AnswerClusters(equivalence)
     answers: list[str | None] = []

@@ -59,16 +59,10 @@ from ..certainty import (
     is_hesitant,
     probe_consistency_at_least,
 )
-from ..endpoints import Endpoint, Generation, Message, SamplingParams, Trajectory
+from ..endpoints import Generation, Message, SamplingParams, Trajectory
 from ..endpoints._trajectory import PrefillContinuation, TextContinuation, TokenContinuation
-from ._program import (
-    ProgramContext,
-    ProgramResult,
-    StopReason,
-    TokenKind,
-    program_context,
-    question_messages,
-)
+from ..program import ProgramContext, ProgramResult, StopReason, TokenKind, algorithm
+from ._prompting import question_messages
 from ._self_consistency import DEFAULT_SYSTEM
 
 log = get_logger("dynasor_client.algorithms")
@@ -84,11 +78,11 @@ def in_thinking(text: str, prompt: str = "") -> bool:
     return opened > closed
 
 
+@algorithm
 async def dynasor_cot(
     question: str,
     *,
-    endpoint: Endpoint | None = None,
-    context: ProgramContext | None = None,
+    context: ProgramContext,
     chunk_tokens: int = 64,
     window: int = 3,
     max_tokens: int = 2048,
@@ -98,8 +92,6 @@ async def dynasor_cot(
     params: SamplingParams | None = None,
     system: str | None = DEFAULT_SYSTEM,
     messages: Sequence[Message] | None = None,
-    token_budget: int | None = None,
-    deadline_s: float | None = None,
     on_text: Callable[[str], None] | None = None,
 ) -> ProgramResult:
     """Decode one chain of thought in chunks, probing each prefix, until the probes agree (see the
@@ -107,12 +99,12 @@ async def dynasor_cot(
     ``on_text`` (streaming) is called with the text of each decoded chunk as it is kept, in order:
     together they make ``details["text"]`` (a cancelled chunk is never passed).
 
-    Usable in one line: ``await dynasor_cot(question, endpoint=endpoint)``.
+    Alone: ``await as_program(dynasor_cot, question).run(endpoint)``.
     """
     if chunk_tokens < 1 or max_tokens < 1:
         raise ValueError("chunk_tokens and max_tokens must be >= 1")
     stop_rule = rule or probe_consistency_at_least(1.0, window)
-    context = program_context(endpoint, context, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
+    context.bind(stop_rule)
     ctx = context
     chat = question_messages(question, system, messages)
     started = time.monotonic()

@@ -20,15 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..certainty import AnswerClusters, Equivalence, RewardCertainty, StopRule, cap
-from ..endpoints import Endpoint, Message, SamplingParams, Trajectory
+from ..endpoints import Message, SamplingParams, Trajectory
+from ..program import ProgramContext, ProgramResult, StopReason, algorithm
 from ._best_of_n import best_index
-from ._program import (
-    ProgramContext,
-    ProgramResult,
-    StopReason,
-    program_context,
-    question_messages,
-)
+from ._prompting import question_messages
 from ._rebase import Step, close_step, expand, stop_check, tree_certaindex
 from ._reward_protocol import RewardModel
 from ._self_consistency import DEFAULT_SYSTEM
@@ -75,12 +70,12 @@ def backpropagate(node: Node, value: float) -> None:
         walk = walk.parent
 
 
+@algorithm
 async def mcts(
     question: str,
     *,
     reward_model: RewardModel,
-    endpoint: Endpoint | None = None,
-    context: ProgramContext | None = None,
+    context: ProgramContext,
     iterations: int = 16,
     expansions: int = 2,
     c_uct: float = 1.4,
@@ -94,8 +89,6 @@ async def mcts(
     params: SamplingParams | None = None,
     system: str | None = DEFAULT_SYSTEM,
     messages: Sequence[Message] | None = None,
-    token_budget: int | None = None,
-    deadline_s: float | None = None,
 ) -> ProgramResult:
     """Run ``iterations`` of MCTS (module docs); the answer is the best-rewarded terminal node's.
 
@@ -108,7 +101,7 @@ async def mcts(
         raise ValueError("iterations, expansions, max_depth and step_tokens must be >= 1")
     stop_rule = cap(iterations * expansions) | rule if rule is not None else cap(iterations * expansions)
     signal = signal or RewardCertainty("mean")
-    context = program_context(endpoint, context, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
+    context.bind(stop_rule)
     chat = question_messages(question, system, messages)
     start = await Trajectory.start(
         context.endpoint, messages=chat, params=params or SamplingParams(temperature=0.7)

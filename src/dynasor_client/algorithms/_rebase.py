@@ -38,16 +38,10 @@ from ..certainty import (
     cap,
     get_extractor,
 )
-from ..endpoints import Endpoint, Message, SamplingParams, Trajectory
+from ..endpoints import Message, SamplingParams, Trajectory
+from ..program import ProgramContext, ProgramResult, StopReason, TokenKind, algorithm
 from ._best_of_n import _score, weighted_majority
-from ._program import (
-    ProgramContext,
-    ProgramResult,
-    StopReason,
-    TokenKind,
-    program_context,
-    question_messages,
-)
+from ._prompting import question_messages
 from ._reward_protocol import RewardModel
 from ._self_consistency import DEFAULT_SYSTEM
 
@@ -153,12 +147,12 @@ def stop_check(context: ProgramContext, labels: Sequence[int], rewards: Sequence
     return None
 
 
+@algorithm
 async def rebase(
     question: str,
     *,
     reward_model: RewardModel,
-    endpoint: Endpoint | None = None,
-    context: ProgramContext | None = None,
+    context: ProgramContext,
     width: int = 8,
     max_depth: int = 8,
     step_delimiter: str = "\n\n",
@@ -171,8 +165,6 @@ async def rebase(
     params: SamplingParams | None = None,
     system: str | None = DEFAULT_SYSTEM,
     messages: Sequence[Message] | None = None,
-    token_budget: int | None = None,
-    deadline_s: float | None = None,
 ) -> ProgramResult:
     """Grow a reward-balanced tree of ``width`` leaves, at most ``max_depth`` steps deep (module docs).
 
@@ -188,7 +180,7 @@ async def rebase(
         raise ValueError("width, max_depth and step_tokens must be >= 1")
     stop_rule = cap(width) | rule if rule is not None else cap(width)
     signal = signal or RewardCertainty("mean")
-    context = program_context(endpoint, context, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
+    context.bind(stop_rule)
     chat = question_messages(question, system, messages)
     root = await Trajectory.start(
         context.endpoint, messages=chat, params=params or SamplingParams(temperature=0.7)

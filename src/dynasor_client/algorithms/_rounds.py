@@ -45,7 +45,7 @@ from ..certainty.calibration import checkpoints
 
 if TYPE_CHECKING:
     from ..endpoints import Choice, Generation, Message, SamplingParams
-    from ._program import ProgramContext
+    from ..program import ProgramContext
 
 RoundSchedule = Literal["auto", "detect", "doubling", "one"] | Sequence[int]
 

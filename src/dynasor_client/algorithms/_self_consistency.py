@@ -24,14 +24,9 @@ from ..certainty import (
     get_extractor,
 )
 from ..certainty.calibration import load_rule
-from ..endpoints import Endpoint, Message, SamplingParams
-from ._program import (
-    ProgramContext,
-    ProgramResult,
-    StopReason,
-    program_context,
-    question_messages,
-)
+from ..endpoints import Message, SamplingParams
+from ..program import ProgramContext, ProgramResult, StopReason, algorithm
+from ._prompting import question_messages
 from ._rounds import RoundPlan, RoundSchedule, chat_draw, round_sizes, rule_may_stop
 
 DEFAULT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -53,11 +48,11 @@ def self_consistency_rule(
     return cap(n) | chosen
 
 
+@algorithm
 async def self_consistency(
     question: str,
     *,
-    endpoint: Endpoint | None = None,
-    context: ProgramContext | None = None,
+    context: ProgramContext,
     n: int = 30,
     detect: int = 5,
     rounds: RoundSchedule = "auto",
@@ -67,13 +62,11 @@ async def self_consistency(
     params: SamplingParams | None = None,
     system: str | None = DEFAULT_SYSTEM,
     messages: Sequence[Message] | None = None,
-    token_budget: int | None = None,
-    deadline_s: float | None = None,
     lookahead: int | None = None,
 ) -> ProgramResult:
     """Sample answers in rounds until the stop rule fires (or ``n`` samples); return the majority.
 
-    Usable in one line: ``await self_consistency(question, endpoint=endpoint)``. With a deadline,
+    Alone: ``await as_program(self_consistency, question).run(endpoint)``. With a deadline,
     ``lookahead`` samples past the current check are sent ahead (default 2; 0 without a deadline)
     and rounds are fitted to the time left, unless the runtime's window is full
     (:class:`~dynasor_client.algorithms.RoundPlan`).
@@ -81,7 +74,7 @@ async def self_consistency(
     if n < 1:
         raise ValueError("n must be >= 1")
     stop_rule = self_consistency_rule(rule, n, detect)
-    context = program_context(endpoint, context, stop_rule, token_budget=token_budget, deadline_s=deadline_s)
+    context.bind(stop_rule)
     chat = question_messages(question, system, messages)
     extract, clusters = get_extractor(task), AnswerClusters(equivalence)
     answers: list[str | None] = []

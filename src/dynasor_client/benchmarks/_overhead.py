@@ -170,8 +170,8 @@ async def _baseline_run(client: Any, model: str, load: _Load, stream: bool, tag:
 
 async def _runtime_run(endpoint: Any, load: _Load, stream: bool, tag: str) -> int:
     """The same programs through the runtime (window = concurrency, default policy, events on)."""
-    from ..algorithms._program import ProgramContext, ProgramResult, StopReason
     from ..endpoints import SamplingParams
+    from ..program import ProgramContext, ProgramResult, StopReason
     from ..runtime import Runtime
 
     endpoint.stream = stream
@@ -440,8 +440,8 @@ def _rss_bytes() -> int | None:
 
 
 async def _waiting_memory(programs: int, traced: bool) -> dict[str, Any]:
-    from ..algorithms._program import ProgramContext, ProgramResult, StopReason
     from ..endpoints import Endpoint, SamplingParams
+    from ..program import ProgramContext, ProgramResult, StopReason
     from ..replay._parts import REPLAY_CAPABILITIES
     from ..runtime import Runtime, RuntimeContext
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..algorithms._program import StopReason, TokenKind
 from ..endpoints import Usage
+from ..program import StopReason, TokenKind
 
 ALL_KINDS = frozenset({"prompt", "generated", "probe", "reward"})
 """Token kinds counted by default: uncached prompt, generated, probe and reward tokens."""

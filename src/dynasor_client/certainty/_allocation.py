@@ -199,6 +199,7 @@ class HopelessCut(StopRule):
     """
 
     kind = "hopeless_cut"
+    reason = "hopeless"
 
     def __init__(self, below: Mapping[int, float], signal: Signal | None = None) -> None:
         self.below = _steps_dict(below)

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from ._observations import BoolArray, IntArray, Observations
 from ._signal import EntropyCertainty, Signal
+
+RuleReason = Literal["confident", "cap", "hopeless", "budget"]
+"""Why a rule stops a program: each rule carries its own (a program's ``StopReason`` of that name)."""
 
 _RULES: dict[str, type[StopRule]] = {}
 _SIGNALS: dict[str, Callable[..., Signal]] = {"entropy": EntropyCertainty}
@@ -49,6 +52,8 @@ class StopRule(ABC):
     """Base class: ``rule(obs) -> bool`` for one program, ``rule.batch(obs)`` for many."""
 
     kind: ClassVar[str]
+    reason: ClassVar[RuleReason] = "confident"
+    """What it means when this rule stops a program."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -80,6 +85,10 @@ class StopRule(ABC):
             return False
         last = int(np.flatnonzero(obs.valid[0])[-1])
         return bool(self.batch(obs)[0, last])
+
+    def fired(self, obs: Observations) -> RuleReason | None:
+        """Why this rule stops the program now (its :attr:`reason`), or None to go on."""
+        return self.reason if self(obs) else None
 
     def __and__(self, other: StopRule) -> StopRule:
         return AllOf([*_parts(self, AllOf), *_parts(other, AllOf)])
@@ -120,17 +129,28 @@ class _Combination(StopRule):
 
 
 class AllOf(_Combination):
-    """Stop when every rule says stop (``a & b``)."""
+    """Stop when every rule says stop (``a & b``); the reason is the first rule's."""
 
     kind = "all"
     _combine = np.logical_and
 
+    def fired(self, obs: Observations) -> RuleReason | None:
+        reasons = []
+        for rule in self.rules:
+            if (reason := rule.fired(obs)) is None:
+                return None
+            reasons.append(reason)
+        return reasons[0]
+
 
 class AnyOf(_Combination):
-    """Stop when any rule says stop (``a | b``)."""
+    """Stop when any rule says stop (``a | b``); the reason is the first firing rule's."""
 
     kind = "any"
     _combine = np.logical_or
+
+    def fired(self, obs: Observations) -> RuleReason | None:
+        return next((reason for rule in self.rules if (reason := rule.fired(obs)) is not None), None)
 
 
 def _checkpoints(counts: IntArray, at: Sequence[int] | None, every: int | None, min_obs: int) -> BoolArray:
@@ -201,6 +221,7 @@ class Hopeless(StopRule):
     """Cut a program whose certaindex is still below ``below`` after ``after`` observations."""
 
     kind = "hopeless"
+    reason = "hopeless"
 
     def __init__(self, after: int, below: float, signal: Signal | None = None) -> None:
         if after < 1:
@@ -232,6 +253,7 @@ class Cap(StopRule):
     """Stop after ``n`` observations (the knob's maximum)."""
 
     kind = "cap"
+    reason = "cap"
 
     def __init__(self, n: int) -> None:
         if n < 1:
@@ -256,6 +278,7 @@ class TokenBudget(StopRule):
     """Stop once the observations so far cost ``tokens`` or more."""
 
     kind = "token_budget"
+    reason = "budget"
 
     def __init__(self, tokens: int) -> None:
         if tokens < 1:

@@ -1,6 +1,6 @@
 """Dynasor requests: self-consistency, best-of-N and Dynasor-CoT as runtime programs.
 
-The algorithm runs under the runtime's program context wrapped in a :class:`Recorder`, which keeps
+The algorithm runs under the runtime's program context, watched by :func:`record_samples`, which keeps
 every generated sample (the winner's full text becomes the response content), reports progress, and
 on ``/v1/completions`` sends the client's prompt instead of the algorithm's chat.
 
@@ -21,7 +21,6 @@ best-of-N, the chain's most tokens for cot.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,21 +31,19 @@ from starlette.responses import JSONResponse, Response
 from .._exceptions import BudgetExhausted
 from .._probe import PROBE_CLOSE, PROBE_SUFFIX
 from ..algorithms import (
-    CertaindexPoint,
     ProgramContext,
     ProgramResult,
     RewardModel,
     StopReason,
     TokenKind,
-    TokenUsage,
     best_of_n,
     dynasor_cot,
     in_thinking,
     self_consistency,
 )
 from ..algorithms._dynasor_cot import CLOSE_THINK
-from ..certainty import Observations, StopRule, cluster_answers, get_extractor
-from ..endpoints import Choice, Endpoint, Generation, Message, Prompt, SamplingParams, Usage
+from ..certainty import cluster_answers, get_extractor
+from ..endpoints import Choice, Generation, Message, Prompt, SamplingParams
 from . import _sse
 from ._errors import ProxyError
 from ._options import DynasorOptions
@@ -72,93 +69,32 @@ class DynasorRequest:
     include_usage: bool
 
 
-class Recorder:
-    """The runtime's program context, delegated to, keeping every generated sample (module docs)."""
+def record_samples(
+    context: ProgramContext,
+    *,
+    prompt: Prompt | None,
+    on_report: Callable[[float, int, str | None], None],
+) -> list[Choice]:
+    """Watch a program on its context: every generated sample is kept (returned list), every report
+    goes to ``on_report``, and on ``/v1/completions`` the client's ``prompt`` is sent instead of the
+    algorithm's chat (module docs)."""
+    choices: list[Choice] = []
 
-    def __init__(
-        self,
-        inner: ProgramContext,
-        *,
-        prompt: Prompt | None,
-        on_report: Callable[[float, int, str | None], None] | None,
-    ) -> None:
-        self.inner = inner
-        self.choices: list[Choice] = []
-        self._prompt, self._on_report = prompt, on_report
-
-    @property
-    def program_id(self) -> str:
-        return self.inner.program_id
-
-    @program_id.setter
-    def program_id(self, value: str) -> None:
-        self.inner.program_id = value
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return self.inner.endpoint
-
-    @endpoint.setter
-    def endpoint(self, value: Endpoint) -> None:
-        self.inner.endpoint = value
-
-    @property
-    def usage(self) -> TokenUsage:
-        return self.inner.usage
-
-    @usage.setter
-    def usage(self, value: TokenUsage) -> None:
-        self.inner.usage = value
-
-    @property
-    def certaindex(self) -> list[CertaindexPoint]:
-        return self.inner.certaindex
-
-    @certaindex.setter
-    def certaindex(self, value: list[CertaindexPoint]) -> None:
-        self.inner.certaindex = value
-
-    async def generate(
-        self,
-        prompt: Prompt | None = None,
-        *,
-        messages: Sequence[Message] | None = None,
-        n: int = 1,
-        params: SamplingParams | None = None,
-        kind: TokenKind = TokenKind.GENERATED,
-    ) -> Generation:
-        if self._prompt is not None and messages is not None:  # /v1/completions: the client's prompt
-            prompt, messages = self._prompt, None
-        generation = await self.inner.generate(prompt, messages=messages, n=n, params=params, kind=kind)
+    def generated(kind: TokenKind, generation: Generation) -> None:
         if kind is TokenKind.GENERATED:
-            self.choices.extend(generation.choices)
-        return generation
+            choices.extend(generation.choices)
 
-    def request_slot(self, n: int = 1) -> contextlib.AbstractAsyncContextManager[None]:
-        return self.inner.request_slot(n)
+    def client_prompt(
+        sent: Prompt | None, messages: Sequence[Message] | None
+    ) -> tuple[Prompt | None, Sequence[Message] | None]:
+        return (prompt, None) if messages is not None else (sent, messages)
 
-    def charge(self, kind: TokenKind, usage: Usage) -> None:
-        self.inner.charge(kind, usage)
-
-    def tokens_left(self) -> int | None:
-        return self.inner.tokens_left()
-
-    def seconds_left(self) -> float | None:
-        return self.inner.seconds_left()
-
-    def saturated(self) -> bool:
-        return self.inner.saturated()
-
-    def bind(self, rule: StopRule) -> None:
-        self.inner.bind(rule)
-
-    def report(self, value: float, observations: int, answer: str | None = None) -> None:
-        self.inner.report(value, observations, answer)
-        if self._on_report is not None:
-            self._on_report(value, observations, answer)
-
-    def stop_reason(self, obs: Observations) -> StopReason | None:
-        return self.inner.stop_reason(obs)
+    context.watch(
+        on_generation=generated,
+        on_report=lambda point: on_report(point.value, point.observations, point.answer),
+        rewrite=client_prompt if prompt is not None else None,
+    )
+    return choices
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +115,7 @@ class DynasorProgram:
     def __init__(self, request: DynasorRequest, reward_model: Callable[[], RewardModel]) -> None:
         self.request, self._reward_model = request, reward_model
         self.answer = Answer(request.kind, request.model)
-        self.recorder: Recorder | None = None
+        self.choices: list[Choice] = []  # every generated sample
         self.streamed: list[str] = []  # cot: chunks sent so far
 
     async def __call__(self, context: ProgramContext, run: Run) -> ProgramResult:
@@ -196,12 +132,11 @@ class DynasorProgram:
             if streaming:
                 run.send(self.answer.delta(chunk))
 
-        recorder: ProgramContext  # checked against the protocol
-        recorder = self.recorder = Recorder(
+        self.choices = record_samples(
             context, prompt=request.prompt if request.kind == "completions" else None, on_report=progress
         )
         common: dict[str, Any] = {
-            "context": recorder,
+            "context": context,
             "task": options.task,
             "system": None,
             "messages": request.messages,
@@ -240,7 +175,7 @@ class DynasorProgram:
                     **common,
                 )
         except BudgetExhausted:
-            result = ProgramResult.best_so_far(recorder, StopReason.BUDGET)
+            result = ProgramResult.best_so_far(context, StopReason.BUDGET)
         run.state["final"] = await asyncio.to_thread(self.finish, result)
         return result
 
@@ -249,7 +184,7 @@ class DynasorProgram:
     def finish(self, result: ProgramResult) -> Final:
         """The content, finish reason, saved tokens and ``dynasor`` field of a result."""
         options = self.request.options
-        choices = self.recorder.choices if self.recorder is not None else []
+        choices = self.choices
         info: dict[str, Any] = {
             "algorithm": options.algorithm,
             "answer": result.answer,

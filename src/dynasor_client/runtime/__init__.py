@@ -9,7 +9,7 @@
   summary table).
 """
 
-from ..algorithms._program import ProgramContext
+from ..program import Program, ProgramContext, as_program
 from ._batch import BatchResult, run_batch_sync
 from ._context import RuntimeContext
 from ._events import Event, EventLog, RuntimeMetrics
@@ -27,8 +27,7 @@ from ._policies import (
     least_laxity,
     shortest_remaining_work,
 )
-from ._program_factory import as_program
-from ._runtime import Program, ProgramHandle, Runtime
+from ._runtime import ProgramHandle, Runtime
 from ._scheduler import Scheduler
 from ._states import ProgramRecord, ProgramState, TokenHistory
 

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ..algorithms._program import ProgramResult
 from ..endpoints import Endpoint, EndpointPool
+from ..program import ProgramResult
 
 if TYPE_CHECKING:
-    from ._runtime import Program, ProgramHandle, Runtime
+    from ..program import Program
+    from ._runtime import ProgramHandle, Runtime
 
 
 @dataclass

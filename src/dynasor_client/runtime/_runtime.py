@@ -15,16 +15,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import BudgetExhausted, ProgramCancelled, RuntimeClosed
+from .._exceptions import ProgramCancelled, RuntimeClosed
 from .._log import new_id, program_scope
-from ..algorithms._program import ProgramContext, ProgramResult, StopReason, TokenKind, TokenUsage
 from ..budget import AdmissionPolicy, AdmissionRequest, BudgetManager, Load
 from ..endpoints import Endpoint, EndpointPool, Generation, Usage
+from ..program import Program, ProgramResult, StopReason, TokenKind, TokenUsage, run_program
 from ._context import RuntimeContext
 
 if TYPE_CHECKING:
@@ -35,9 +35,6 @@ from ._scheduler import Scheduler
 from ._states import ProgramRecord, ProgramState, TokenHistory
 
 log = logging.getLogger("dynasor_client.runtime")
-
-Program = Callable[[ProgramContext], Awaitable[ProgramResult]]
-"""A reasoning program bound to its query: called with its context, returns its result."""
 
 _SPEED_PRIOR_S = 0.02  # seconds per generated token per sequence before anything is measured
 _THROUGHPUT_WINDOW_S = 30.0
@@ -84,18 +81,6 @@ class ProgramHandle:
             return False
         self.record.cancel_requested = True
         return task.cancel()
-
-
-def _only_budget(exc: BaseException) -> BudgetExhausted | None:
-    """The budget refusal behind ``exc`` if that is all it is (also inside an exception group)."""
-    if isinstance(exc, BudgetExhausted):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        matched, rest = exc.split(BudgetExhausted)
-        if matched is not None and rest is None:
-            first = matched.exceptions[0]
-            return _only_budget(first)
-    return None
 
 
 def _retrieve(future: asyncio.Future[ProgramResult]) -> None:
@@ -284,31 +269,19 @@ class Runtime:
     ) -> None:
         result: ProgramResult | None = None
         error: BaseException | None = None
-        deadline = None if record.deadline is None else record.deadline - self.clock()
-        timeout = asyncio.timeout(deadline)
         try:
             with program_scope(record.program_id):
-                try:
-                    async with timeout:
-                        result = await program(context)
-                except TimeoutError:
-                    if not timeout.expired():
-                        raise
+                result = await run_program(program, context)
+                if result.partial and result.stop_reason is StopReason.DEADLINE:
                     record.state = ProgramState.STOPPING
-                    result = ProgramResult.best_so_far(context, StopReason.DEADLINE)
-                except BudgetExhausted as exc:
-                    result = ProgramResult.best_so_far(context, StopReason(exc.reason))
         except asyncio.CancelledError:
             error = ProgramCancelled(f"program {record.program_id} was cancelled")
             task = asyncio.current_task()
             if not record.cancel_requested or task is None or task.uncancel() > 0:
                 raise  # cancelled from outside (the runtime is shutting down): let it propagate
         except Exception as exc:
-            if (budget := _only_budget(exc)) is not None:  # raised inside the algorithm's task group
-                result = ProgramResult.best_so_far(context, StopReason(budget.reason))
-            else:
-                error = exc
-                log.warning("program %s failed: %s: %s", record.program_id, type(exc).__name__, exc)
+            error = exc
+            log.warning("program %s failed: %s: %s", record.program_id, type(exc).__name__, exc)
         finally:
             self._finish(record, context, result, error, future)
 

@@ -16,7 +16,7 @@ import itertools
 from collections.abc import Callable
 
 from .._exceptions import BudgetExhausted
-from ..algorithms._program import StopReason
+from ..program import StopReason
 from ._policies import SchedulingPolicy
 from ._states import ProgramRecord, ProgramState
 

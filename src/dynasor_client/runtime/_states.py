@@ -10,8 +10,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..algorithms._program import StopReason
 from ..budget import Account
+from ..program import StopReason
 
 if TYPE_CHECKING:
     from ._scheduler import QueueEntry

@@ -1,0 +1,206 @@
+"""The one program context: what a reasoning program gets from whatever runs it.
+
+A program sees only a :class:`ProgramContext`: it generates through it, reports its certaindex to
+it and asks it whether to stop. The context owns the token usage, the certaindex history and the
+single stop check, in one order: the deadline, then the program's own rule, then the budget. The
+budget comes last because asking it may grant the program more allowance (the runtime's
+reallocation): a program its rule stops must not take allowance others could use. Runners differ
+only in the hooks below: a standalone run (:func:`~dynasor_client.program.run`) uses this class as
+it is; the runtime's subclass sends every request through its scheduler and budget.
+
+Time is the event loop's clock everywhere, so a deadline means the same thing standalone and
+under the runtime, and under the replay engine's virtual-time loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from .._log import new_id, program_scope
+from ..certainty import Observations, StopRule
+from ..endpoints import Endpoint, EndpointPool, Generation, Message, Prompt, SamplingParams, Usage
+from ._types import CertaindexPoint, StopReason, TokenKind, TokenUsage
+
+GenerationListener = Callable[[TokenKind, Generation], None]
+ReportListener = Callable[[CertaindexPoint], None]
+RequestRewrite = Callable[
+    [Prompt | None, Sequence[Message] | None], tuple[Prompt | None, Sequence[Message] | None]
+]
+
+
+class ProgramContext:
+    """Everything a program needs from the outside (module docs).
+
+    Args:
+        endpoint: where requests go (an :class:`EndpointPool` keeps the program on one replica).
+        token_budget: tokens this program may spend (None: no limit of its own).
+        deadline: when it must answer, on the loop clock (None: no deadline).
+        program_id: its id (sent as ``X-Program-Id``); a new one when None.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint | EndpointPool,
+        *,
+        token_budget: int | None = None,
+        deadline: float | None = None,
+        program_id: str | None = None,
+    ) -> None:
+        if token_budget is not None and token_budget < 1:
+            raise ValueError(f"token_budget must be >= 1 token, got {token_budget}")
+        self.program_id = program_id or new_id("prog")
+        self._backend = endpoint  # generate() goes through a pool, which fails over
+        # Chunked algorithms drive an Endpoint directly: a pool gives the program's pinned replica.
+        self.endpoint: Endpoint = (
+            endpoint.endpoint_for(self.program_id) if isinstance(endpoint, EndpointPool) else endpoint
+        )
+        self.token_budget, self.deadline = token_budget, deadline
+        self.usage = TokenUsage()
+        self.certaindex: list[CertaindexPoint] = []
+        self.rule: StopRule | None = None
+        self.started = self.clock()
+        self._on_generation: list[GenerationListener] = []
+        self._on_report: list[ReportListener] = []
+        self._rewrite: RequestRewrite | None = None
+
+    # ---------------------------------------------------------------- what a program calls
+
+    async def generate(
+        self,
+        prompt: Prompt | None = None,
+        *,
+        messages: Sequence[Message] | None = None,
+        n: int = 1,
+        params: SamplingParams | None = None,
+        kind: TokenKind = TokenKind.GENERATED,
+    ) -> Generation:
+        """One request of ``n`` sequences: a chat when ``messages`` are given, else a completion."""
+        if self._rewrite is not None:
+            prompt, messages = self._rewrite(prompt, messages)
+        if (prompt is None) == (messages is None):
+            raise ValueError("give exactly one of prompt= or messages=")
+        params = self.request_params(params)
+        async with self.request_slot(n):
+            started = self.clock()
+            with program_scope(self.program_id):  # sent as X-Program-Id: one program, one replica
+                if messages is not None:
+                    generation = await self._backend.chat(messages, n=n, params=params)
+                else:
+                    assert prompt is not None
+                    generation = await self._backend.complete(prompt, n=n, params=params)
+            elapsed = self.clock() - started
+        self.charge(kind, generation.usage)
+        self.observed(generation, elapsed)
+        for listener in self._on_generation:
+            listener(kind, generation)
+        return generation
+
+    @contextlib.asynccontextmanager
+    async def request_slot(self, n: int = 1) -> AsyncIterator[None]:
+        """Wait for the right to send a request of ``n`` sequences, and hold it while inside: for
+        calls made outside :meth:`generate` (chunked decoding) that scheduling must see."""
+        if n < 1:
+            raise ValueError(f"a request has at least one sequence, got n={n}")
+        yield  # one program alone: nothing to wait for
+
+    def charge(self, kind: TokenKind, usage: Usage) -> None:
+        """Count tokens spent (also those spent outside :meth:`generate`)."""
+        self.usage.add(kind, usage)
+
+    def bind(self, rule: StopRule) -> None:
+        """The algorithm's stop rule, which :meth:`stop_reason` checks."""
+        self.rule = rule
+
+    def report(self, value: float, observations: int, answer: str | None = None) -> None:
+        """The program's certaindex after ``observations`` observations and its answer so far."""
+        point = CertaindexPoint(observations, value, self.usage.total, self.clock() - self.started, answer)
+        self.certaindex.append(point)
+        self.reported(point)
+        for listener in self._on_report:
+            listener(point)
+
+    def stop_reason(self, obs: Observations) -> StopReason | None:
+        """Whether to stop now and why: the deadline, then the rule, then the budget (module docs)."""
+        seconds = self.seconds_left()
+        if seconds is not None and seconds <= 0:
+            return StopReason.DEADLINE
+        if self.rule is not None and (reason := self.rule.fired(obs)) is not None:
+            return StopReason(reason)
+        return self.budget_stop()
+
+    def tokens_left(self) -> int | None:
+        return None if self.token_budget is None else self.token_budget - self.usage.total
+
+    def seconds_left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - self.clock()
+
+    def saturated(self) -> bool:
+        """Whether a request sent now would wait behind other programs' requests (a runtime whose
+        window is full): work sent ahead of need then only adds to the queue."""
+        return False  # one program alone shares nothing
+
+    # ---------------------------------------------------------------- for whoever runs the program
+
+    def clock(self) -> float:
+        """The event loop's clock (``time.monotonic``, which it follows by default, outside a loop)."""
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:
+            return time.monotonic()
+
+    def watch(
+        self,
+        *,
+        on_generation: GenerationListener | None = None,
+        on_report: ReportListener | None = None,
+        rewrite: RequestRewrite | None = None,
+    ) -> None:
+        """Follow the program from outside: every generation, every report; ``rewrite`` changes
+        what :meth:`generate` sends (e.g. a client's raw prompt instead of the algorithm's chat)."""
+        if on_generation is not None:
+            self._on_generation.append(on_generation)
+        if on_report is not None:
+            self._on_report.append(on_report)
+        if rewrite is not None:
+            self._rewrite = rewrite
+
+    # Hooks for a runner (the runtime overrides them).
+
+    def request_params(self, params: SamplingParams | None) -> SamplingParams | None:
+        """The sampling parameters a request is sent with."""
+        return params
+
+    def observed(self, generation: Generation, elapsed_s: float) -> None:
+        """A response arrived ``elapsed_s`` after it was sent (on the loop clock)."""
+
+    def reported(self, point: CertaindexPoint) -> None:
+        """The program reported a certaindex point."""
+
+    def budget_stop(self) -> StopReason | None:
+        """Why the budget says stop, or None."""
+        tokens = self.tokens_left()
+        return StopReason.BUDGET if tokens is not None and tokens <= 0 else None
+
+
+class StandaloneContext(ProgramContext):
+    """A :class:`ProgramContext` for one program with its ``rule`` bound and ``deadline_s`` from
+    now: for driving an algorithm's parts by hand (tests, notebooks). Programs run alone with
+    :func:`~dynasor_client.program.run`."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint | EndpointPool,
+        rule: StopRule,
+        *,
+        token_budget: int | None = None,
+        deadline_s: float | None = None,
+        program_id: str | None = None,
+    ) -> None:
+        if deadline_s is not None and not deadline_s > 0:
+            raise ValueError(f"deadline_s must be > 0 seconds, got {deadline_s!r}")
+        super().__init__(endpoint, token_budget=token_budget, program_id=program_id)
+        self.deadline = None if deadline_s is None else self.started + deadline_s
+        self.bind(rule)
