@@ -398,7 +398,7 @@ def test_cli_commands(tmp_path: Path) -> None:
     from dynasor_client.cli import main
 
     assert main(["serve-replay", "--traces", str(tmp_path / "missing.jsonl")]) == 2
-    from dynasor_client.replay import _bench
+    from dynasor_client.benchmarks import _replay as _bench
 
     figures = _bench.bench_replay(streams=(20,), window_s=0.5, warmup_s=0.3, realtime=False, max_tokens=64)
     row = figures["ceiling"][0]

@@ -167,7 +167,7 @@ def _serve_replay(args: argparse.Namespace) -> None:
 
 
 def _bench_replay(args: argparse.Namespace) -> None:
-    from .replay._bench import main_bench
+    from .benchmarks._replay import main_bench
 
     try:
         main_bench(

@@ -2,14 +2,17 @@
 
 - :func:`run_batch_benchmark` (``dynasor-client bench batch``): token-to-accuracy of every stopping
   method (uniform, the paper's rules, Adaptive-Consistency, ESC, confidence baselines, the calibrated
-  rule, the oracle) replayed over recorded traces; :func:`batch_table`, :func:`plot_batch`.
+  rule, the oracle) replayed over recorded traces; :func:`batch_table`, :func:`plot_batch`
+  (``docs/batch-benchmark.md``).
 - :func:`run_overhead_benchmark` (``dynasor-client bench overhead``): the runtime's client CPU per
   request against a plain AsyncOpenAI loop, the scheduler's decision time with 10,000 programs
   queued, memory per waiting program; :func:`overhead_table`.
 - :func:`run_online_benchmark` (``dynasor-client bench online``): deadline attainment of programs
   arriving online (Poisson) through the real runtime against the replay engine's timing model on a
   virtual clock: naive, gang, certaindex, SRW, deadline-aware; :func:`online_table`,
-  :func:`plot_online`.
+  :func:`plot_online` (``docs/online-benchmark.md``).
+- :func:`bench_replay` (``dynasor-client bench replay``): the concurrent streams and tokens/s the
+  replay server sustains on one core.
 - Shared plumbing for every benchmark (:mod:`._common`): :func:`run_metadata` (versions, git commit,
   machine), :func:`format_table`, :func:`write_json`, :func:`plot_token_accuracy`.
 """
@@ -53,6 +56,7 @@ from ._overhead import (
     overhead_table,
     run_overhead_benchmark,
 )
+from ._replay import bench_replay
 
 __all__ = [
     "Method",
@@ -62,6 +66,7 @@ __all__ = [
     "add_overhead_parser",
     "batch_command",
     "batch_table",
+    "bench_replay",
     "calibration_overlap",
     "format_table",
     "git_commit",

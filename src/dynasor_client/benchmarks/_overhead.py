@@ -1,49 +1,8 @@
 """``dynasor-client bench overhead``: what the runtime costs the client, in CPU and memory.
 
-Three figures, in one run:
-
-1. **Client overhead ratio**: the client process's CPU time per generation request sent through
-   :class:`~dynasor_client.runtime.Runtime` (programs calling ``context.generate``, the scheduler's
-   window, the budget, events, metrics, then :class:`~dynasor_client.Endpoint` and its retry policy)
-   divided by that of a plain ``openai.AsyncOpenAI`` loop issuing the same requests. Both talk to the
-   same replay server (``time_scale=0``: answers as fast as it can), which runs in a child process so
-   that its CPU is not counted (pinned to one core, the client to the others, where the OS allows).
-   Like is compared with like: the same request bodies (``/v1/completions``, ``n=1``, the same
-   ``max_tokens`` and ``temperature``, the same ``X-Program-Id``), the same concurrency (the runtime's
-   window; a semaphore around the baseline's requests), the same programs (each a task making
-   ``requests_per_program`` sequential requests), the same stream setting: non-streaming (the
-   headline ``client_overhead_ratio``) and streaming (``client_overhead_ratio_streaming``, the
-   baseline reading the SDK's stream chunk by chunk, with ``stream_options.include_usage`` as the
-   endpoint asks; the server sends a chunk per token, as vLLM does). Every sample is long enough
-   that each response is exactly ``max_tokens`` tokens. A timed run is ``requests`` requests
-   (``stream_requests`` when streaming: a streamed response costs the client ten times more). The
-   four runs (baseline and runtime, non-streaming and streaming) are interleaved, their order
-   alternating, ``repeats`` times after an untimed warm-up; the ratio is that of the medians of CPU
-   time per request (``time.process_time``: every thread of this process, user and system). The
-   response handling is each side's own: the SDK's parsed objects for the baseline, the
-   endpoint's parsing into a :class:`~dynasor_client.Generation` for the runtime.
-2. **Scheduler decision time**: :class:`~dynasor_client.runtime.Scheduler` with the default policy
-   (:func:`~dynasor_client.runtime.dynasor`: shortest remaining work + aging + deadline awareness)
-   and ``programs`` programs queued behind a full window, their remaining work and deadlines varied.
-   A decision is one request leaving the queue and the next joining it, so the queue stays at
-   ``programs``: ``release`` (pop the best gang, the budget check, grant it) plus ``acquire`` (the
-   policy key, the heap push), timed each with ``perf_counter_ns``; p50 and p99 in microseconds, and
-   each half's median.
-3. **Memory per waiting program**: ``programs`` programs submitted to a runtime whose window is held
-   full, each stopped in its first ``generate`` waiting for the scheduler. Bytes per program, by
-   ``tracemalloc`` (every Python allocation made from before the submissions to after: the record,
-   account, handle, future, task, coroutine frames, context, queue entry, the scheduler's heap and
-   the runtime's tables, the ``created`` event) and, as a cross-check, by resident set size (a
-   second pass without ``tracemalloc``; coarser: allocator arenas, pages).
-
-The JSON::
-
-    {"client_overhead_ratio", "client_overhead_ratio_streaming", "scheduler_decision_p50_us",
-     "scheduler_decision_p99_us", "programs", "bytes_per_waiting_program", "goals", "meets_goals",
-     "client": {per mode: CPU/wall per request, every repeat}, "scheduler": {...}, "memory": {...},
-     "settings": {...}, "versions", "commit", "machine", "elapsed_s"}
-
-Goals: ratio <= 1.15, decision p50 <= 50 microseconds at 10,000 programs.
+The client's CPU per request through the runtime against a plain ``openai.AsyncOpenAI`` loop, the
+scheduler's decision time with many programs queued, and the memory per waiting program; what is
+measured, how, and the JSON are in ``docs/overhead-benchmark.md``.
 """
 
 from __future__ import annotations
@@ -109,7 +68,7 @@ def _replay_server(
     traces: Path, flush_interval_s: float
 ) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
     """``dynasor-client serve-replay`` in a child process: yields (base URL, model, process)."""
-    from ..replay._bench import child_server, free_port
+    from ._replay import child_server, free_port
 
     port = free_port()
     argv = [
@@ -251,8 +210,8 @@ async def _client_runs(
 
 def _synthetic_traces(path: Path, questions: int, tokens: int, seed: int) -> list[str]:
     """Word-salad questions whose samples all outlast ``tokens``; returns their prompts."""
-    from ..replay._bench import synthetic_questions
     from ..traces import question_to_json
+    from ._replay import synthetic_questions
 
     chosen = synthetic_questions(count=questions, samples=4, tokens=tokens, seed=seed)
     path.write_text("".join(json.dumps(question_to_json(q)) + "\n" for q in chosen), encoding="utf-8")
@@ -271,7 +230,7 @@ def measure_client_overhead(
     seed: int = 0,
     modes: tuple[str, ...] = MODES,
 ) -> dict[str, Any]:
-    """Figure 1 (module docs): CPU microseconds per request of each mode, and the ratios.
+    """Figure 1 (``docs/overhead-benchmark.md``): CPU microseconds per request of each mode, and the ratios.
 
     ``requests`` per timed non-streaming run, ``stream_requests`` per streaming run (a streamed
     response is one chunk per token, ``flush_interval_s=0``, so it costs the client far more).
@@ -282,7 +241,7 @@ def measure_client_overhead(
     unknown = set(modes) - set(MODES)
     if unknown:
         raise ValueError(f"unknown modes {sorted(unknown)}; choose from {MODES}")
-    from ..replay._bench import pinned_apart
+    from ._replay import pinned_apart
 
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     with tempfile.TemporaryDirectory(prefix="dynasor-bench-overhead-") as tmp:
@@ -422,7 +381,8 @@ async def _scheduler_decisions(programs: int, decisions: int, window: int, seed:
 def measure_scheduler(
     programs: int = 10_000, *, decisions: int = 20_000, window: int = 64, seed: int = 0
 ) -> dict[str, Any]:
-    """Figure 2 (module docs): the time of one scheduling decision with ``programs`` queued."""
+    """Figure 2 (``docs/overhead-benchmark.md``): the time of one scheduling decision with
+    ``programs`` queued."""
     if programs < 1 or decisions < 1 or window < 1:
         raise ValueError("programs, decisions and window must be >= 1")
     return asyncio.run(_scheduler_decisions(programs, decisions, window, seed))
@@ -499,7 +459,7 @@ async def _waiting_memory(programs: int, traced: bool) -> dict[str, Any]:
 
 
 def measure_waiting_memory(programs: int = 10_000) -> dict[str, Any]:
-    """Figure 3 (module docs): bytes per program waiting for the scheduler."""
+    """Figure 3 (``docs/overhead-benchmark.md``): bytes per program waiting for the scheduler."""
     if programs < 1:
         raise ValueError("programs must be >= 1")
     traced = asyncio.run(_waiting_memory(programs, traced=True))
@@ -530,8 +490,8 @@ def run_overhead_benchmark(
     seed: int = 0,
     quick: bool = False,
 ) -> dict[str, Any]:
-    """The three figures of the module docs, with provenance. ``quick``: a smoke run (few requests,
-    one repeat, fewer decisions), for tests: its figures are noisy."""
+    """The three figures of ``docs/overhead-benchmark.md``, with provenance. ``quick``: a smoke run
+    (few requests, one repeat, fewer decisions), for tests: its figures are noisy."""
     started = time.perf_counter()
     if quick:
         requests, stream_requests = min(requests, 64), min(stream_requests, 16)

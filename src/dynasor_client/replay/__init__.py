@@ -29,13 +29,13 @@ from ._timing_fit import TimingSample, fit_profile, load_timing_samples
 from ._virtual import InProcessReplay, VirtualTimeDeadlock, VirtualTimeLoop, run_virtual
 
 if TYPE_CHECKING:
-    from ._bench import bench_replay
+    from ..benchmarks._replay import bench_replay
     from ._server import ReplayServer, serve_replay
 
 _LAZY = {
     "ReplayServer": "._server",
     "serve_replay": "._server",
-    "bench_replay": "._bench",
+    "bench_replay": "..benchmarks._replay",
 }
 
 

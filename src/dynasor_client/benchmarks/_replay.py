@@ -12,7 +12,8 @@ measurements per ``K``:
   batch and KV cache enlarged to hold all ``K`` streams): ``keep_up``, the modelled seconds that
   passed per wall second (1.0: every modelled latency is replayed in real time), the tokens per
   second delivered and the modelled GPU's own rate, and the flush interval the server settled on
-  (it widens its streams' flush interval while it lags, see :mod:`._server`).
+  (it widens its streams' flush interval while it lags, see
+  :class:`~dynasor_client.replay.ReplayServer`).
 
 ``max_streams_real_time`` is the largest ``K`` kept in real time (``keep_up >= 0.95`` with every
 stream open). Questions are synthetic (32 questions x 4 samples of about 8,000 tokens, so that
@@ -38,8 +39,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..replay import GPUProfile, get_profile
 from ..traces import TraceQuestion, TraceSample, load_traces, question_to_json
-from ._profiles import GPUProfile, get_profile
 
 __all__ = ["bench_replay", "bench_summary"]
 
@@ -357,7 +358,7 @@ def bench_replay(
                 wide.save(profile_path)
                 port = free_port()
                 code = (
-                    "import sys; from dynasor_client.replay._server import serve_replay; "
+                    "import sys; from dynasor_client.replay import serve_replay; "
                     f"serve_replay({str(traces_path)!r}, port={port}, profile={str(profile_path)!r}, "
                     f"time_scale={scale!r}, flush_interval_s={flush_interval_s!r})"
                 )
