@@ -26,15 +26,14 @@ from dynasor_client.certainty import (
     rule_from_dict,
 )
 from dynasor_client.certainty._allocation import (
-    NO_LIMIT,
     CurveFitAllocation,
     DynamicCurveFit,
-    HopelessCut,
     MultiStepThreshold,
     RemainingCurve,
     StaticThreshold,
     remaining,
 )
+from dynasor_client.certainty._rules import NO_LIMIT
 from dynasor_client.certainty.calibration import checkpoint_mask, checkpoints
 
 UNANIMOUS = [0] * 30
@@ -86,7 +85,7 @@ def test_multi_step_threshold() -> None:
 
 
 def test_hopeless_cut_checks_only_its_steps() -> None:
-    cut = HopelessCut({4: 0.3, 8: 0.5})
+    cut = Hopeless(below={4: 0.3, 8: 0.5})
     assert _stop_count(cut, DISTINCT) == 4
     assert _stop_count(cut, UNANIMOUS) == 30
     combined = MultiStepThreshold({2: 1.0}, cap=30) | cut
@@ -139,7 +138,7 @@ SKIPPING_RULES: list[StopRule] = [
     StaticThreshold(5, 0.7, 12),
     MultiStepThreshold({3: 1.0, 6: 0.75, 9: 0.5}, cap=12),
     Threshold(EntropyCertainty(), 0.8, every=2, min_obs=2) & Threshold(BayesianAgreement(), 0.9, every=3),
-    MultiStepThreshold({4: 0.9}, cap=12) | HopelessCut({6: 0.3}) | Hopeless(8, 0.2) | TokenBudget(900),
+    MultiStepThreshold({4: 0.9}, cap=12) | Hopeless(below={6: 0.3}) | Hopeless(8, 0.2) | TokenBudget(900),
 ]
 
 
@@ -173,10 +172,10 @@ def test_may_fire_rules_out_checks_a_split_vote_cannot_pass() -> None:
     [
         StaticThreshold(5, 0.7, 30),
         MultiStepThreshold({3: 1.0, 6: 0.75, 12: 0.5}, cap=30),
-        HopelessCut({8: 0.2, 16: 0.4}),
+        Hopeless(below={8: 0.2, 16: 0.4}),
         CurveFitAllocation(4, RemainingCurve(12.5, 1.7), cap=30, scale=1.5),
         DynamicCurveFit(3, RemainingCurve(8.0, 0.9), cap=30, scale=0.75),
-        AnyOf([MultiStepThreshold({4: 0.9}, cap=30), HopelessCut({10: 0.1}), Cap(30)]),
+        AnyOf([MultiStepThreshold({4: 0.9}, cap=30), Hopeless(below={10: 0.1}), Cap(30)]),
     ],
 )
 def test_json_round_trip_keeps_decisions(rule: object) -> None:
@@ -199,3 +198,31 @@ def test_remaining_curve_shape_and_validation() -> None:
         RemainingCurve(-1.0, 1.0)
     with pytest.raises(ValueError):
         RemainingCurve(1.0, 1.0, form="cubic")
+
+
+def test_one_hopeless_rule_in_both_forms_and_in_the_budget() -> None:
+    from dynasor_client.budget import BudgetManager
+
+    split = Observations.single([0, 1, 2, 3, 4, 5, 6, 7])
+    every = Hopeless(after=6, below=0.3)
+    steps = Hopeless(below={4: 0.3, 8: 0.5})
+    assert every.batch(split)[0].tolist() == [False] * 5 + [True] * 3
+    assert steps.batch(split)[0].tolist() == [False] * 3 + [True] + [False] * 3 + [True]
+    for rule in (every, steps):
+        again = rule_from_dict(rule.to_dict())
+        assert again.batch(split).tolist() == rule.batch(split).tolist()
+    legacy = {
+        "kind": "hopeless_cut",
+        "below": [[4, 0.3], [8, 0.5]],
+        "signal": {"name": "entropy", "params": {}},
+    }
+    assert rule_from_dict(legacy).batch(split).tolist() == steps.batch(split).tolist()  # files written before
+    with pytest.raises(ValueError, match="not both"):
+        Hopeless(after=3, below={4: 0.3})
+    assert not every.cuts(6, float("nan")) and every.cuts(6, 0.1) and not every.cuts(5, 0.1)
+    manager = BudgetManager(hopeless=steps)
+    account = manager.open()
+    account.steps, account.certainty = 4, 0.2
+    assert manager.hopeless(account)
+    account.steps = 5
+    assert not manager.hopeless(account)  # the step form checks only its steps, in the budget too

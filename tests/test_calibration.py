@@ -29,7 +29,6 @@ from dynasor_client.certainty import (
 from dynasor_client.certainty._allocation import (
     CurveFitAllocation,
     DynamicCurveFit,
-    HopelessCut,
     MultiStepThreshold,
     RemainingCurve,
     StaticThreshold,
@@ -245,7 +244,7 @@ def _consulted(rule: StopRule, obs: Observations, b: int, stop_count: int, cps: 
         (Cap(10), True),
         (StaticThreshold(4, 0.6, 10), True),
         (MultiStepThreshold({2: 1.0, 4: 0.7, 6: 0.5}, cap=10), True),
-        (MultiStepThreshold({3: 0.9}, cap=10) | HopelessCut({5: 0.3}), True),
+        (MultiStepThreshold({3: 0.9}, cap=10) | Hopeless(below={5: 0.3}), True),
         (Threshold(EntropyCertainty(), 0.8, every=2, min_obs=2) | Cap(10), True),
         (Threshold(BayesianAgreement(), 0.9, min_obs=2) | Cap(10), True),
         (Hopeless(after=6, below=0.3) | Threshold(EntropyCertainty(), 1.0, at=[3]), True),

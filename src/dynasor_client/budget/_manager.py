@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..certainty import Hopeless
 from ..endpoints import Usage
 from ..program import StopReason, TokenKind
 
@@ -36,7 +37,8 @@ class BudgetManager:
             program stops when its certaindex reaches ``1 - pressure`` (the surest stop first), and
             hopeless programs are cut.
         confident_at: a program at least this sure gets no extension of its allowance.
-        hopeless_after, hopeless_below: after this many steps, a certaindex below this is hopeless.
+        hopeless: the rule that says a program is hopeless, from its steps (reports) and its
+            latest certaindex (default ``Hopeless(after=4, below=0.3)``); cut under pressure.
         extension: tokens granted per extension from the freed pool (default: half an allowance).
         reallocate: give allowance left by finished programs to uncertain ones.
     """
@@ -49,8 +51,7 @@ class BudgetManager:
         count: Iterable[str] = ALL_KINDS,
         low_water: float = 0.2,
         confident_at: float = 0.8,
-        hopeless_after: int = 4,
-        hopeless_below: float = 0.3,
+        hopeless: Hopeless | None = None,
         extension: int | None = None,
         reallocate: bool = True,
     ) -> None:
@@ -65,7 +66,7 @@ class BudgetManager:
             raise ValueError(f"unknown token kinds {sorted(unknown)}: choose from {sorted(ALL_KINDS)}")
         self.total, self.per_program = total, per_program
         self.low_water, self.confident_at = low_water, confident_at
-        self.hopeless_after, self.hopeless_below = hopeless_after, hopeless_below
+        self.hopeless_rule = hopeless or Hopeless(after=4, below=0.3)
         self.extension, self.reallocate = extension, reallocate
         self.spent = 0
         self.freed = 0  # allowance returned by programs that finished under it
@@ -113,7 +114,7 @@ class BudgetManager:
         return min(1.0, max(0.0, 1.0 - left))
 
     def hopeless(self, account: Account) -> bool:
-        return account.steps >= self.hopeless_after and account.certainty < self.hopeless_below
+        return self.hopeless_rule.cuts(account.steps, account.certainty)
 
     def tokens_left(self, account: Account) -> int | None:
         left = [x for x in (self.remaining(), _own_left(account)) if x is not None]

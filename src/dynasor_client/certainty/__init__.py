@@ -12,7 +12,6 @@
 from ._allocation import (
     CurveFitAllocation,
     DynamicCurveFit,
-    HopelessCut,
     MultiStepThreshold,
     RemainingCurve,
     StaticThreshold,
@@ -97,7 +96,6 @@ __all__ = [
     "ExactEquivalence",
     "Extractor",
     "Hopeless",
-    "HopelessCut",
     "MathEquivalence",
     "MeanLogprobCertainty",
     "MultiStepThreshold",

@@ -2,8 +2,8 @@
 
 - :class:`StaticThreshold` — at a detect step, stop if certaindex >= threshold, else run to the cap.
 - :class:`MultiStepThreshold` — a threshold per step: stop at the first step whose threshold is met.
-- :class:`HopelessCut` — the opposite cut: stop a program whose certaindex is still *below* a bound at
-  a step (it is unlikely to settle; spend the budget elsewhere).
+- the opposite cut, a program whose certaindex is still *below* a bound at a step, is the one
+  :class:`~dynasor_client.certainty.Hopeless` rule (``Hopeless(below={step: bound})``).
 - :class:`CurveFitAllocation` — at the detect step, allocate ``scale * f(certaindex)`` more
   observations, ``f`` a :class:`RemainingCurve` fitted on traces (remaining observations needed until
   the majority answer settles, against certaindex at that step); stop when they are in.
@@ -27,11 +27,19 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._observations import BoolArray, FloatArray, IntArray, Observations
-from ._rules import AllOf, AnyOf, Cap, StopRule, Threshold, rule_from_dict, signal_from_dict, signal_to_dict
+from ._rules import (
+    AllOf,
+    AnyOf,
+    Cap,
+    StopRule,
+    Threshold,
+    next_step,
+    rule_from_dict,
+    signal_from_dict,
+    signal_to_dict,
+    steps_dict,
+)
 from ._signal import EntropyCertainty, Signal
-
-#: ``remaining`` of a rule that has no further checkpoint of its own (it never asks for more).
-NO_LIMIT = np.iinfo(np.int64).max
 
 
 def _values(signal: Signal, obs: Observations) -> FloatArray:
@@ -48,25 +56,6 @@ def _last(obs: Observations) -> tuple[IntArray, IntArray]:
 
 def _stopped(fire: BoolArray) -> BoolArray:
     return np.asarray(fire.any(axis=1), dtype=bool) if fire.shape[1] else np.zeros(fire.shape[0], bool)
-
-
-def _next_step(n: IntArray, steps: tuple[int, ...]) -> IntArray:
-    """Distance from counts ``n`` to the next of ``steps`` (``NO_LIMIT`` when none is left)."""
-    arr = np.asarray(steps, dtype=np.int64)
-    pos = np.searchsorted(arr, n, side="right")
-    nxt = np.where(pos < len(arr), arr[np.minimum(pos, len(arr) - 1)] - n, NO_LIMIT)
-    return np.asarray(nxt, dtype=np.int64)
-
-
-def _steps_dict(raw: Mapping[int, float] | Any) -> dict[int, float]:
-    items = raw.items() if isinstance(raw, Mapping) else raw
-    out = {int(k): float(v) for k, v in items}
-    for step, value in out.items():
-        if step < 1:
-            raise ValueError(f"steps are observation counts >= 1, got {step}")
-        if not np.isfinite(value):
-            raise ValueError(f"threshold at step {step} must be finite, got {value}")
-    return dict(sorted(out.items()))
 
 
 def _may_reach(
@@ -140,7 +129,7 @@ class MultiStepThreshold(StopRule):
     kind = "multi_step"
 
     def __init__(self, thresholds: Mapping[int, float], cap: int, signal: Signal | None = None) -> None:
-        self.thresholds = _steps_dict(thresholds)
+        self.thresholds = steps_dict(thresholds)
         if any(s > cap for s in self.thresholds):
             raise ValueError("steps must not exceed the cap")
         self.cap = int(cap)
@@ -174,7 +163,7 @@ class MultiStepThreshold(StopRule):
 
     def remaining(self, obs: Observations) -> IntArray:
         _, n = _last(obs)
-        want = np.minimum(_next_step(n, self.steps), np.maximum(self.cap - n, 0))
+        want = np.minimum(next_step(n, self.steps), np.maximum(self.cap - n, 0))
         return np.asarray(np.where(_stopped(self.batch(obs)), 0, want), dtype=np.int64)
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,64 +176,7 @@ class MultiStepThreshold(StopRule):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StopRule:
-        return cls(_steps_dict(data["thresholds"]), data["cap"], signal_from_dict(data["signal"]))
-
-
-class HopelessCut(StopRule):
-    """Stop a program whose signal is still *below* ``below[step]`` at a step: it is unlikely to settle.
-
-    ``HopelessCut({10: 0.2})`` gives up at 10 observations if H~ < 0.2. NaN values never cut.
-    Unlike :class:`~dynasor_client.certainty.Hopeless` (checked after every observation from
-    ``after`` on) it is checked only at its steps, so it adds no rounds of its own in between.
-    """
-
-    kind = "hopeless_cut"
-    reason = "hopeless"
-
-    def __init__(self, below: Mapping[int, float], signal: Signal | None = None) -> None:
-        self.below = _steps_dict(below)
-        if not self.below:
-            raise ValueError("a hopeless cut needs at least one step")
-        self.signal = signal or EntropyCertainty()
-
-    @property
-    def steps(self) -> tuple[int, ...]:
-        return tuple(self.below)
-
-    def batch(self, obs: Observations) -> BoolArray:
-        return self.fire_from(_values(self.signal, obs), obs.counts, obs.valid)
-
-    def fire_from(self, values: FloatArray, counts: IntArray, valid: BoolArray) -> BoolArray:
-        """``batch`` from precomputed signal values."""
-        v = np.nan_to_num(values, nan=np.inf)
-        bound = np.full(counts.shape, -np.inf)
-        for step, value in self.below.items():
-            bound[counts == step] = value
-        return (v < bound) & valid
-
-    def may_fire(self, obs: Observations, count: int) -> BoolArray:
-        return np.full(obs.shape[0], count in self.below)
-
-    def check_mask(self, obs: Observations) -> BoolArray:
-        return np.isin(obs.counts, np.asarray(self.steps, dtype=np.int64)) & obs.valid
-
-    def checkpoints(self, cap: int) -> tuple[int, ...]:
-        return self.steps
-
-    def remaining(self, obs: Observations) -> IntArray:
-        _, n = _last(obs)
-        return np.asarray(np.where(_stopped(self.batch(obs)), 0, _next_step(n, self.steps)), dtype=np.int64)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "below": [[s, t] for s, t in self.below.items()],
-            "signal": signal_to_dict(self.signal),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StopRule:
-        return cls(_steps_dict(data["below"]), signal_from_dict(data["signal"]))
+        return cls(steps_dict(data["thresholds"]), data["cap"], signal_from_dict(data["signal"]))
 
 
 @dataclass(frozen=True)
@@ -420,7 +352,7 @@ def remaining(rule: StopRule, obs: Observations) -> IntArray:
     elif isinstance(rule, Threshold):
         nxt = np.maximum(n + 1, rule.min_obs)
         if rule.at is not None:
-            want = _next_step(n, rule.at)
+            want = next_step(n, rule.at)
         elif rule.every is not None:
             want = ((nxt + rule.every - 1) // rule.every) * rule.every - n
         else:

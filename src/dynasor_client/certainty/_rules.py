@@ -11,12 +11,12 @@ JSON (``to_dict`` / :func:`rule_from_dict`) so a calibrated rule can be saved, s
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from ._observations import BoolArray, IntArray, Observations
+from ._observations import BoolArray, FloatArray, IntArray, Observations
 from ._signal import EntropyCertainty, Signal
 
 RuleReason = Literal["confident", "cap", "hopeless", "budget"]
@@ -24,6 +24,30 @@ RuleReason = Literal["confident", "cap", "hopeless", "budget"]
 
 _RULES: dict[str, type[StopRule]] = {}
 _SIGNALS: dict[str, Callable[..., Signal]] = {"entropy": EntropyCertainty}
+
+
+#: ``remaining`` of a rule that has no further checkpoint of its own (it never asks for more).
+NO_LIMIT = np.iinfo(np.int64).max
+
+
+def next_step(n: IntArray, steps: tuple[int, ...]) -> IntArray:
+    """Distance from counts ``n`` to the next of ``steps`` (``NO_LIMIT`` when none is left)."""
+    arr = np.asarray(steps, dtype=np.int64)
+    pos = np.searchsorted(arr, n, side="right")
+    nxt = np.where(pos < len(arr), arr[np.minimum(pos, len(arr) - 1)] - n, NO_LIMIT)
+    return np.asarray(nxt, dtype=np.int64)
+
+
+def steps_dict(raw: Mapping[int, float] | Any) -> dict[int, float]:
+    """``{count: threshold}`` from a mapping or pairs, checked and sorted."""
+    items = raw.items() if isinstance(raw, Mapping) else raw
+    out = {int(k): float(v) for k, v in items}
+    for step, value in out.items():
+        if step < 1:
+            raise ValueError(f"steps are observation counts >= 1, got {step}")
+        if not np.isfinite(value):
+            raise ValueError(f"threshold at step {step} must be finite, got {value}")
+    return dict(sorted(out.items()))
 
 
 def register_signal(name: str, factory: Callable[..., Signal]) -> None:
@@ -218,35 +242,89 @@ class Threshold(StopRule):
 
 
 class Hopeless(StopRule):
-    """Cut a program whose certaindex is still below ``below`` after ``after`` observations."""
+    """Cut a program whose certaindex is still below a bound: it is unlikely to settle.
+
+    ``Hopeless(after=16, below=0.2)`` checks from 16 observations on, after every one;
+    ``Hopeless(below={10: 0.2, 20: 0.3})`` checks only at those counts (so it adds no rounds of its
+    own in between). A signal that cannot be computed (NaN) never cuts. The one hopeless rule: the
+    runtime's budget manager cuts programs by it too (:meth:`cuts`).
+    """
 
     kind = "hopeless"
     reason = "hopeless"
 
-    def __init__(self, after: int, below: float, signal: Signal | None = None) -> None:
-        if after < 1:
-            raise ValueError("after must be >= 1")
-        self.after, self.below = after, float(below)
+    def __init__(
+        self, after: int | None = None, below: float | Mapping[int, float] = 0.3, signal: Signal | None = None
+    ) -> None:
         self.signal = signal or EntropyCertainty()
+        self.after: int | None
+        self.steps_below: dict[int, float] | None
+        if isinstance(below, Mapping):
+            if after is not None:
+                raise ValueError("give after= with one bound, or a bound per step, not both")
+            self.after, self.below, self.steps_below = None, None, steps_dict(below)
+            if not self.steps_below:
+                raise ValueError("a hopeless rule needs at least one step")
+        else:
+            if after is None or after < 1:
+                raise ValueError(f"after must be >= 1, got {after}")
+            self.after, self.below, self.steps_below = after, float(below), None
+
+    def bounds(self, counts: IntArray) -> FloatArray:
+        """The bound at each observation count (-inf where the rule is not checked)."""
+        if self.steps_below is None:
+            assert self.after is not None and self.below is not None
+            return np.where(counts >= self.after, self.below, -np.inf)
+        bound = np.full(counts.shape, -np.inf)
+        for step, value in self.steps_below.items():
+            bound[counts == step] = value
+        return bound
+
+    def cuts(self, count: int, value: float) -> bool:
+        """Whether a program at ``count`` observations with certaindex ``value`` is hopeless."""
+        return bool(not np.isnan(value) and value < self.bounds(np.array([count]))[0])
 
     def batch(self, obs: Observations) -> BoolArray:
-        values = np.nan_to_num(self.signal.batch(obs), nan=0.0)
-        return (obs.counts >= self.after) & (values < self.below) & obs.valid
+        return self.fire_from(np.asarray(self.signal.batch(obs), dtype=np.float64), obs.counts, obs.valid)
+
+    def fire_from(self, values: FloatArray, counts: IntArray, valid: BoolArray) -> BoolArray:
+        """``batch`` from precomputed signal values."""
+        return (np.nan_to_num(values, nan=np.inf) < self.bounds(counts)) & valid
 
     def may_fire(self, obs: Observations, count: int) -> BoolArray:
-        return np.full(obs.shape[0], count >= self.after)
+        return np.full(obs.shape[0], bool(self.bounds(np.array([count]))[0] > -np.inf))
+
+    def check_mask(self, obs: Observations) -> BoolArray:
+        """Where a program consults it."""
+        return (self.bounds(obs.counts) > -np.inf) & obs.valid
+
+    def checkpoints(self, cap: int) -> tuple[int, ...]:
+        if self.steps_below is None:
+            assert self.after is not None
+            return tuple(range(self.after, cap + 1))
+        return tuple(self.steps_below)
+
+    def remaining(self, obs: Observations) -> IntArray:
+        """How many more observations before it next decides (0 once it cut the row)."""
+        counts = obs.counts
+        n = counts[:, -1] if counts.shape[1] else np.zeros(counts.shape[0], dtype=np.int64)
+        want = np.ones_like(n) if self.steps_below is None else next_step(n, tuple(self.steps_below))
+        cut = self.batch(obs).any(axis=1) if counts.shape[1] else np.zeros(counts.shape[0], dtype=bool)
+        return np.asarray(np.where(cut, 0, want), dtype=np.int64)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "after": self.after,
-            "below": self.below,
-            "signal": signal_to_dict(self.signal),
-        }
+        bound: Any = self.below if self.steps_below is None else [[s, t] for s, t in self.steps_below.items()]
+        data = {"kind": self.kind, "below": bound, "signal": signal_to_dict(self.signal)}
+        return data if self.after is None else {**data, "after": self.after}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StopRule:
-        return cls(data["after"], data["below"], signal_from_dict(data["signal"]))
+        below = data["below"]
+        bound = float(below) if isinstance(below, int | float) else steps_dict(below)
+        return cls(data.get("after"), bound, signal_from_dict(data["signal"]))
+
+
+_RULES["hopeless_cut"] = Hopeless  # the per-step form's name in calibration files written before
 
 
 class Cap(StopRule):
@@ -333,6 +411,9 @@ def token_budget(tokens: int) -> StopRule:
     return TokenBudget(tokens)
 
 
-def hopeless(after: int, below: float, signal: Signal | None = None) -> StopRule:
-    """Cut programs whose certaindex (default: entropy) is below ``below`` after ``after`` observations."""
+def hopeless(
+    after: int | None = None, below: float | Mapping[int, float] = 0.3, signal: Signal | None = None
+) -> StopRule:
+    """Cut programs whose certaindex (default: entropy) is below ``below`` from ``after``
+    observations on, or below ``below[k]`` at each listed count ``k`` (:class:`Hopeless`)."""
     return Hopeless(after, below, signal)

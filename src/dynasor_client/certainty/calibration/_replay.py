@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from .._observations import NONE, BoolArray, FloatArray, IntArray, Observations
-from .._rules import AllOf, AnyOf, Cap, Hopeless, StopRule, Threshold, TokenBudget, first_stop
+from .._rules import AllOf, AnyOf, Cap, StopRule, Threshold, TokenBudget, first_stop
 from ._traces import ClusterFn, EquivalentFn, TraceQuestion, default_cluster, equivalence_from_cluster
 
 
@@ -439,8 +439,6 @@ def _leaf_mask(rule: StopRule, obs: Observations) -> BoolArray:
         if rule.every is not None:
             mask &= counts % rule.every == 0
         return mask & obs.valid
-    if isinstance(rule, Hopeless):
-        return (counts >= rule.after) & obs.valid
     if isinstance(rule, Cap):
         return np.asarray((counts == rule.n) & obs.valid, dtype=bool)
     if isinstance(rule, TokenBudget):
@@ -453,7 +451,7 @@ def checkpoint_mask(rule: StopRule, obs: Observations) -> BoolArray:
 
     Walks the rule tree: ``AnyOf`` takes the union of its parts' checkpoints, ``AllOf`` the
     intersection (it can only fire where all parts can); ``Threshold`` its ``at``/``every``/``min_obs``
-    counts; ``Hopeless`` every count from ``after`` on; ``Cap`` its count; a rule with a
+    counts; ``Cap`` its count; a rule with a
     ``check_mask(obs)`` method (the allocation policies, whose checkpoints differ per row) its own;
     anything else every observation.
     """

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._allocation import HopelessCut, MultiStepThreshold, StaticThreshold
+from .._allocation import MultiStepThreshold, StaticThreshold
 from .._observations import BoolArray, FloatArray, IntArray
-from .._rules import AllOf, AnyOf, Cap, StopRule
+from .._rules import AllOf, AnyOf, Cap, Hopeless, StopRule
 from .._signal import Signal
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ class StepRuleFitted:
         if self.lower_table is not None and self.params.lower is not None and self._lower_live().any():
             grids = self.lower_table.grids
             below = {steps[j]: float(grids[j][int(lv)]) for j, lv in enumerate(self.params.lower) if lv > 0}
-            parts.append(HopelessCut(below, self.lower_table.signal))
+            parts.append(Hopeless(below=below, signal=self.lower_table.signal))
         return parts[0] if len(parts) == 1 else AnyOf(parts)
 
 
