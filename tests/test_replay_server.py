@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -62,6 +62,18 @@ def long_questions() -> list[TraceQuestion]:
 async def _metrics(server: ReplayServer) -> dict[str, float]:
     async with httpx.AsyncClient() as client:
         return dict((await client.get(server.root_url + "/metrics?format=json")).json())
+
+
+async def _metrics_when(
+    server: ReplayServer, check: Callable[[dict[str, float]], bool], what: str, within: float = 10.0
+) -> dict[str, float]:
+    """``/metrics`` once ``check`` holds on them (re-read every 10 ms); fails naming ``what``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not check(figures := await _metrics(server)):
+        assert loop.time() < deadline, f"{what}: not within {within} s; /metrics: {figures}"
+        await asyncio.sleep(0.01)
+    return figures
 
 
 # ---------------------------------------------------------------------------- the official SDK
@@ -318,8 +330,8 @@ async def test_disconnect_aborts_and_frees_capacity() -> None:
     ):
         body = {"prompt": q.question, "stream": True, "user": "abort"}
         await _first_event(client, body)
-        await asyncio.sleep(0.1)
-        after = await _metrics(server)
+        # The server counts a disconnect and aborts the request in the same step.
+        after = await _metrics_when(server, lambda m: m["client_disconnects_total"] == 1, "the disconnect")
         assert after["running"] == 0 and after["aborted"] == 1
         assert after["client_disconnects_total"] == 1 and after["kv_used_tokens"] == 0
 
@@ -328,13 +340,17 @@ async def test_disconnect_aborts_and_frees_capacity() -> None:
             await client.send(client.build_request("POST", "/v1/completions", json=body), stream=True)
             for _ in range(8)
         ]
-        await asyncio.sleep(0.2)
-        full = await _metrics(server)
+        full = await _metrics_when(
+            server,
+            lambda m: m["submitted"] == 1 + len(streams) and m["running"] >= 1,
+            "the requests reaching the timing model",
+        )
         assert full["running"] >= 1 and full["waiting"] >= 1
         for response in streams:  # running and queued requests alike are removed at once
             await response.aclose()
-        await asyncio.sleep(0.2)
-        freed = await _metrics(server)
+        freed = await _metrics_when(
+            server, lambda m: m["client_disconnects_total"] == 1 + len(streams), "the disconnects"
+        )
         assert freed["running"] == 0 and freed["waiting"] == 0 and freed["kv_used_tokens"] == 0
         assert freed["aborted"] == 1 + len(streams)
         assert freed["client_disconnects_total"] == 1 + len(streams)
@@ -351,13 +367,11 @@ async def test_non_streaming_disconnect_aborts() -> None:
         httpx.AsyncClient(base_url=server.root_url, timeout=30) as client,
     ):
         task = asyncio.create_task(client.post("/v1/completions", json={"prompt": q.question}))
-        await asyncio.sleep(0.3)
-        assert (await _metrics(server))["running"] == 1
+        await _metrics_when(server, lambda m: m["running"] == 1, "the request running")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.1)
-        m = await _metrics(server)
+        m = await _metrics_when(server, lambda m: m["client_disconnects_total"] == 1, "the disconnect")
         assert m["running"] == 0 and m["aborted"] == 1
 
 
