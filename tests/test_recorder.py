@@ -17,13 +17,13 @@ import pytest
 
 from dynasor_client import Endpoint, LocalLlamaServer
 from dynasor_client.cli import main
-from dynasor_client.traces import load_traces
-from dynasor_client.traces._recorder import (
+from dynasor_client.traces import (
     DatasetError,
     DatasetItem,
     RecordError,
     RecordOptions,
     load_dataset,
+    load_traces,
     question_seed,
     record,
 )

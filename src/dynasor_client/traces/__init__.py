@@ -4,6 +4,7 @@ See :mod:`._format` for the format. ``dynasor-client record`` writes it; the rep
 calibration and the benchmarks replay it.
 """
 
+from ._datasets import DatasetError, DatasetItem, load_dataset
 from ._format import (
     TEST_FRACTION,
     Split,
@@ -17,17 +18,8 @@ from ._format import (
     select_split,
     split_of,
 )
-from ._recorder import (
-    DEFAULT_SYSTEM_PROMPT,
-    DatasetError,
-    DatasetItem,
-    RecordError,
-    RecordOptions,
-    RecordSummary,
-    load_dataset,
-    question_seed,
-    record,
-)
+from ._recorder import DEFAULT_SYSTEM_PROMPT, RecordError, RecordOptions, RecordSummary, record
+from ._sampling import question_seed
 
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
