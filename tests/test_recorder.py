@@ -160,8 +160,10 @@ async def test_resumes_after_interruption_and_crash(local_endpoint: Endpoint, tm
     out = tmp_path / "resumed.jsonl"
     options = RecordOptions(samples=2, max_tokens=16, concurrency=1, progress=False)
     task = asyncio.create_task(record(local_endpoint, items, out, options))
+    deadline = asyncio.get_running_loop().time() + 60
     while not (out.exists() and out.read_bytes().count(b"\n") >= 1):
         assert not task.done(), "the recording ended before it was interrupted"
+        assert asyncio.get_running_loop().time() < deadline, "no question recorded within 60 s"
         await asyncio.sleep(0.02)
     task.cancel()  # what Ctrl-C does to the CLI
     with pytest.raises(asyncio.CancelledError):
