@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from dynasor_client import DynasorError
 from dynasor_client._probe import PROBE_CLOSE, PROBE_SUFFIX, probe_answer
 from dynasor_client.replay._engine import NoMatch, RecordingEnds, ReplayEngine
 from dynasor_client.replay._matching import QuestionIndex
@@ -128,8 +129,9 @@ def test_question_matching_rule() -> None:
 
 
 def test_unknown_prompt_is_a_clear_error(engine: ReplayEngine) -> None:
-    with pytest.raises(NoMatch, match="no recorded question"):
+    with pytest.raises(NoMatch, match="no recorded question") as info:
         engine.plan("Tell me a joke.")
+    assert isinstance(info.value, DynasorError) and isinstance(info.value, ValueError)
 
 
 def test_diverging_text_is_refused(engine: ReplayEngine) -> None:
@@ -229,8 +231,9 @@ def test_a_cut_recording_cannot_be_continued_past_its_end(engine: ReplayEngine) 
     q = engine.questions[2]
     choice = engine.plan(q.question, program="c").choices[0]
     assert choice.finish_reason == "length" and choice.num_tokens == 12
-    with pytest.raises(RecordingEnds, match="maximum context length"):
+    with pytest.raises(RecordingEnds, match="maximum context length") as info:
         engine.plan(q.question + choice.text, program="c")
+    assert isinstance(info.value, DynasorError) and isinstance(info.value, ValueError)
 
 
 def test_stop_strings_cut_before_the_string(engine: ReplayEngine) -> None:

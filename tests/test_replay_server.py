@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from dynasor_client import Endpoint
 from dynasor_client._log import program_scope
@@ -149,6 +152,59 @@ async def test_errors_are_openai_shaped(tiny: ReplayServer) -> None:
         assert health.json() == {"status": "ok"}
 
 
+_Q = "What is 2 + 2?"  # a question of tiny_questions()
+_C, _CHAT = "/v1/completions", "/v1/chat/completions"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "message"),
+    [
+        (_C, b"[1, 2]", None, "the request body must be a JSON object"),
+        (_C, {"prompt": _Q, "n": True}, "n", "'n' must be an integer from 1 to 1024, got True"),
+        (_C, {"prompt": _Q, "max_tokens": 0}, "max_tokens", "must be a positive integer, got 0"),
+        (_C, {"prompt": _Q, "stop": [1]}, "stop", "'stop' must be a string or a list of strings"),
+        (_C, {"prompt": _Q, "logprobs": 21}, "logprobs", "'logprobs' must be an integer from 0 to 20"),
+        (_C, {"prompt": _Q, "suffix": "x"}, "suffix", "'suffix' is not supported"),
+        (_C, {"prompt": ""}, "prompt", "'prompt' is empty"),
+        (_C, {"prompt": [_Q, _Q]}, "prompt", "one prompt per request"),
+        (_C, {"n": 2}, "prompt", "'prompt' must be a string or a list of token ids"),
+        (_CHAT, {"messages": []}, "messages", "'messages' must be a non-empty list"),
+        (_CHAT, {"messages": ["hi"]}, "messages", "each message must be an object"),
+        (_CHAT, {"messages": [{"content": 1}]}, "messages", "message content must be"),
+        (
+            _CHAT,
+            {"messages": [{"content": _Q}], "max_completion_tokens": -1, "max_tokens": 4},
+            "max_completion_tokens",
+            "'max_completion_tokens' must be a positive integer, got -1",
+        ),
+        (_CHAT, {"messages": [{"content": _Q}], "top_logprobs": 30}, "top_logprobs", "got 30"),
+        ("/pooling", b"{not json", None, "the request body is not valid JSON"),
+        ("/pooling", {"input": [1]}, "input", "'input' must be a string or a list of strings"),
+        ("/tokenize", {"messages": []}, None, "give the text to tokenize as 'prompt' (or 'content')"),
+        ("/detokenize", {"tokens": "1 2"}, None, "give 'tokens' as a list of ids"),
+        ("/detokenize", {"tokens": [10**6]}, None, "was never issued by this replay server"),
+    ],
+)
+async def test_malformed_requests_are_refused_naming_the_field(
+    tiny: ReplayServer, path: str, body: bytes | dict[str, object], param: str | None, message: str
+) -> None:
+    async with httpx.AsyncClient(base_url=tiny.root_url) as client:
+        if isinstance(body, bytes):
+            response = await client.post(path, content=body)
+        else:
+            response = await client.post(path, json=body)
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["type"] == "invalid_request_error"
+    assert message in error["message"] and error["param"] == param
+
+
+async def test_max_completion_tokens_replaces_max_tokens(tiny: ReplayServer) -> None:
+    body = {"messages": [{"content": _Q}], "max_completion_tokens": 2, "max_tokens": "ignored"}
+    async with httpx.AsyncClient(base_url=tiny.root_url) as client:
+        response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 2
+
+
 # ---------------------------------------------------------------------------- our client
 
 
@@ -194,6 +250,30 @@ async def test_chat_prefill_chunks_reproduce_recorded_samples(tiny: ReplayServer
     assert sorted(t.text for t in trajectories) == sorted(s.text for s in q.samples)
     counts = {s.text: s.num_tokens for s in q.samples}
     assert all(t.num_tokens == counts[t.text] for t in trajectories)
+
+
+async def test_endpoint_detects_what_the_server_supports(
+    tiny: ReplayServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An Endpoint without capabilities= gets its probes answered and detects REPLAY_CAPABILITIES."""
+    caplog.set_level(logging.DEBUG, logger="dynasor_client")
+    q = tiny.engine.questions[0]
+    async with Endpoint(tiny.base_url) as endpoint:
+        detected = await endpoint.capabilities()
+        with program_scope("after-detection"):  # the traces' draws are untouched by the probes
+            result = await endpoint.complete(q.question, n=len(q.samples))
+    assert detected == tiny.capabilities
+    assert detected.token_exact_continuation and detected.assistant_prefill and detected.completions
+    assert sorted(c.raw_text for c in result.choices) == sorted(s.text for s in q.samples)
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("dynasor_client")]
+    assert not [m for m in messages if "capability probes got no answer" in m]
+    failed = {m.group(1) for text in messages if (m := re.search(r"capability probe '([^']+)' failed", text))}
+    assert failed <= {"props", "apply-template", "tokenize messages"}  # routes the server does not have
+    async with httpx.AsyncClient(base_url=tiny.base_url) as client:  # no other unknown prompt is answered
+        for prompt in ("Hi there", "Hi\nWhat is the capital of France?", "Say Hello world"):
+            refused = await client.post("/completions", json={"prompt": prompt, "max_tokens": 1})
+            assert refused.status_code == 400, prompt
+            assert refused.json()["error"]["code"] == "no_recorded_question"
 
 
 @pytest.mark.parametrize("kind", ["completions", "chat"])
@@ -393,6 +473,17 @@ async def test_metrics_prometheus_text(tiny: ReplayServer) -> None:
     m = await _metrics(tiny)
     assert m["requests_total"] == 3 and m["finished"] == 3 and m["tokens_generated"] > 0
     assert 0 < m["prefix_cache_hit_rate"] <= 1  # samples of one question share its prompt
+    samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples["replay:requests_total"] == 3
+    assert samples["vllm:generation_tokens_total"] == m["tokens_generated"]
+    assert samples["vllm:gpu_prefix_cache_hit_rate"] == m["prefix_cache_hit_rate"]
+    async with (  # a second server in this process counts for itself
+        ReplayServer(tiny_questions(), profile="test", time_scale=0) as other,
+        httpx.AsyncClient(base_url=other.root_url) as client,
+    ):
+        text = (await client.get("/metrics")).text
+    samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples["replay:requests_total"] == 0 and samples["vllm:generation_tokens_total"] == 0
 
 
 def test_traces_path_and_model_name(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Hashable
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from dynasor_client.replay._profiles import PROFILES, GPUProfile, get_profile
 from dynasor_client.replay._timing import BatchingModel, RequestState, SimRequest
@@ -231,8 +232,9 @@ def test_metrics_render_as_prometheus_text() -> None:
     model.submit("r", keys("q", 40), 3, now=0.0)
     run_alone(model)
     text = model.metrics().to_prometheus()
-    assert "vllm:generation_tokens_total 3\n" in text
-    assert "vllm:num_requests_running 0\n" in text
+    samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples["vllm:generation_tokens_total"] == 3
+    assert samples["vllm:num_requests_running"] == 0
     assert "# TYPE vllm:num_requests_aborted_total counter" in text
     assert model.metrics().as_dict()["kv_usage"] == 0.0
 

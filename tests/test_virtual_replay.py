@@ -9,7 +9,7 @@ from collections.abc import Hashable, Sequence
 
 import pytest
 
-from dynasor_client import Endpoint
+from dynasor_client import DynasorError, Endpoint
 from dynasor_client._log import program_scope
 from dynasor_client.replay import (
     InProcessReplay,
@@ -156,6 +156,7 @@ def test_a_deadlock_raises_instead_of_hanging() -> None:
     thread.join(timeout=20)
     assert not thread.is_alive(), "the virtual-time loop hung on a deadlock"
     assert len(outcome) == 1 and isinstance(outcome[0], VirtualTimeDeadlock)
+    assert isinstance(outcome[0], DynasorError) and isinstance(outcome[0], RuntimeError)
     assert "deadlock" in str(outcome[0])
 
 

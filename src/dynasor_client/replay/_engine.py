@@ -1,9 +1,11 @@
+# One job (planning a reply from the recordings), so one file: its rules, in this docstring, make it long.
 """The replay engine: what a request gets back, decided from recorded samples (no HTTP, no clock).
 
 :class:`ReplayEngine` turns a request's text into a :class:`ReplayPlan`: the recorded question it
 asks (:mod:`._matching`), the generated prefix it continues, and for each of its ``n`` choices the
-token pieces (:mod:`._pieces`) to send, with their finish reason and recorded logprobs. The server
-(:mod:`._server`) times the plan on the modelled GPU and streams it.
+token pieces (:mod:`._pieces`) to send, with their finish reason and recorded logprobs
+(:mod:`._plans`). The server (:mod:`._service`) times the plan on the modelled GPU and sends it
+(:mod:`._replies`).
 
 **Programs.** A program is identified by the request's ``user`` field, else its ``X-Program-Id``
 header (which :class:`~dynasor_client.Endpoint` sends inside ``program_scope``). A request without
@@ -74,16 +76,19 @@ import hashlib
 import itertools
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
+from .._exceptions import DynasorError
 from .._probe import PROBE_CLOSE, PROBE_SUFFIX
 from ..traces import TraceQuestion, TraceSample
 from ._matching import NoMatch, QuestionIndex, SampleIndex
 from ._pieces import Pieces, estimate_tokens, split_units
+from ._plans import ReplayChoice, ReplayPlan, RewardScores
+from ._probe_answers import ProbeFallback, extract_partial, extractors
+from ._vocabulary import Vocabulary
 
 __all__ = [
     "NoMatch",
@@ -96,105 +101,11 @@ __all__ = [
     "Vocabulary",
 ]
 
-ProbeFallback = Literal["explicit", "math", "none"]
-
 MAX_PROGRAMS = 100_000
 
 
-class RecordingEnds(ValueError):
+class RecordingEnds(DynasorError, ValueError):
     """A continuation past the end of a sample whose recording was cut at its length limit."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayChoice:
-    """One choice of a plan: the pieces to send and how it ends.
-
-    ``sample`` is the recorded sample (None for a probe that continues none); ``start`` the index of
-    the sample's token that the first piece is (or is the rest of); ``tokens`` the number the timing
-    model must produce (at least 1: a sample already at its end still produces its stop token).
-    """
-
-    sample: int | None
-    start: int
-    pieces: tuple[str, ...]
-    text: str
-    finish_reason: str
-    probe: bool = False
-    stop_reason: str | None = None
-    logprobs: tuple[float, ...] | None = None
-    top_logprobs: tuple[tuple[tuple[str, float], ...], ...] | None = None
-
-    @property
-    def tokens(self) -> int:
-        return max(1, len(self.pieces))
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.pieces)
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayPlan:
-    """What one request gets: the question, its prompt cost and the choices."""
-
-    question: TraceQuestion
-    question_index: int
-    program: str
-    prompt_keys: list[Hashable]
-    choices: tuple[ReplayChoice, ...]
-    prefix_tokens: int
-    probe: bool
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.prompt_keys)
-
-
-@dataclass(frozen=True, slots=True)
-class RewardScores:
-    """Reward-model scores of one input (see :meth:`ReplayEngine.rewards`)."""
-
-    question_id: str
-    sample: int
-    prefix_tokens: int
-    scores: tuple[float, ...]
-    prompt_tokens: int
-    approximation: str | None = None
-
-
-class Vocabulary:
-    """Ids for pieces: assigned on first sight, stable for the server's lifetime."""
-
-    def __init__(self) -> None:
-        self._ids: dict[str, int] = {}
-        self._pieces: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self._pieces)
-
-    def id(self, piece: str) -> int:
-        found = self._ids.get(piece)
-        if found is None:
-            found = self._ids[piece] = len(self._pieces)
-            self._pieces.append(piece)
-        return found
-
-    def ids(self, pieces: Sequence[str]) -> list[int]:
-        return [self.id(p) for p in pieces]
-
-    def tokenize(self, text: str) -> list[int]:
-        """``text`` as ids of its units (see :func:`._pieces.split_units`)."""
-        return self.ids(split_units(text))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        pieces = self._pieces
-        bad = next((i for i in ids if not isinstance(i, int) or not 0 <= i < len(pieces)), None)
-        if bad is not None:
-            raise NoMatch(
-                f"token id {bad!r} was never issued by this replay server: token-id prompts must use ids "
-                "from its /tokenize or from generated token_ids"
-            )
-        return "".join([pieces[i] for i in ids])
 
 
 def _stable_int(*parts: object) -> int:
@@ -213,61 +124,6 @@ class _Program:
     frontier: dict[tuple[int, int], int] = field(default_factory=dict)
     """(question, sample) -> characters of it served so far (where its next chunk starts)."""
     turns: dict[tuple[int, int], int] = field(default_factory=dict)
-
-
-Extractor = Callable[[str], str | None]
-
-
-def _extractors(kind: ProbeFallback) -> list[Extractor]:
-    if kind == "none":
-        return []
-    try:
-        from ..certainty.answers import extract_answer_is, extract_boxed, extract_gsm8k, extract_last_number
-    except ImportError:  # pragma: no cover - the answers package ships with this one
-        return [_last_boxed]
-    chain: list[Extractor] = [extract_boxed, extract_answer_is, extract_gsm8k]
-    return [*chain, extract_last_number] if kind == "math" else chain
-
-
-def _balanced(answer: str) -> bool:
-    """No brace left open or closed too early: a partial text can end inside a box."""
-    depth = 0
-    for ch in answer:
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth < 0:
-                return False
-    return depth == 0
-
-
-def _extract_partial(extractors: Sequence[Extractor], text: str) -> str | None:
-    """The first extractor's answer that is not cut off (``The answer is \\boxed{`` gives none)."""
-    for extract in extractors:
-        answer = extract(text)
-        if answer and _balanced(answer) and "\\boxed" not in answer:
-            return answer
-    return None
-
-
-def _last_boxed(text: str) -> str | None:
-    """The content of the last closed ``\\boxed{...}`` (fallback extractor)."""
-    at = text.rfind("\\boxed{")
-    while at >= 0:
-        depth, i = 0, at + len("\\boxed{")
-        for j in range(i, len(text)):
-            if text[j] == "{":
-                depth += 1
-            elif text[j] == "}":
-                if depth == 0:
-                    content = text[i:j].strip()
-                    if content:
-                        return content
-                    break
-                depth -= 1
-        at = text.rfind("\\boxed{", 0, at)
-    return None
 
 
 class ReplayEngine:
@@ -301,7 +157,7 @@ class ReplayEngine:
         self._anonymous = _Program()
         self._draw_clock = itertools.count()
         self._max_programs = max_programs
-        self._extractors = _extractors(probe_fallback)
+        self._extractors = extractors(probe_fallback)
         # Per-token keys for the timing model's prefix cache: one integer range per question's prompt
         # and per sample, so keys never collide and slices of them are cheap.
         self._question_tokens: list[int] = []
@@ -566,7 +422,7 @@ class ReplayEngine:
                     return answer
         if not self._extractors or offset == 0:
             return None
-        return _extract_partial(self._extractors, self.pieces(question, sample).prefix(offset))
+        return extract_partial(self._extractors, self.pieces(question, sample).prefix(offset))
 
     def _probe_choice(self, qi: int, sample: int | None, offset: int, max_tokens: int | None) -> ReplayChoice:
         answer = self.probe_answer(qi, sample, offset)

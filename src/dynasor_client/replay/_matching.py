@@ -32,6 +32,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .._exceptions import DynasorError
 from ._pieces import Pieces
 
 __all__ = ["NoMatch", "PrefixMatch", "QuestionIndex", "SampleIndex", "normalize_whitespace"]
@@ -43,7 +44,7 @@ _MIN_INDEXED = _GRAM + _STRIDE - 1
 _ANCHOR_CHARS = 32
 
 
-class NoMatch(ValueError):
+class NoMatch(DynasorError, ValueError):
     """The request's text asks no recorded question, or continues none of its samples."""
 
 

@@ -9,10 +9,12 @@ from ..endpoints import Capabilities
 if TYPE_CHECKING:
     from ._engine import ReplayEngine
     from ._profiles import GPUProfile
-    from ._server import ReplayApp, ReplayService
+    from ._server import ReplayApp
+    from ._service import ReplayService
     from ._timing_drivers import RealtimeDriver
 
-#: What the replay server supports, for ``Endpoint(..., capabilities=REPLAY_CAPABILITIES)``.
+#: What the replay server supports: what an Endpoint's probes detect (:mod:`._capability_probes`), or
+#: pass ``Endpoint(..., capabilities=REPLAY_CAPABILITIES)`` to skip them.
 REPLAY_CAPABILITIES = Capabilities(
     max_n=None,
     token_id_prompts=True,

@@ -130,30 +130,13 @@ class Metrics:
         return out
 
     def to_prometheus(self, prefix: str = "vllm:") -> str:
-        """Prometheus text exposition using vLLM's metric names where vLLM has one."""
-        rows = [
-            ("num_requests_running", "gauge", "Requests running on the (modelled) GPU.", self.running),
-            ("num_requests_waiting", "gauge", "Requests waiting to be admitted.", self.waiting),
-            ("generation_tokens_total", "counter", "Tokens generated.", self.tokens_generated),
-            ("prompt_tokens_total", "counter", "Prompt tokens admitted.", self.prompt_tokens),
-            ("prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.",
-             self.cached_prompt_tokens),
-            ("prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.",
-             self.prompt_tokens),
-            ("gpu_prefix_cache_hit_rate", "gauge", "Prefix-cache hit rate in tokens.",
-             self.prefix_cache_hit_rate),
-            ("gpu_cache_usage_perc", "gauge", "Fraction of KV memory in use.", self.kv_usage),
-            ("num_requests_aborted_total", "counter", "Requests aborted (client disconnects).", self.aborted),
-            ("num_requests_finished_total", "counter", "Requests that produced all their tokens.",
-             self.finished),
-            ("iterations_total", "counter", "Engine iterations.", self.iterations),
-            ("busy_seconds_total", "counter", "Modelled seconds spent in iterations.", self.busy_time_s),
-        ]  # fmt: skip
-        lines: list[str] = []
-        for name, kind, help_text, value in rows:
-            lines += [f"# HELP {prefix}{name} {help_text}", f"# TYPE {prefix}{name} {kind}"]
-            lines.append(f"{prefix}{name} {value}")
-        return "\n".join(lines) + "\n"
+        """Prometheus text exposition using vLLM's metric names where vLLM has one.
+
+        Rendered by ``prometheus_client`` (the ``[server]`` extra): see :mod:`._metrics`.
+        """
+        from ._metrics import prometheus_text
+
+        return prometheus_text(self, prefix)
 
 
 class BatchingModel:

@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack
 
 import httpx
 
+from .._exceptions import DynasorError
 from .._serving import StartStop
 from ..endpoints import Endpoint
 from ..traces import TraceQuestion
@@ -77,7 +78,7 @@ from ._profiles import GPUProfile
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
-    from ._server import LogprobsShape, ReplayService
+    from ._service import LogprobsShape, ReplayService
 
 __all__ = ["InProcessReplay", "VirtualTimeDeadlock", "VirtualTimeLoop", "run_virtual"]
 
@@ -88,7 +89,7 @@ _MAX_SELECT_TIMEOUT = 24 * 3600.0
 """asyncio's cap on one wait of the selector (``base_events.MAXIMUM_SELECT_TIMEOUT``)."""
 
 
-class VirtualTimeDeadlock(RuntimeError):
+class VirtualTimeDeadlock(DynasorError, RuntimeError):
     """Every task waits, yet no timer, executor job or I/O could ever wake the virtual-time loop."""
 
 
