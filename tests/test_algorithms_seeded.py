@@ -15,14 +15,13 @@ from dynasor_client import Endpoint, SamplingParams, as_program
 from dynasor_client.algorithms import (
     JudgeRewardModel,
     PoolingRewardModel,
-    ProgramResult,
-    StandaloneContext,
     best_of_n,
     dynasor_cot,
     mcts,
     rebase,
 )
 from dynasor_client.certainty import cap
+from dynasor_client.program import ProgramResult, StandaloneContext
 from tests.support.replay import replay_endpoint, traces_or_skip
 
 Program = Callable[[Endpoint, StandaloneContext, str], Awaitable[ProgramResult]]

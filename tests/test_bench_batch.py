@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dynasor_client.algorithms import StandaloneContext, self_consistency
+from dynasor_client.algorithms import self_consistency
 from dynasor_client.benchmarks import (
     Method,
     calibration_overlap,
@@ -22,6 +22,7 @@ from dynasor_client.certainty import cap, cluster_answers, default_rule
 from dynasor_client.certainty.calibration import label_traces
 from dynasor_client.certainty.calibration._search import published_rules
 from dynasor_client.cli import main
+from dynasor_client.program import StandaloneContext
 from dynasor_client.replay import ReplayEngine
 from dynasor_client.traces import TraceQuestion, select_split, split_of
 from tests.support.replay import TRACES, replay_endpoint, traces_or_skip

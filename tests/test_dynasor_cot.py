@@ -10,9 +10,10 @@ from __future__ import annotations
 import pytest
 
 from dynasor_client import Endpoint, SamplingParams, as_program
-from dynasor_client.algorithms import StopReason
-from dynasor_client.algorithms._dynasor_cot import dynasor_cot, in_thinking
+from dynasor_client._probe import in_thinking
+from dynasor_client.algorithms import dynasor_cot
 from dynasor_client.certainty import is_hesitant, probe_consistency_at_least
+from dynasor_client.program import StopReason
 from tests.support.replay import replay_endpoint, traces_or_skip
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have now?"

@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from dynasor_client import Endpoint, ProgramCancelled, RuntimeClosed
-from dynasor_client.algorithms import ProgramContext, ProgramResult, StopReason, self_consistency
+from dynasor_client.algorithms import self_consistency
 from dynasor_client.budget import BudgetManager, reject_infeasible
+from dynasor_client.program import ProgramContext, ProgramResult, StopReason
 from dynasor_client.replay import ReplayServer
 from dynasor_client.runtime import EventLog, Program, ProgramState, Runtime, as_program, fcfs, run_batch_sync
 from dynasor_client.traces import TraceQuestion
@@ -67,7 +68,8 @@ async def test_batch_results_in_order_and_equal_to_standalone(questions: list[Tr
     async with served(chosen) as (_, endpoint):
         standalone = []
         for i, q in enumerate(chosen):
-            from dynasor_client.algorithms import StandaloneContext, self_consistency_rule
+            from dynasor_client.algorithms import self_consistency_rule
+            from dynasor_client.program import StandaloneContext
 
             context = StandaloneContext(endpoint, self_consistency_rule("paper", 30, 5), program_id=f"q{i}")
             standalone.append(await self_consistency(q.question, context=context, n=30, rule="paper"))
@@ -162,8 +164,8 @@ def test_budget_pressure_stops_sure_programs_first_and_reallocates() -> None:
 
 
 def test_budget_counts_configured_kinds_only() -> None:
-    from dynasor_client.algorithms import TokenKind
     from dynasor_client.endpoints import Usage
+    from dynasor_client.program import TokenKind
 
     manager = BudgetManager(count={"generated"})
     account = manager.open()

@@ -13,8 +13,8 @@ import textwrap
 import pytest
 
 from dynasor_client import BudgetExhausted, Capabilities, Endpoint, SamplingParams
-from dynasor_client.algorithms import ProgramContext, ProgramResult, StopReason
 from dynasor_client.budget import Account
+from dynasor_client.program import ProgramContext, ProgramResult, StopReason
 from dynasor_client.runtime import (
     ProgramRecord,
     Runtime,

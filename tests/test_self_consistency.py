@@ -11,15 +11,7 @@ import numpy as np
 import pytest
 
 from dynasor_client import Endpoint, SamplingParams, as_program
-from dynasor_client.algorithms import (
-    ProgramResult,
-    RoundPlan,
-    StandaloneContext,
-    StopReason,
-    round_sizes,
-    self_consistency,
-    self_consistency_rule,
-)
+from dynasor_client.algorithms import RoundPlan, round_sizes, self_consistency, self_consistency_rule
 from dynasor_client.certainty import (
     BayesianAgreement,
     EntropyCertainty,
@@ -30,6 +22,7 @@ from dynasor_client.certainty import (
     entropy_at_least,
     get_extractor,
 )
+from dynasor_client.program import ProgramResult, StandaloneContext, StopReason
 from dynasor_client.traces import TraceQuestion
 from tests.support.replay import replay_endpoint, traces_or_skip
 

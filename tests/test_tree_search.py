@@ -13,12 +13,12 @@ import httpx
 import pytest
 
 from dynasor_client import Capabilities, Endpoint, LocalLlamaServer, SamplingParams, as_program
-from dynasor_client.algorithms import StandaloneContext
 from dynasor_client.algorithms._mcts import Node, backpropagate, mcts, select, uct
 from dynasor_client.algorithms._rebase import allocate_width, expand, rebase
 from dynasor_client.algorithms._reward import JudgeRewardModel, PoolingRewardModel
 from dynasor_client.certainty import cap
 from dynasor_client.endpoints import Message, Trajectory
+from dynasor_client.program import StandaloneContext
 from dynasor_client.traces import TraceQuestion
 from tests.support.replay import replay_endpoint, traces_or_skip
 

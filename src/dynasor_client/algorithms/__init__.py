@@ -10,62 +10,29 @@ replay engine, :class:`JudgeRewardModel` on any chat endpoint) and :func:`dynaso
 of thought with concurrent probes), :func:`rebase` (reward-weighted tree expansion) and :func:`mcts`.
 """
 
-from ..program import (
-    CertaindexPoint,
-    ProgramContext,
-    ProgramResult,
-    StandaloneContext,
-    StopReason,
-    TokenKind,
-    TokenUsage,
-)
-from ._best_of_n import best_index, best_of_n, best_of_n_rule, weighted_majority
-from ._dynasor_cot import dynasor_cot, in_thinking
-from ._mcts import Node, backpropagate, mcts, select, uct
-from ._rebase import allocate_width, rebase, tree_certaindex
-from ._reward import (
-    JudgeRewardModel,
-    MeteredRewardModel,
-    PoolingRewardModel,
-    RewardScore,
-    parse_pooling_scores,
-    yes_probability,
-)
+from ._best_of_n import best_of_n, best_of_n_rule
+from ._dynasor_cot import dynasor_cot
+from ._mcts import mcts
+from ._rebase import rebase
+from ._reward import JudgeRewardModel, MeteredRewardModel, PoolingRewardModel, RewardScore
 from ._reward_protocol import RewardModel
 from ._rounds import RoundPlan, round_sizes
-from ._self_consistency import self_consistency, self_consistency_rule
+from ._self_consistency import DEFAULT_SYSTEM, self_consistency, self_consistency_rule
 
 __all__ = [
-    "CertaindexPoint",
+    "DEFAULT_SYSTEM",
     "JudgeRewardModel",
     "MeteredRewardModel",
-    "Node",
     "PoolingRewardModel",
-    "ProgramContext",
-    "ProgramResult",
     "RewardModel",
     "RewardScore",
     "RoundPlan",
-    "StandaloneContext",
-    "StopReason",
-    "TokenKind",
-    "TokenUsage",
-    "allocate_width",
-    "backpropagate",
-    "best_index",
     "best_of_n",
     "best_of_n_rule",
     "dynasor_cot",
-    "in_thinking",
     "mcts",
-    "parse_pooling_scores",
     "rebase",
     "round_sizes",
-    "select",
     "self_consistency",
     "self_consistency_rule",
-    "tree_certaindex",
-    "uct",
-    "weighted_majority",
-    "yes_probability",
 ]

@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 
 from .._exceptions import ContextTooLong
 from .._log import get_logger, program_scope
-from .._probe import PROBE_MAX_TOKENS, PROBE_SUFFIX, probe_answer
+from .._probe import CLOSE_THINK, PROBE_MAX_TOKENS, PROBE_SUFFIX, in_thinking, probe_answer
 from ..certainty import (
     AnswerClusters,
     Equivalence,
@@ -59,23 +59,21 @@ from ..certainty import (
     is_hesitant,
     probe_consistency_at_least,
 )
-from ..endpoints import Generation, Message, SamplingParams, Trajectory
-from ..endpoints._trajectory import PrefillContinuation, TextContinuation, TokenContinuation
+from ..endpoints import (
+    Generation,
+    Message,
+    PrefillContinuation,
+    SamplingParams,
+    TextContinuation,
+    TokenContinuation,
+    Trajectory,
+)
 from ..program import ProgramContext, ProgramResult, StopReason, TokenKind, algorithm
 from ._prompting import question_messages
 from ._self_consistency import DEFAULT_SYSTEM
 
 log = get_logger("dynasor_client.algorithms")
 T = TypeVar("T")
-CLOSE_THINK = "\n</think>\n\n"
-
-
-def in_thinking(text: str, prompt: str = "") -> bool:
-    """Whether ``text`` (after ``prompt``) is inside an unclosed ``<think>``."""
-    opened, closed = text.rfind("<think>"), text.rfind("</think>")
-    if opened < 0 and closed < 0:
-        return prompt.rstrip().endswith("<think>")  # templates that open the thinking themselves
-    return opened > closed
 
 
 @algorithm
