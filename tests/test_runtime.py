@@ -17,9 +17,9 @@ import pytest
 from dynasor_client import Endpoint, ProgramCancelled, RuntimeClosed
 from dynasor_client.algorithms import self_consistency
 from dynasor_client.budget import BudgetManager, reject_infeasible
-from dynasor_client.program import ProgramContext, ProgramResult, StopReason
+from dynasor_client.program import Program, ProgramContext, ProgramResult, StopReason, as_program
 from dynasor_client.replay import ReplayServer
-from dynasor_client.runtime import EventLog, Program, ProgramState, Runtime, as_program, fcfs, run_batch_sync
+from dynasor_client.runtime import EventLog, ProgramState, Runtime, fcfs, run_batch_sync
 from dynasor_client.traces import TraceQuestion
 
 from .support.replay import traces_or_skip

@@ -285,7 +285,7 @@ def test_admission_policies() -> None:
 def test_token_history_matches_its_definition() -> None:
     import random
 
-    from dynasor_client.runtime import TokenHistory
+    from dynasor_client.runtime._states import TokenHistory
 
     rng = random.Random(0)
     history, recent = TokenHistory(20), []

@@ -345,8 +345,8 @@ def test_under_a_full_runtime_window_nothing_is_sent_ahead(svamp: list[TraceQues
     # are in flight: with room in the window it sends the next round's first 2 samples along with
     # its detect round (wasted: the rule fires on the detect round); when the other program fills
     # the window, it sends nothing before its turn, so the engine gets only the 5 samples it reads.
+    from dynasor_client import Runtime, as_program
     from dynasor_client.replay import InProcessReplay, run_virtual
-    from dynasor_client.runtime import Runtime, as_program
 
     question = next(
         q for q in svamp[:40] if _agreement(q, 30) == 30 and len({s.num_tokens for s in q.samples}) > 3

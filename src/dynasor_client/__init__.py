@@ -35,7 +35,8 @@ from .endpoints import (
     start_trajectories,
 )
 from .local import LocalLlamaServer
-from .runtime import ProgramHandle, ProgramState, Runtime, as_program, run_batch_sync
+from .program import ProgramContext, ProgramResult, StopReason, as_program
+from .runtime import ProgramHandle, ProgramState, Runtime, run_batch_sync
 
 __version__ = "0.1.0"
 
@@ -58,7 +59,9 @@ __all__ = [
     "LocalServerError",
     "MalformedResponse",
     "ProgramCancelled",
+    "ProgramContext",
     "ProgramHandle",
+    "ProgramResult",
     "ProgramState",
     "RateLimited",
     "RetryPolicy",
@@ -66,6 +69,7 @@ __all__ = [
     "RuntimeClosed",
     "SamplingParams",
     "ServerError",
+    "StopReason",
     "TokenLogprob",
     "Trajectory",
     "Usage",

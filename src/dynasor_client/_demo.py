@@ -49,8 +49,8 @@ from .algorithms import DEFAULT_SYSTEM, self_consistency
 from .certainty import StopRule, cap, entropy_at_least, hopeless
 from .certainty.answers import default_equivalence
 from .endpoints import Endpoint, Message, SamplingParams
-from .program import ProgramResult, StopReason
-from .runtime import Runtime, as_program
+from .program import ProgramResult, StopReason, as_program
+from .runtime import Runtime
 
 __all__ = [
     "DemoQuestion",

@@ -9,7 +9,6 @@
   summary table).
 """
 
-from ..program import Program, ProgramContext, as_program
 from ._batch import BatchResult, run_batch_sync
 from ._context import RuntimeContext
 from ._events import Event, EventLog, RuntimeMetrics
@@ -29,7 +28,7 @@ from ._policies import (
 )
 from ._runtime import ProgramHandle, Runtime
 from ._scheduler import Scheduler
-from ._states import ProgramRecord, ProgramState, TokenHistory
+from ._states import ProgramRecord, ProgramState
 
 __all__ = [
     "Aging",
@@ -39,8 +38,6 @@ __all__ = [
     "EventLog",
     "FirstComeFirstServed",
     "LeastLaxity",
-    "Program",
-    "ProgramContext",
     "ProgramHandle",
     "ProgramRecord",
     "ProgramState",
@@ -50,9 +47,7 @@ __all__ = [
     "Scheduler",
     "SchedulingPolicy",
     "ShortestRemainingWork",
-    "TokenHistory",
     "aging",
-    "as_program",
     "demote_infeasible",
     "dynasor",
     "fcfs",
