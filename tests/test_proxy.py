@@ -83,7 +83,10 @@ def test_model_suffix_grammar() -> None:
     assert parse_suffix("qwen+cot-high") == ("qwen", {"algorithm": "cot", "effort": "high"})
     assert parse_suffix("my+model") == ("my+model", {})  # not a technique: a plain model name
     assert parse_suffix("qwen+scale") == ("qwen+scale", {})
-    for bad in ("qwen+sc8x", "qwen+cot-extreme", "+sc4", "qwen+bon-3"):
+    assert parse_suffix("qwen+rebase4") == ("qwen", {"algorithm": "rebase", "width": 4})
+    assert parse_suffix("qwen+MCTS8") == ("qwen", {"algorithm": "mcts", "iterations": 8})
+    assert parse_suffix("qwen+rebased") == ("qwen+rebased", {})
+    for bad in ("qwen+sc8x", "qwen+cot-extreme", "+sc4", "qwen+bon-3", "qwen+mcts-4", "qwen+cot8"):
         with pytest.raises(ProxyError):
             parse_suffix(bad)
 
@@ -100,21 +103,39 @@ def test_options_are_validated() -> None:
     assert parse_options({"model": "q"}).algorithm is None
     assert parse_options({"dynasor": {"algorithm": "none", "deadline_s": 2}}).deadline_s == 2.0
     assert parse_options({"dynasor": {"algorithm": "cot", "effort": "low"}}).cot_settings == (32, 2, 1024)
-    refusals = [
-        {"dynasor": {"algorithm": "sc", "effort": "low"}},  # an option of another algorithm
-        {"dynasor": {"algorithm": "sc", "bogus": 1}},
-        {"dynasor": {"algorithm": "magic"}},
-        {"dynasor": {"n": 4}},  # no algorithm
-        {"dynasor": {"algorithm": "sc", "n": 0}},
-        {"dynasor": {"algorithm": "sc", "rule": "/etc/passwd"}},  # a path on the proxy: never
-        {"dynasor": "sc"},
-        {"model": "q+sc4", "dynasor": {"algorithm": "cot"}},
+    tree = parse_options({"model": "q+rebase4", "dynasor": {"reward": "pooling", "max_depth": 3}})
+    assert (tree.algorithm, tree.width, tree.max_depth, tree.reward, tree.step_tokens) == (
+        "rebase",
+        4,
+        3,
+        "pooling",
+        256,
+    )
+    mcts = parse_options({"dynasor": {"algorithm": "mcts", "expansions": 3}})
+    assert (mcts.iterations, mcts.expansions, mcts.max_depth, mcts.reward) == (16, 3, 6, None)
+    refusals = [  # (body, what the message must name)
+        ({"dynasor": {"algorithm": "sc", "effort": "low"}}, "'effort'"),  # another algorithm's option
+        ({"dynasor": {"algorithm": "sc", "bogus": 1}}, "'bogus'"),
+        ({"dynasor": {"algorithm": "magic"}}, "'rebase', 'mcts'"),
+        ({"dynasor": {"n": 4}}, "need an algorithm"),
+        ({"dynasor": {"algorithm": "sc", "n": 0}}, "dynasor.n: input should be greater than or equal to 1"),
+        ({"dynasor": {"algorithm": "sc", "n": True}}, "dynasor.n: input should be a valid integer"),
+        ({"dynasor": {"algorithm": "sc", "rule": "/etc/passwd"}}, "dynasor.rule"),  # a path: never
+        ({"dynasor": {"algorithm": "sc", "reward": "judge"}}, "'reward'"),  # sc takes no reward model
+        ({"dynasor": {"algorithm": "rebase", "reward": "http://10.0.0.1/v1"}}, "dynasor.reward"),  # no URLs
+        ({"dynasor": {"algorithm": "mcts", "iterations": 0, "step_tokens": "64"}}, "dynasor.step_tokens"),
+        ({"dynasor": {"algorithm": "cot", "deadline_s": -1}}, "dynasor.deadline_s"),
+        ({"dynasor": "sc"}, "must be an object"),
+        ({"model": "q+sc4", "dynasor": {"algorithm": "cot"}}, "model suffix asks for 'sc'"),
     ]
-    for body in refusals:
+    for body, needle in refusals:
         with pytest.raises(ProxyError) as info:
             parse_options(body)
-        assert info.value.status == 400
+        assert info.value.status == 400 and needle in info.value.message, (body, info.value.message)
         assert isinstance(info.value, DynasorError)  # one hierarchy for the whole library
+    with pytest.raises(ProxyError) as info:  # every refused key is named, the first as the param
+        parse_options({"dynasor": {"algorithm": "mcts", "iterations": 0, "step_tokens": "64"}})
+    assert "dynasor.iterations" in info.value.message and info.value.param == "dynasor.step_tokens"
 
 
 def test_keys_file(tmp_path: Any) -> None:
@@ -302,8 +323,9 @@ async def test_replay_options_refused_with_400(replay_proxy: ProxyServer, svamp:
         with pytest.raises(openai.BadRequestError) as info:
             await client.chat.completions.create(messages=messages, **kwargs)
         assert needle in info.value.message
-    with pytest.raises(openai.BadRequestError, match="chat/completions only"):
-        await client.completions.create(model="replay+cot", prompt=svamp[0].question)
+    for model in ("replay+cot", "replay+rebase4", "replay+mcts"):  # they build their own chat
+        with pytest.raises(openai.BadRequestError, match="chat/completions only"):
+            await client.completions.create(model=model, prompt=svamp[0].question)
     async with httpx.AsyncClient() as http:
         answer = await http.post(f"{replay_proxy.base_url}/chat/completions", content=b"{not json")
         assert answer.status_code == 400 and answer.json()["error"]["type"] == "invalid_request_error"
@@ -525,6 +547,61 @@ async def test_replay_best_of_n_with_pooling_rewards() -> None:
         best = max(question.samples, key=lambda s: s.reward or 0.0)
         assert answer.choices[0].message.content == best.text
         assert cluster_answers([info["answer"], best.answer]) == [0, 0]
+
+
+async def test_replay_rebase_and_mcts_with_the_pooling_reward_chosen_per_request() -> None:
+    # The proxy's own reward model is the judge (the default); each request asks for /pooling, which
+    # the replay engine answers from the recorded rewards (a judge's yes/no chat it cannot answer).
+    questions = traces_or_skip("math-qwen25math-sc8.jsonl")[:10]
+    async with (
+        ReplayServer(questions, profile="test", time_scale=0.0, seed=2) as replay,
+        ProxyServer(ProxyConfig(upstream=replay.base_url, capabilities=replay.capabilities)) as proxy,
+    ):
+        question = questions[0]
+        recorded = {s.answer for s in question.samples}
+        messages = [{"role": "user", "content": question.question}]
+        client = _client(proxy)
+        answer = await client.chat.completions.create(
+            model="replay",
+            messages=messages,
+            extra_body={
+                "dynasor": {"algorithm": "rebase", "reward": "pooling", "width": 4, "max_depth": 4,
+                            "step_tokens": 64}
+            },
+        )  # fmt: skip
+        info, usage = (answer.model_extra or {})["dynasor"], answer.usage
+        assert info["algorithm"] == "rebase" and info["stop_reason"] in ("cap", "confident")
+        assert 1 <= info["samples"] == len(info["answers"]) == len(info["rewards"]) <= 4
+        assert 1 <= info["depth"] <= 4 and info["saved_tokens"] == 0
+        assert info["answer"] is None or info["answer"] in recorded
+        if info["answer"] is not None:
+            assert answer.choices[0].message.content == f"The answer is \\boxed{{{info['answer']}}}."
+        assert usage is not None
+        tokens = (usage.model_extra or {})["dynasor_tokens"]
+        assert tokens["generated"] > 0 and tokens["reward"] > 0  # every step scored by /pooling
+        assert usage.completion_tokens == tokens["generated"] + tokens["reward"]
+
+        stream = await client.chat.completions.create(
+            model="replay+mcts6",
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={
+                "dynasor": {"reward": "pooling", "max_depth": 4, "step_tokens": 64, "progress": True}
+            },
+        )
+        chunks = [chunk async for chunk in stream]
+        final = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
+        info = (final.model_extra or {})["dynasor"]
+        progress = [
+            (c.model_extra or {})["dynasor"]["progress"] for c in chunks if not c.choices and c.usage is None
+        ]
+        assert info["algorithm"] == "mcts" and info["iterations"] <= 6 and info["nodes"] > 1
+        assert len(progress) == len(info["certaindex"])  # one progress chunk per report
+        assert info["answer"] is None or info["answer"] in recorded
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+        assert proxy.service.counters.programs == {"rebase": 1, "mcts": 1}
+        assert replay.metrics()["running"] == 0
 
 
 async def test_replay_cot_streams_the_chain_then_the_forced_answer() -> None:

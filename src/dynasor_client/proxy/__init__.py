@@ -20,9 +20,11 @@ Routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (streaming or no
 - **Pass-through** (no dynasor option): the body goes upstream untouched, the answer comes back as
   the upstream sent it, stream events forwarded as they arrive (:mod:`._passthrough`).
 - **Techniques**: the ``dynasor`` body field or a model suffix (:mod:`._options`: every option and
-  the suffix grammar); self-consistency and best-of-N answer with the winning sample's full text
-  once the vote is done, Dynasor-CoT streams its chain of thought as it is decoded
-  (:mod:`._programs`).
+  the suffix grammar), each algorithm one entry of the registry (:mod:`._registry`: its coroutine,
+  its pydantic options model, how a request becomes its arguments); self-consistency and best-of-N
+  answer with the winning sample's full text once the vote is done, Dynasor-CoT streams its chain
+  of thought as it is decoded, Rebase and MCTS answer once the tree search ends, scored by the
+  reward model the request chooses (``dynasor.reward``) (:mod:`._programs`).
 - **Extension fields** of responses: ``dynasor`` (answer, confidence, stop reason, samples, ...),
   ``usage.dynasor_saved_tokens``, ``usage.dynasor_tokens`` (:mod:`._responses`).
 - **Errors** in OpenAI's shape, upstream ones with their status (:mod:`._errors`).
@@ -41,7 +43,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_getattr
-from ._cli import add_proxy_parser, proxy_command
 
 if TYPE_CHECKING:
     from ._app import create_proxy_app
@@ -69,9 +70,7 @@ __all__ = [
     "KeyStore",
     "ProxyConfig",
     "ProxyServer",
-    "add_proxy_parser",
     "create_proxy_app",
     "parse_options",
-    "proxy_command",
     "serve_proxy",
 ]

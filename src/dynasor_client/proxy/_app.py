@@ -222,9 +222,10 @@ def dynasor_request(
         messages = list(raw_messages)
         question = _question(messages)
     else:
-        if options.algorithm == "cot":
+        if options.entry is not None and options.entry.chat_only:
             raise ProxyError(
-                "Dynasor-CoT (algorithm 'cot') runs on /v1/chat/completions only", param="dynasor.algorithm"
+                f"{options.entry.title} (algorithm {options.entry.name!r}) runs on /v1/chat/completions only",
+                param="dynasor.algorithm",
             )
         raw_prompt = body.get("prompt")
         if isinstance(raw_prompt, str) and raw_prompt:

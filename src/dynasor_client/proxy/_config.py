@@ -30,9 +30,10 @@ class ProxyConfig:
             request (give them for hosted APIs and the replay server).
         timeout_s: seconds to wait for an upstream connection and for each read.
         max_in_flight: upstream requests in flight at once (the runtime's window).
-        reward: the reward model of best-of-N: ``"judge"`` (the upstream model as a yes/no judge),
-            ``"pooling"`` (the upstream's ``/pooling``, vLLM PRMs and the replay server) or the API
-            root of a separate ``/pooling`` server.
+        reward: the reward model of best-of-N, Rebase and MCTS when a request does not choose one
+            (``dynasor.reward``): ``"judge"`` (the upstream model as a yes/no judge), ``"pooling"``
+            (the upstream's ``/pooling``, vLLM PRMs and the replay server) or the API root of a
+            separate ``/pooling`` server.
         meter_streams: add ``stream_options.include_usage`` to pass-through streams that lack it,
             so that their tokens can be counted (the usage chunk is removed before the client sees
             it); False forwards such streams byte for byte and counts ~1 token per content event.

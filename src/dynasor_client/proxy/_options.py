@@ -1,32 +1,47 @@
 """Which technique a request asks for: the ``dynasor`` body field and the model-name suffix.
 
+Every algorithm comes from the registry (:mod:`._registry`), which also validates its options
+(pydantic models).
+
 **Body field** (``extra_body={"dynasor": {...}}`` with the openai SDK). Keys:
 
-=================  =============  ===========================================================
-key                algorithms     meaning
-=================  =============  ===========================================================
-``algorithm``      all            ``"sc"`` (self-consistency), ``"best_of_n"``, ``"cot"``
-                                  (Dynasor-CoT, long chain-of-thought probing) or ``"none"``
-                                  (pass-through). Aliases: ``self_consistency``, ``bon``,
-                                  ``dynasor_cot``, ``passthrough``.
-``deadline_s``     all            seconds the request may take (also the ``X-Dynasor-Deadline-S``
-                                  header; the smaller wins). A program past it answers with its
-                                  best answer so far.
-``token_budget``   sc, bon, cot   most tokens the program may spend (prompt included).
-``task``           sc, bon, cot   answer extraction: ``"math"`` (default), ``"gsm8k"``,
-                                  ``"multiple_choice"``.
-``progress``       sc, bon, cot   streaming only: send a progress chunk after each round or probe
-                                  (``choices: []`` and a ``dynasor.progress`` object).
-``n``              sc, bon        most samples (default 16).
-``detect``         sc, bon        samples of the first round, where the stop rule is checked
-                                  (default 5 for sc, 4 for bon; at most ``n``).
-``rule``           sc             ``"paper"`` (default: stop at the detect round when the answer
-                                  entropy certaindex >= 0.7) or ``"adaptive"`` (Adaptive-Consistency).
-``aggregate``      bon            ``"max"`` (default) or ``"weighted_majority"``.
-``effort``         cot            ``"low"``, ``"medium"`` (default) or ``"high"`` (table below).
-``chunk_tokens``   cot            tokens decoded between probes (overrides the effort's).
-``window``         cot            probes that must agree to stop (overrides the effort's).
-=================  =============  ===========================================================
+=================  =================  ========================================================
+key                algorithms         meaning
+=================  =================  ========================================================
+``algorithm``      all                ``"sc"`` (self-consistency), ``"best_of_n"``, ``"cot"``
+                                      (Dynasor-CoT, long chain-of-thought probing),
+                                      ``"rebase"``, ``"mcts"`` (tree search over reasoning
+                                      steps) or ``"none"`` (pass-through). Aliases:
+                                      ``self_consistency``, ``bon``, ``dynasor_cot``,
+                                      ``passthrough``.
+``deadline_s``     all                seconds the request may take (also the
+                                      ``X-Dynasor-Deadline-S`` header; the smaller wins). A
+                                      program past it answers with its best answer so far.
+``token_budget``   all but none       most tokens the program may spend (prompt included).
+``task``           all but none       answer extraction: ``"math"`` (default), ``"gsm8k"``,
+                                      ``"multiple_choice"``.
+``progress``       all but none       streaming only: send a progress chunk after each round,
+                                      probe, depth or iteration (``choices: []`` and a
+                                      ``dynasor.progress`` object).
+``n``              sc, bon            most samples (default 16).
+``detect``         sc, bon            samples of the first round, where the stop rule is
+                                      checked (default 5 for sc, 4 for bon; at most ``n``).
+``rule``           sc                 ``"paper"`` (default: stop at the detect round when the
+                                      answer entropy certaindex >= 0.7) or ``"adaptive"``
+                                      (Adaptive-Consistency).
+``aggregate``      bon                ``"max"`` (default) or ``"weighted_majority"``.
+``reward``         bon, rebase, mcts  the reward model: ``"judge"`` (the upstream model as a
+                                      yes/no judge) or ``"pooling"`` (the upstream's
+                                      ``/pooling``); default: the proxy's (``--reward``).
+``effort``         cot                ``"low"``, ``"medium"`` (default) or ``"high"`` (below).
+``chunk_tokens``   cot                tokens decoded between probes (overrides the effort's).
+``window``         cot                probes that must agree to stop (overrides the effort's).
+``width``          rebase             leaves of the tree (default 8).
+``iterations``     mcts               iterations (default 16).
+``expansions``     mcts               children of a node expanded at once (default 2).
+``max_depth``      rebase, mcts       most reasoning steps (default 8 rebase, 6 mcts).
+``step_tokens``    rebase, mcts       most tokens of one step (default 256).
+=================  =================  ========================================================
 
 Effort of ``cot``: ``low`` = 32-token chunks, 2 agreeing probes, 1024 tokens at most; ``medium`` =
 64, 3, 2048; ``high`` = 64, 5, 4096. The request's ``max_tokens`` (or ``max_completion_tokens``)
@@ -36,14 +51,16 @@ overrides the most tokens.
 
     model   := base "+" technique
     technique := "sc" [N] | "bon" [N] | "best_of_n" [N] | "cot" ["-" ("low" | "medium" | "high")]
+               | "rebase" [N] | "mcts" [N]
 
-e.g. ``qwen+sc8`` (self-consistency, at most 8 samples), ``qwen+bon16``, ``qwen+cot-high``. The
-text after the last ``+`` is a technique only when it starts with one of those words (not followed
-by a letter): ``my+model`` is a plain model name, ``qwen+sc8x`` is refused. A suffix and a body
-field may be combined (the field's keys win); naming two different algorithms is refused.
+e.g. ``qwen+sc8`` (self-consistency, at most 8 samples), ``qwen+bon16``, ``qwen+cot-high``,
+``qwen+rebase4`` (width 4), ``qwen+mcts8`` (8 iterations). The text after the last ``+`` is a
+technique only when it starts with one of those words (not followed by a letter): ``my+model`` is
+a plain model name, ``qwen+sc8x`` is refused. A suffix and a body field may be combined (the
+field's keys win); naming two different algorithms is refused.
 
 Unknown keys, wrong types and out-of-range values are refused with 400 and a message naming the
-key and what is allowed.
+key (``dynasor.KEY``) and what is allowed.
 """
 
 from __future__ import annotations
@@ -52,71 +69,54 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
+
+from pydantic import ValidationError
 
 from ._errors import ProxyError
+from ._registry import ALGORITHMS, EFFORTS, PASSTHROUGH, Entry, Options, lookup
 
-Algorithm = Literal["sc", "best_of_n", "cot"]
-Effort = Literal["low", "medium", "high"]
-
-ALIASES: dict[str, Algorithm | None] = {
-    "sc": "sc",
-    "self_consistency": "sc",
-    "self-consistency": "sc",
-    "best_of_n": "best_of_n",
-    "best-of-n": "best_of_n",
-    "bon": "best_of_n",
-    "cot": "cot",
-    "dynasor_cot": "cot",
-    "dynasor-cot": "cot",
-    "none": None,
-    "passthrough": None,
-    "pass-through": None,
-}
-#: Effort of Dynasor-CoT: (chunk_tokens, window, max_tokens).
-EFFORTS: dict[str, tuple[int, int, int]] = {
-    "low": (32, 2, 1024),
-    "medium": (64, 3, 2048),
-    "high": (64, 5, 4096),
-}
-TASKS = ("math", "gsm8k", "multiple_choice")
-DEFAULT_N = 16
-MAX_N = 256
-
-_COMMON = {"algorithm", "deadline_s", "token_budget", "task", "progress"}
-_KEYS: dict[Algorithm | None, set[str]] = {
-    None: {"algorithm", "deadline_s"},
-    "sc": _COMMON | {"n", "detect", "rule"},
-    "best_of_n": _COMMON | {"n", "detect", "aggregate"},
-    "cot": _COMMON | {"effort", "chunk_tokens", "window"},
-}
-_SUFFIX = re.compile(r"^(?P<word>sc|bon|best_of_n|cot)(?![a-z_])(?P<rest>.*)$", re.IGNORECASE)
 DEADLINE_HEADER = "x-dynasor-deadline-s"
+#: Keys every request may give, pass-through included: read before the algorithm's options.
+_ANY = ("algorithm", "deadline_s")
+
+__all__ = ["DEADLINE_HEADER", "EFFORTS", "DynasorOptions", "parse_options", "parse_suffix"]
 
 
 @dataclass(frozen=True, slots=True)
 class DynasorOptions:
-    """A request's technique and its settings (module docs); ``algorithm`` None is pass-through."""
+    """A request's technique and its settings (module docs); ``algorithm`` None is pass-through.
 
-    algorithm: Algorithm | None = None
+    ``settings`` are the algorithm's validated options (its registry entry's pydantic model), also
+    readable as attributes of this object (``options.n``, ``options.cot_settings``).
+    """
+
+    algorithm: str | None = None
     model: str | None = None  # the model named, suffix removed
-    n: int = DEFAULT_N
-    detect: int | None = None
-    rule: Literal["paper", "adaptive"] = "paper"
-    aggregate: Literal["max", "weighted_majority"] = "max"
-    effort: Effort = "medium"
-    chunk_tokens: int | None = None
-    window: int | None = None
-    task: str = "math"
     deadline_s: float | None = None
-    token_budget: int | None = None
-    progress: bool = False
+    settings: Options | None = None
 
     @property
-    def cot_settings(self) -> tuple[int, int, int]:
-        """(chunk_tokens, window, max_tokens) of Dynasor-CoT."""
-        chunk, window, most = EFFORTS[self.effort]
-        return self.chunk_tokens or chunk, self.window or window, most
+    def entry(self) -> Entry[Any] | None:
+        """The algorithm's registry entry (None: pass-through)."""
+        return None if self.algorithm is None else ALGORITHMS[self.algorithm]
+
+    @property
+    def token_budget(self) -> int | None:
+        return None if self.settings is None else self.settings.token_budget
+
+    def __getattr__(self, name: str) -> Any:
+        settings = object.__getattribute__(self, "settings")
+        if name.startswith("_") or settings is None:
+            raise AttributeError(name)
+        return getattr(settings, name)
+
+
+def _suffix_pattern() -> re.Pattern[str]:
+    words = sorted(
+        (w for e in ALGORITHMS.values() if e.suffix for w in e.suffix.words), key=len, reverse=True
+    )
+    return re.compile(rf"^(?P<word>{'|'.join(map(re.escape, words))})(?![a-z_])(?P<rest>.*)$", re.IGNORECASE)
 
 
 def parse_suffix(model: str) -> tuple[str, dict[str, Any]]:
@@ -124,29 +124,30 @@ def parse_suffix(model: str) -> tuple[str, dict[str, Any]]:
     base, plus, tail = model.rpartition("+")
     if not plus:
         return model, {}
-    match = _SUFFIX.match(tail)
+    match = _suffix_pattern().match(tail)
     if match is None:
         return model, {}
     word, rest = match["word"].lower(), match["rest"]
-    algorithm = ALIASES[word]
-    options: dict[str, Any] = {"algorithm": algorithm}
-    if algorithm == "cot":
-        if rest:
-            effort = rest.removeprefix("-").lower()
-            if not rest.startswith("-") or effort not in EFFORTS:
-                raise ProxyError(
-                    f"model suffix '+{tail}': Dynasor-CoT takes '+cot' or '+cot-low|medium|high'",
-                    param="model",
-                )
-            options["effort"] = effort
-    elif rest:
-        if not rest.isdigit():
+    entry = next(e for e in ALGORITHMS.values() if e.suffix and word in e.suffix.words)
+    suffix = entry.suffix
+    assert suffix is not None
+    options: dict[str, Any] = {"algorithm": entry.name}
+    if rest and suffix.choice is not None:
+        choice = rest.removeprefix("-").lower()
+        if not rest.startswith("-") or choice not in suffix.choices:
             raise ProxyError(
-                f"model suffix '+{tail}': expected '+{word}' or '+{word}N' with N the most samples "
-                f"(e.g. '+{word}8')",
+                f"model suffix '+{tail}': {entry.title} takes '+{word}' or "
+                f"'+{word}-{'|'.join(suffix.choices)}'",
                 param="model",
             )
-        options["n"] = int(rest)
+        options[suffix.choice] = choice
+    elif rest:
+        if suffix.count is None or not rest.isdigit():
+            expected = f"'+{word}'" + (
+                f" or '+{word}N' with N {suffix.count_meaning}" if suffix.count else ""
+            )
+            raise ProxyError(f"model suffix '+{tail}': expected {expected} (e.g. '+{word}8')", param="model")
+        options[suffix.count] = int(rest)
     if not base:
         raise ProxyError(f"model {model!r} names a technique but no model before '+'", param="model")
     return base, options
@@ -162,12 +163,16 @@ def parse_options(body: Mapping[str, Any], deadline_header: str | None = None) -
     field = dict(field or {})
     if "algorithm" in field:
         name = field["algorithm"]
-        if not isinstance(name, str) or name.lower() not in ALIASES:
+        try:
+            if not isinstance(name, str):
+                raise KeyError(name)
+            entry = lookup(name)
+        except KeyError:
+            known = ", ".join(repr(n) for n in (*ALGORITHMS, PASSTHROUGH[0]))
             raise ProxyError(
-                f"dynasor.algorithm {name!r} is not known; use one of 'sc', 'best_of_n', 'cot', 'none'",
-                param="dynasor.algorithm",
-            )
-        chosen = ALIASES[name.lower()]
+                f"dynasor.algorithm {name!r} is not known; use one of {known}", param="dynasor.algorithm"
+            ) from None
+        chosen = None if entry is None else entry.name
         if "algorithm" in options and options["algorithm"] != chosen:
             raise ProxyError(
                 f"the model suffix asks for {options['algorithm']!r} but dynasor.algorithm for {chosen!r}",
@@ -175,48 +180,21 @@ def parse_options(body: Mapping[str, Any], deadline_header: str | None = None) -
             )
         field["algorithm"] = chosen
     merged = {**options, **field}
-    algorithm: Algorithm | None = merged.get("algorithm")
-    if algorithm is None and set(merged) - {"algorithm", "deadline_s"}:
-        extra = sorted(set(merged) - {"algorithm", "deadline_s"})
-        raise ProxyError(
-            f'dynasor options {extra} need an algorithm: add "algorithm": "sc", "best_of_n" or "cot"',
-            param="dynasor",
-        )
-    unknown = sorted(set(merged) - _KEYS[algorithm])
-    if unknown:
-        raise ProxyError(
-            f"unknown dynasor option(s) {unknown} for algorithm {algorithm or 'none'!r}; "
-            f"allowed: {sorted(_KEYS[algorithm])}",
-            param="dynasor",
-        )
-    values: dict[str, Any] = {"algorithm": algorithm, "model": base}
-    if "n" in merged:
-        values["n"] = _int(merged, "n", 1, MAX_N)
-    if "detect" in merged:
-        values["detect"] = _int(merged, "detect", 1, MAX_N)
-    for key, low, high in (("chunk_tokens", 1, 8192), ("window", 1, 64), ("token_budget", 1, 10**12)):
-        if key in merged:
-            values[key] = _int(merged, key, low, high)
-    for key, allowed in (
-        ("rule", ("paper", "adaptive")),
-        ("aggregate", ("max", "weighted_majority")),
-        ("effort", tuple(EFFORTS)),
-        ("task", TASKS),
-    ):
-        if key in merged:
-            value = merged[key]
-            if value not in allowed:
-                raise ProxyError(
-                    f"dynasor.{key} must be one of {list(allowed)}, got {value!r}", param=f"dynasor.{key}"
-                )
-            values[key] = value
-    if "progress" in merged:
-        if not isinstance(merged["progress"], bool):
-            raise ProxyError("dynasor.progress must be true or false", param="dynasor.progress")
-        values["progress"] = merged["progress"]
+    algorithm: str | None = merged.pop("algorithm", None)
+    deadline = merged.pop("deadline_s", None)
+    settings: Options | None = None
+    if algorithm is None:
+        if merged:
+            names = ", ".join(f'"{n}"' for n in ALGORITHMS)
+            raise ProxyError(
+                f'dynasor options {sorted(merged)} need an algorithm: add "algorithm": one of {names}',
+                param="dynasor",
+            )
+    else:
+        settings = _validate(ALGORITHMS[algorithm], merged)
     deadlines = []
-    if "deadline_s" in merged:
-        deadlines.append(_seconds(merged["deadline_s"], "dynasor.deadline_s"))
+    if deadline is not None:
+        deadlines.append(_seconds(deadline, "dynasor.deadline_s"))
     if deadline_header is not None:
         try:
             deadlines.append(_seconds(float(deadline_header), "X-Dynasor-Deadline-S"))
@@ -224,18 +202,31 @@ def parse_options(body: Mapping[str, Any], deadline_header: str | None = None) -
             raise ProxyError(
                 f"header X-Dynasor-Deadline-S must be a number of seconds, got {deadline_header!r}"
             ) from None
-    if deadlines:
-        values["deadline_s"] = min(deadlines)
-    return DynasorOptions(**values)
+    return DynasorOptions(
+        algorithm=algorithm, model=base, deadline_s=min(deadlines) if deadlines else None, settings=settings
+    )
 
 
-def _int(options: Mapping[str, Any], key: str, low: int, high: int) -> int:
-    value = options[key]
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ProxyError(
-            f"dynasor.{key} must be an integer from {low} to {high}, got {value!r}", param=f"dynasor.{key}"
-        )
-    return value
+def _validate(entry: Entry[Any], values: dict[str, Any]) -> Options:
+    """The entry's options model over ``values``; 400 naming every refused key (module docs)."""
+    try:
+        settings: Options = entry.options.model_validate(values)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+        if unknown:
+            allowed = sorted((*_ANY, *entry.options.model_fields))
+            raise ProxyError(
+                f"unknown dynasor option(s) {unknown} for algorithm {entry.name!r}; allowed: {allowed}",
+                param="dynasor",
+            ) from None
+        where = ["dynasor." + ".".join(str(part) for part in e["loc"]) for e in errors]
+        messages = [
+            f"{w}: {e['msg'][:1].lower()}{e['msg'][1:]}, got {e['input']!r}"
+            for w, e in zip(where, errors, strict=True)
+        ]
+        raise ProxyError("; ".join(messages), param=where[0]) from None
+    return settings
 
 
 def _seconds(value: Any, where: str) -> float:

@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 from starlette.responses import Response
 
-from ..algorithms import ProgramContext, ProgramResult, StopReason, TokenKind
 from ..endpoints import Usage
+from ..program import ProgramContext, ProgramResult, StopReason, TokenKind
 from . import _sse
 from ._errors import ProxyError, transport_error, upstream_http_error
 from ._run import Run

@@ -1,4 +1,4 @@
-"""Dynasor requests: self-consistency, best-of-N and Dynasor-CoT as runtime programs.
+"""Dynasor requests: every algorithm of the registry (:mod:`._registry`) as a runtime program.
 
 The algorithm runs under the runtime's program context, watched by :func:`record_samples`, which keeps
 every generated sample (the winner's full text becomes the response content), reports progress, and
@@ -11,17 +11,20 @@ on ``/v1/completions`` sends the client's prompt instead of the algorithm's chat
   chunk in flight is cancelled and the content ends with the forced answer, in the probe's words
   (``... **Final Answer**\\n\\n\\[ \\boxed{ANSWER}\\n\\]``), after closing ``</think>`` if needed.
   A chain that finishes on its own ends as the model wrote it.
+- **rebase / mcts** (tree search) answer ``The answer is \\boxed{ANSWER}.`` once the search ends
+  (their steps are not kept as samples); the ``dynasor`` field lists every leaf's answer and
+  reward. They report no saved tokens (no baseline to compare with).
 
 Sampling settings come from the request (``temperature``, ``top_p``, ``max_tokens`` or
 ``max_completion_tokens``, ``seed``, ``stop``; other fields go upstream as extra body fields). The
-default temperature is 0.7 (sc, best-of-N) or 0.6 (cot). ``max_tokens`` is per sample for sc and
-best-of-N, the chain's most tokens for cot.
+default temperature is 0.7 (sc, best-of-N, rebase, mcts) or 0.6 (cot). ``max_tokens`` is per sample
+for sc and best-of-N, the chain's most tokens for cot; tree search steps are ``step_tokens`` long.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,24 +32,15 @@ from typing import Any, Literal
 from starlette.responses import JSONResponse, Response
 
 from .._exceptions import BudgetExhausted
-from .._probe import PROBE_CLOSE, PROBE_SUFFIX
-from ..algorithms import (
-    ProgramContext,
-    ProgramResult,
-    RewardModel,
-    StopReason,
-    TokenKind,
-    best_of_n,
-    dynasor_cot,
-    in_thinking,
-    self_consistency,
-)
-from ..algorithms._dynasor_cot import CLOSE_THINK
+from .._probe import CLOSE_THINK, PROBE_CLOSE, PROBE_SUFFIX, in_thinking
+from ..algorithms import Prompting, RewardModel
 from ..certainty import cluster_answers, get_extractor
 from ..endpoints import Choice, Generation, Message, Prompt, SamplingParams
+from ..program import ProgramContext, ProgramResult, StopReason, TokenKind
 from . import _sse
 from ._errors import ProxyError
 from ._options import DynasorOptions
+from ._registry import BestOfNOptions, CotOptions, Inputs, Reward, SamplingOptions
 from ._responses import Answer, usage_body
 from ._run import Run
 
@@ -112,7 +106,7 @@ class Final:
 class DynasorProgram:
     """The program body of one dynasor request (module docs)."""
 
-    def __init__(self, request: DynasorRequest, reward_model: Callable[[], RewardModel]) -> None:
+    def __init__(self, request: DynasorRequest, reward_model: Callable[[Reward | None], RewardModel]) -> None:
         self.request, self._reward_model = request, reward_model
         self.answer = Answer(request.kind, request.model)
         self.choices: list[Choice] = []  # every generated sample
@@ -120,10 +114,12 @@ class DynasorProgram:
 
     async def __call__(self, context: ProgramContext, run: Run) -> ProgramResult:
         request, options = self.request, self.request.options
+        entry, settings = options.entry, options.settings
+        assert entry is not None and settings is not None  # a dynasor request names an algorithm
         streaming = request.stream
 
         def progress(value: float, observations: int, answer: str | None) -> None:
-            if streaming and options.progress:
+            if streaming and settings.progress:
                 body = {"observations": observations, "certaindex": value, "answer": answer}
                 run.send(self.answer.progress_chunk({**body, "tokens": context.usage.total}))
 
@@ -135,45 +131,14 @@ class DynasorProgram:
         self.choices = record_samples(
             context, prompt=request.prompt if request.kind == "completions" else None, on_report=progress
         )
-        common: dict[str, Any] = {
-            "context": context,
-            "task": options.task,
-            "system": None,
-            "messages": request.messages,
-        }
+        inputs = Inputs(request.params, request.max_tokens, self._reward_model, text)
         try:
-            if options.algorithm == "sc":
-                result = await self_consistency(
-                    request.question,
-                    n=options.n,
-                    detect=min(options.detect or 5, options.n),
-                    rule=options.rule,
-                    params=_with_default_temperature(request.params, 0.7),
-                    **common,
-                )
-            elif options.algorithm == "best_of_n":
-                result = await best_of_n(
-                    request.question,
-                    reward_model=self._reward_model(),
-                    n=options.n,
-                    detect=min(options.detect or 4, options.n),
-                    aggregate=options.aggregate,
-                    params=_with_default_temperature(request.params, 0.7),
-                    **common,
-                )
-            else:
-                chunk, window, most = options.cot_settings
-                result = await dynasor_cot(
-                    request.question,
-                    chunk_tokens=chunk,
-                    window=window,
-                    max_tokens=request.max_tokens or most,
-                    params=_with_default_temperature(
-                        dataclasses.replace(request.params, max_tokens=None), 0.6
-                    ),
-                    on_text=text,
-                    **common,
-                )
+            result = await entry.algorithm(
+                request.question,
+                context=context,
+                prompting=Prompting(system=None, messages=request.messages, task=settings.task),
+                **entry.arguments(settings, inputs),
+            )
         except BudgetExhausted:
             result = ProgramResult.best_so_far(context, StopReason.BUDGET)
         run.state["final"] = await asyncio.to_thread(self.finish, result)
@@ -195,17 +160,24 @@ class DynasorProgram:
             "partial": result.partial,
             "program_id": result.program_id,
         }
-        final = self._cot(result, info) if options.algorithm == "cot" else self._vote(result, choices, info)
+        answer = options.entry.answer if options.entry is not None else "vote"
+        if answer == "chain":
+            final = self._cot(result, info)
+        elif answer == "tree":
+            final = self._tree(result, info)
+        else:
+            final = self._vote(result, choices, info)
         info["saved_tokens"] = final.saved
         return final
 
     def _vote(self, result: ProgramResult, choices: list[Choice], info: dict[str, Any]) -> Final:
-        options, tokens = self.request.options, result.tokens
-        extract = get_extractor(options.task)
+        settings, tokens = self.request.options.settings, result.tokens
+        assert isinstance(settings, SamplingOptions)
+        extract = get_extractor(settings.task)
         answers = [extract(c.text) for c in choices]
         winner: int | None = None
         best = result.details.get("best")
-        if options.algorithm == "best_of_n" and options.aggregate == "max" and isinstance(best, int):
+        if isinstance(settings, BestOfNOptions) and settings.aggregate == "max" and isinstance(best, int):
             winner = best if best < len(choices) else None
         if winner is None and result.answer is not None and answers:
             labels = cluster_answers([result.answer, *answers])
@@ -213,10 +185,10 @@ class DynasorProgram:
         if winner is None and choices:
             winner = 0  # no sample answered: the first one, as it is
         drawn = len(choices)
-        saved = round((tokens.generated + tokens.reward) / drawn * (options.n - drawn)) if drawn else 0
+        saved = round((tokens.generated + tokens.reward) / drawn * (settings.n - drawn)) if drawn else 0
         info.update(
             samples=drawn,
-            max_samples=options.n,
+            max_samples=settings.n,
             answers=answers,
             sample_tokens=[c.num_tokens for c in choices],
             winner=winner,
@@ -235,7 +207,9 @@ class DynasorProgram:
         if not finished:
             close = CLOSE_THINK if in_thinking(chain) else ""
             tail = close if result.answer is None else f"{close}{PROBE_SUFFIX}{result.answer}{PROBE_CLOSE}"
-        most = self.request.max_tokens or self.request.options.cot_settings[2]
+        settings = self.request.options.settings
+        assert isinstance(settings, CotOptions)
+        most = self.request.max_tokens or settings.cot_settings[2]
         generated = int(details.get("generated_tokens", tokens.generated))
         # The baseline decodes to max_tokens, unless the chain ended first (finished, context full).
         ran_out = finished or bool(details.get("context_full"))
@@ -251,6 +225,18 @@ class DynasorProgram:
             forced=not finished,
         )
         return Final(chain + tail, tail, None, "stop", saved, info)
+
+    def _tree(self, result: ProgramResult, info: dict[str, Any]) -> Final:
+        details = result.details
+        rewards = details.get("leaf_rewards", details.get("terminal_rewards", []))
+        info.update(
+            samples=len(result.answers),
+            answers=list(result.answers),
+            rewards=[None if math.isnan(r) else r for r in rewards],  # NaN (unscored) is not JSON
+            **{key: details[key] for key in ("depth", "nodes", "iterations") if key in details},
+        )
+        text = "" if result.answer is None else f"The answer is \\boxed{{{result.answer}}}."
+        return Final(text, text, None, "stop", 0, info)
 
 
 class DynasorRenderer:
@@ -287,7 +273,3 @@ class DynasorRenderer:
 
     def error(self, exc: BaseException) -> ProxyError:
         return self._errors(exc)
-
-
-def _with_default_temperature(params: SamplingParams, temperature: float) -> SamplingParams:
-    return params if params.temperature is not None else dataclasses.replace(params, temperature=temperature)

@@ -28,7 +28,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from ..algorithms import TokenUsage
+from ..program import TokenUsage
 from ._sse import event
 
 Kind = Literal["completions", "chat"]

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ..algorithms import ProgramContext, ProgramResult
+from ..program import ProgramContext, ProgramResult
 from . import _sse
 from ._errors import ProxyError
 

@@ -92,7 +92,7 @@ class ProxyService:
             transport=httpx.AsyncHTTPTransport(limits=limits, socket_options=[_NODELAY]),
         )
         self.runtime = Runtime(self.endpoint, token_budget=config.token_budget, window=config.max_in_flight)
-        self._reward: RewardModel | None = None
+        self._rewards: dict[str, RewardModel] = {}
         self._reward_endpoint: Endpoint | None = None
         self._runs: set[Run] = set()
         self.started = time.time()
@@ -210,20 +210,24 @@ class ProxyService:
         headers.update(self.config.extra_headers)
         return headers, own
 
-    def reward_model(self) -> RewardModel:
-        """Best-of-N's reward model (``ProxyConfig.reward``), made on first use."""
-        if self._reward is None:
-            choice = self.config.reward
+    def reward_model(self, choice: str | None = None) -> RewardModel:
+        """The reward model a request chose (``dynasor.reward``: ``"judge"`` or ``"pooling"``, on the
+        upstream), or the proxy's own (None: ``ProxyConfig.reward``, which may also be the API root
+        of a separate ``/pooling`` server); each made on first use."""
+        choice = choice or self.config.reward
+        model = self._rewards.get(choice)
+        if model is None:
             if choice == "judge":
-                self._reward = JudgeRewardModel(self.endpoint)
+                model = JudgeRewardModel(self.endpoint)
             elif choice == "pooling":
-                self._reward = PoolingRewardModel(self.endpoint)
+                model = PoolingRewardModel(self.endpoint)
             else:
                 self._reward_endpoint = Endpoint(
                     choice, api_key=self.config.upstream_api_key or "EMPTY", timeout=self.config.timeout_s
                 )
-                self._reward = PoolingRewardModel(self._reward_endpoint)
-        return self._reward
+                model = PoolingRewardModel(self._reward_endpoint)
+            self._rewards[choice] = model
+        return model
 
     def error(self, exc: BaseException) -> ProxyError:
         """The HTTP error for anything a run raised (see :mod:`._errors`)."""
