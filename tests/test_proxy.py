@@ -873,6 +873,25 @@ async def test_local_cot_streams_and_forces_the_answer(
 
 
 @pytest.mark.local_model
+async def test_local_rebase_judged_by_the_upstream_model(
+    local_server: LocalLlamaServer, local_proxy: ProxyServer
+) -> None:
+    # The default reward model: the upstream model itself as a yes/no judge of each partial path.
+    answer = await _client(local_proxy).chat.completions.create(
+        model=f"{local_server.model}+rebase2",
+        messages=[{"role": "user", "content": "What is 2 + 3?"}],
+        extra_body={"dynasor": {"max_depth": 2, "step_tokens": 16}},
+    )
+    info, usage = (answer.model_extra or {})["dynasor"], answer.usage
+    assert info["algorithm"] == "rebase" and 1 <= info["samples"] <= 2 and info["depth"] <= 2
+    assert usage is not None
+    tokens = (usage.model_extra or {})["dynasor_tokens"]
+    assert tokens["generated"] > 0 and tokens["reward"] > 0  # the judge's prompts and answers, counted
+    assert all(r is None or 0.0 <= r <= 1.0 for r in info["rewards"])  # P(Yes)
+    assert info["answer"] is None or info["answer"] in info["answers"]
+
+
+@pytest.mark.local_model
 async def test_local_context_too_long_is_400(
     local_server: LocalLlamaServer, local_proxy: ProxyServer
 ) -> None:
