@@ -1,4 +1,4 @@
-"""The paper's allocation policies (``certainty._allocation``): decisions on hand-made observations,
+"""The paper's allocation policies (``certainty.rules``): decisions on hand-made observations,
 ``remaining`` (what a budget manager asks), checkpoints and rounds, and JSON round trips."""
 
 from __future__ import annotations
@@ -25,16 +25,17 @@ from dynasor_client.certainty import (
     default_rule,
     rule_from_dict,
 )
-from dynasor_client.certainty._allocation import (
+from dynasor_client.certainty.rules import (
+    NO_LIMIT,
     CurveFitAllocation,
     DynamicCurveFit,
     MultiStepThreshold,
     RemainingCurve,
     StaticThreshold,
+    checkpoint_mask,
+    checkpoints,
     remaining,
 )
-from dynasor_client.certainty._rules import NO_LIMIT
-from dynasor_client.certainty.calibration import checkpoint_mask, checkpoints
 
 UNANIMOUS = [0] * 30
 FOUR_ONE = [0, 1, 0, 0, 0] + [0] * 25  # H~ at 5 = 0.689 (4/1 split)

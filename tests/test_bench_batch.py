@@ -18,9 +18,8 @@ from dynasor_client.benchmarks import (
     replay_in_orders,
     with_extracted_answers,
 )
+from dynasor_client.calibration import label_traces, published_rules
 from dynasor_client.certainty import cap, cluster_answers, default_rule
-from dynasor_client.certainty.calibration import label_traces
-from dynasor_client.certainty.calibration._search import published_rules
 from dynasor_client.cli import main
 from dynasor_client.program import StandaloneContext
 from dynasor_client.replay import ReplayEngine

@@ -1,4 +1,4 @@
-"""Calibration (``certainty.calibration``): traces, the split, replay and evaluation (against a slow
+"""Calibration (``dynasor_client.calibration``): traces, the split, replay and evaluation (against a slow
 pure-Python reference), the search's fast paths (against the rules they build), curve fits, JSON,
 and the real thing: calibrate on SVAMP train, judge on SVAMP test, via the library and the CLI."""
 
@@ -14,26 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynasor_client.certainty import (
-    NONE,
-    BayesianAgreement,
-    Cap,
-    EntropyCertainty,
-    Hopeless,
-    Observations,
-    Signal,
-    StopRule,
-    Threshold,
-    TokenBudget,
-)
-from dynasor_client.certainty._allocation import (
-    CurveFitAllocation,
-    DynamicCurveFit,
-    MultiStepThreshold,
-    RemainingCurve,
-    StaticThreshold,
-)
-from dynasor_client.certainty.calibration import (
+from dynasor_client.calibration import (
     CalibrationResult,
     LabelledTraces,
     MultiStepFamily,
@@ -41,6 +22,7 @@ from dynasor_client.certainty.calibration import (
     SearchSpace,
     StaticFamily,
     View,
+    bench_certaindex,
     calibrate,
     checkpoint_mask,
     checkpoints,
@@ -61,7 +43,25 @@ from dynasor_client.certainty.calibration import (
     split_of,
     threshold_grid,
 )
-from dynasor_client.certainty.calibration._bench import bench_certaindex
+from dynasor_client.certainty import (
+    NONE,
+    BayesianAgreement,
+    Cap,
+    EntropyCertainty,
+    Hopeless,
+    Observations,
+    Signal,
+    StopRule,
+    Threshold,
+    TokenBudget,
+)
+from dynasor_client.certainty.rules import (
+    CurveFitAllocation,
+    DynamicCurveFit,
+    MultiStepThreshold,
+    RemainingCurve,
+    StaticThreshold,
+)
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
 TRACES = DATA / "traces"
@@ -81,7 +81,7 @@ def _signals() -> list[Signal]:
     """Entropy plus Adaptive-Consistency's signal when the signals module is there (a pair to combine)."""
     out: list[Signal] = [EntropyCertainty()]
     try:
-        from dynasor_client.certainty._signals import BayesianAgreement
+        from dynasor_client.certainty.signals import BayesianAgreement
     except ImportError:
         return out
     return [*out, BayesianAgreement()]
@@ -298,7 +298,7 @@ def test_fast_paths_reproduce_the_rules_they_build() -> None:
 
 
 def rule_round_trip(rule: StopRule) -> StopRule:
-    from dynasor_client.certainty._allocation import rule_from_json
+    from dynasor_client.certainty.rules import rule_from_json
 
     return rule_from_json(json.loads(json.dumps(rule.to_dict())))
 

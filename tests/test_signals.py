@@ -1,5 +1,5 @@
-"""Confidence signals, per-observation features and the rule vocabulary (``certainty._signals*``,
-``certainty._features``): properties checked with hypothesis against plain-Python references, known
+"""Confidence signals, per-observation features and the rule vocabulary (``certainty.signals``,
+``certainty.rules``): properties checked with hypothesis against plain-Python references, known
 values, JSON round trips, and features on real recorded logprobs and rewards."""
 
 from __future__ import annotations
@@ -28,8 +28,22 @@ from dynasor_client.certainty import (
     signal_from_dict,
     signal_to_dict,
 )
-from dynasor_client.certainty._features import (
+from dynasor_client.certainty.rules import (
+    adaptive_consistency,
+    confidence_at_least,
+    esc,
+    probe_consistency_at_least,
+    reward_at_least,
+)
+from dynasor_client.certainty.signals import (
     DEFAULT_HESITATION_WORDS,
+    BayesianAgreement,
+    ConfidenceCertainty,
+    MeanLogprobCertainty,
+    OutputLengthCertainty,
+    ProbeConsistency,
+    RewardCertainty,
+    WindowAgreement,
     bottom_group_confidence,
     group_confidence,
     is_hesitant,
@@ -39,20 +53,6 @@ from dynasor_client.certainty._features import (
     reduce_step_rewards,
     tail_confidence,
     token_confidence,
-)
-from dynasor_client.certainty._signals import (
-    BayesianAgreement,
-    ConfidenceCertainty,
-    MeanLogprobCertainty,
-    OutputLengthCertainty,
-    ProbeConsistency,
-    RewardCertainty,
-    WindowAgreement,
-    adaptive_consistency,
-    confidence_at_least,
-    esc,
-    probe_consistency_at_least,
-    reward_at_least,
 )
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"

@@ -197,7 +197,7 @@ async def _generate(args: argparse.Namespace) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    from .certainty.calibration import _commands
+    from .calibration import _commands
 
     try:
         result = _commands.calibrate_command(
@@ -223,7 +223,7 @@ def _calibrate(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from .certainty.calibration import _commands
+    from .calibration import _commands
 
     try:
         figures = _commands.bench_command(

@@ -41,7 +41,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import TYPE_CHECKING, Literal
 
 from ..certainty import Observations, StopRule
-from ..certainty.calibration import checkpoints
+from ..certainty.rules import checkpoints
 
 if TYPE_CHECKING:
     from ..endpoints import Choice, Generation, Message, SamplingParams

@@ -22,8 +22,8 @@ from ..certainty import (
     cap,
     entropy_at_least,
     get_extractor,
+    load_rule,
 )
-from ..certainty.calibration import load_rule
 from ..endpoints import Message, SamplingParams
 from ..program import ProgramContext, ProgramResult, StopReason, algorithm
 from ._prompting import question_messages

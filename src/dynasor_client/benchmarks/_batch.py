@@ -30,8 +30,8 @@ from ._batch_report import batch_table, plot_batch
 from ._common import finish_command, run_metadata
 
 if TYPE_CHECKING:
-    from ..certainty._observations import IntArray
-    from ..certainty.calibration import LabelledTraces, Replay
+    from ..calibration import LabelledTraces, Replay
+    from ..certainty import IntArray
 
 __all__ = [
     "ALGORITHMS",
@@ -70,7 +70,7 @@ def replay_in_orders(
     it leaves out follow in index order. Used to score a method on the
     exact order a live program drew (e.g. the replay server's draws for one program).
     """
-    from ..certainty.calibration import LabelledTraces, Replay, sample_orders
+    from ..calibration import LabelledTraces, Replay, sample_orders
 
     if len(orders) != labelled.questions:
         raise ValueError(f"need one order per question: {len(orders)} for {labelled.questions}")
@@ -179,8 +179,8 @@ def run_batch_benchmark(
     ``answers="extracted"`` votes with the answers the library's extractor finds in each sample's
     text (as a live program does) instead of the recorded ones.
     """
-    from ..certainty._rules import Cap
-    from ..certainty.calibration import Replay, label_traces
+    from ..calibration import Replay, label_traces
+    from ..certainty import Cap
 
     started = time.perf_counter()
     if algorithm not in ALGORITHMS:

@@ -16,9 +16,8 @@ import numpy as np
 from ..traces import TEST_FRACTION, split_of
 
 if TYPE_CHECKING:
-    from ..certainty import StopRule
-    from ..certainty._observations import IntArray
-    from ..certainty.calibration import LabelledTraces, Replay
+    from ..calibration import LabelledTraces, Replay
+    from ..certainty import IntArray, StopRule
 
 __all__ = [
     "Method",
@@ -59,7 +58,7 @@ def oracle_stops(replay: Replay) -> IntArray:
 
 def method_stops(replay: Replay, method: Method) -> tuple[IntArray, IntArray]:
     """Stop position and sequential rounds per row of ``replay`` for ``method`` (oracle: 1 round)."""
-    from ..certainty.calibration import consulted_rounds
+    from ..calibration import consulted_rounds
 
     if method.rule is None:
         return oracle_stops(replay), np.ones(replay.rows, dtype=np.int64)
@@ -81,15 +80,14 @@ def reference_methods(
 
     Returns the methods and notes (variants for which the profiler found no setting within epsilon).
     """
-    from ..certainty import EntropyCertainty, confidence_at_least
-    from ..certainty._rules import Cap
-    from ..certainty.calibration import (
+    from ..calibration import (
         CurveFitFamily,
         DynamicCurveFitFamily,
         MultiStepFamily,
+        published_rules,
         search,
     )
-    from ..certainty.calibration._search import published_rules
+    from ..certainty import Cap, EntropyCertainty, confidence_at_least
 
     published = published_rules(cap)
     detect = min(DETECT, cap)
@@ -194,16 +192,15 @@ def load_ours(
     calibration: str | Path | None, cap: int, *, traces: Path, sha: str, evaluated_ids: Sequence[str]
 ) -> tuple[Method, dict[str, Any], list[str]]:
     """The "ours" method, its provenance and notes; refuses a ``--calibration`` that saw these questions."""
-    from ..certainty import default_rule
-    from ..certainty._allocation import DEFAULT_RULE_FILE
-    from ..certainty._rules import Cap
-    from ..certainty.calibration import load_rule
+    from ..certainty import Cap, default_rule, load_rule
+    from ..certainty.rules import DEFAULT_RULE_FILE
 
     notes: list[str] = []
     if calibration is None:
         from importlib import resources
 
-        text = resources.files("dynasor_client.certainty").joinpath(DEFAULT_RULE_FILE).read_text("utf-8")
+        package = resources.files("dynasor_client.certainty.rules")
+        text = package.joinpath(DEFAULT_RULE_FILE).read_text("utf-8")
         data, rule, source = json.loads(text), default_rule(), "default_rule()"
     else:
         path = Path(calibration)

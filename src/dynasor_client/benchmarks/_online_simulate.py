@@ -78,8 +78,7 @@ class ProgramOutcome:
 def stop_rule(name: RuleName) -> StopRule | str:
     """``"default"``: :func:`~dynasor_client.certainty.default_rule`; ``"paper"``: H~ >= 0.7 at 5;
     else the path of a calibration JSON (``dynasor-client calibrate``, e.g. with ``--max-rounds``)."""
-    from ..certainty import default_rule
-    from ..certainty.calibration import load_rule
+    from ..certainty import default_rule, load_rule
 
     if name == "paper":
         return "paper"

@@ -86,7 +86,7 @@ def run_figures(
     programs: Sequence[ProgramSpec], outcomes: Sequence[ProgramOutcome], slo_scale: float
 ) -> dict[str, Any]:
     """Attainment, latency, accuracy and tokens of one run."""
-    from ..certainty.calibration._traces import default_cluster, equivalence_from_cluster
+    from ..calibration import default_cluster, equivalence_from_cluster
 
     equivalent = equivalence_from_cluster(default_cluster())
     ran = [o for o in outcomes if o.stop_reason != "rejected"]

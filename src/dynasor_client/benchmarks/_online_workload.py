@@ -99,7 +99,7 @@ class ProgramSpec:
 
 def agreement(question: TraceQuestion) -> float:
     """Share of the recorded samples whose answer is the majority answer (no answer agrees with none)."""
-    from ..certainty.calibration._traces import default_cluster
+    from ..calibration import default_cluster
 
     labels = default_cluster()([s.answer for s in question.samples])
     counts: dict[int, int] = {}

@@ -1,72 +1,24 @@
 """Certaindex: how settled a reasoning program is, computed from what the model already produced.
 
-- :class:`Observations` — a program's observations (answers as class labels, rewards, tokens,
-  confidences) as ``[B, K]`` arrays; B = 1 for a live program, many rows for calibration.
-- :class:`Signal` — one interface for every confidence signal (value in [0, 1] + support).
-- :class:`StopRule` — composable stop rules (``&``, ``|``), serialisable to JSON.
-- allocation policies (static, multi-step, curve fit, dynamic curve fit) and :func:`default_rule`,
-  calibrated on the SVAMP train split; :mod:`.calibration` — the profiler that fits rules to traces.
+- :class:`Observations` (:mod:`._observations`) — a program's observations (answers as class labels,
+  rewards, tokens, confidences) as ``[B, K]`` arrays; B = 1 for a live program, many rows for
+  calibration. Shared by signals and rules.
+- :mod:`.signals` — :class:`Signal`, one interface for every confidence signal (value in [0, 1] +
+  support), the entropy certaindex and the signals beyond it, registered by name for JSON; the
+  per-observation features they read.
+- :mod:`.rules` — :class:`StopRule`, composable stop rules (``&``, ``|``) serialisable to JSON; the
+  allocation policies (static, multi-step, curve fit, dynamic curve fit); rule files
+  (:func:`load_rule`) and :func:`default_rule`, calibrated on the SVAMP train split.
 - :mod:`.answers` — answer extraction, normalisation, equivalence classes and voting.
+
+Everything a user writes is importable from here. The profiler that fits rules to traces is
+:mod:`dynasor_client.calibration` (an offline tool above this package).
 """
 
-from ._allocation import (
-    CurveFitAllocation,
-    DynamicCurveFit,
-    MultiStepThreshold,
-    RemainingCurve,
-    StaticThreshold,
-    default_rule,
-    remaining,
-)
-from ._features import (
-    DEFAULT_HESITATION_WORDS,
-    bottom_group_confidence,
-    group_confidence,
-    is_hesitant,
-    lowest_group_confidence,
-    lowest_window_mean_logprob,
-    mean_logprob,
-    reduce_step_rewards,
-    tail_confidence,
-    token_confidence,
-)
 from ._observations import NONE, Certainty, Observations, prefix_class_counts
-from ._rules import (
-    AllOf,
-    AnyOf,
-    Cap,
-    Hopeless,
-    RuleReason,
-    StopRule,
-    Threshold,
-    TokenBudget,
-    cap,
-    entropy_at_least,
-    first_stop,
-    hopeless,
-    register_signal,
-    registered_signals,
-    rule_from_dict,
-    signal_from_dict,
-    signal_to_dict,
-    token_budget,
-)
-from ._signal import EntropyCertainty, Signal, normalised_entropy_certainty
-from ._signals import (
-    BayesianAgreement,
-    ConfidenceCertainty,
-    MeanLogprobCertainty,
-    OutputLengthCertainty,
-    ProbeConsistency,
-    RewardCertainty,
-    WindowAgreement,
-    adaptive_consistency,
-    confidence_at_least,
-    esc,
-    leader_posterior,
-    probe_consistency_at_least,
-    reward_at_least,
-)
+from ._observations import BoolArray as BoolArray
+from ._observations import FloatArray as FloatArray
+from ._observations import IntArray as IntArray
 from .answers import (
     AnswerClusters,
     Equivalence,
@@ -77,6 +29,62 @@ from .answers import (
     get_extractor,
     majority_vote,
     normalize_answer,
+)
+from .rules import (
+    AllOf,
+    AnyOf,
+    Cap,
+    CurveFitAllocation,
+    DynamicCurveFit,
+    Hopeless,
+    MultiStepThreshold,
+    RemainingCurve,
+    RuleReason,
+    StaticThreshold,
+    StopRule,
+    Threshold,
+    TokenBudget,
+    adaptive_consistency,
+    cap,
+    confidence_at_least,
+    default_rule,
+    entropy_at_least,
+    esc,
+    first_stop,
+    hopeless,
+    load_rule,
+    probe_consistency_at_least,
+    remaining,
+    reward_at_least,
+    rule_from_dict,
+    token_budget,
+)
+from .signals import (
+    DEFAULT_HESITATION_WORDS,
+    BayesianAgreement,
+    ConfidenceCertainty,
+    EntropyCertainty,
+    MeanLogprobCertainty,
+    OutputLengthCertainty,
+    ProbeConsistency,
+    RewardCertainty,
+    Signal,
+    WindowAgreement,
+    bottom_group_confidence,
+    group_confidence,
+    is_hesitant,
+    leader_posterior,
+    lowest_group_confidence,
+    lowest_window_mean_logprob,
+    mean_logprob,
+    normalised_entropy_certainty,
+    reduce_step_rewards,
+    register_signal,
+    registered_signals,
+    signal_from_dict,
+    signal_to_dict,
+    tail_confidence,
+    token_confidence,
 )
 
 __all__ = [
@@ -125,6 +133,7 @@ __all__ = [
     "hopeless",
     "is_hesitant",
     "leader_posterior",
+    "load_rule",
     "lowest_group_confidence",
     "lowest_window_mean_logprob",
     "majority_vote",

@@ -7,7 +7,7 @@ from typing import Any, Literal, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
-from ._observations import BoolArray, FloatArray, IntArray
+from .._observations import BoolArray, FloatArray, IntArray
 
 Aggregate = Literal["mean", "max", "min"]
 ArrayT = TypeVar("ArrayT", bound=npt.NDArray[Any])

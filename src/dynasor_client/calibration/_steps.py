@@ -15,10 +15,19 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._allocation import MultiStepThreshold, StaticThreshold
-from .._observations import BoolArray, FloatArray, IntArray
-from .._rules import AllOf, AnyOf, Cap, Hopeless, StopRule
-from .._signal import Signal
+from ..certainty import (
+    AllOf,
+    AnyOf,
+    BoolArray,
+    Cap,
+    FloatArray,
+    Hopeless,
+    IntArray,
+    MultiStepThreshold,
+    Signal,
+    StaticThreshold,
+    StopRule,
+)
 
 if TYPE_CHECKING:
     from ._search import SearchSpace, View

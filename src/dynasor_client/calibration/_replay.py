@@ -20,8 +20,9 @@ Definitions used by :func:`evaluate`:
   are not counted (they do not depend on the rule when the prompt is cached; ``prompt_tokens`` per
   sample is reported separately in :attr:`Evaluation.prompt_tokens`).
 - *Rounds*: sequential rounds — the checkpoints a program consults, where a checkpoint is an
-  observation count at which the rule may fire (:func:`checkpoint_mask`); the final observation
-  always counts. A rule checked at counts 5, 10 and 30 that stops at 10 took 2 rounds; one checked
+  observation count at which the rule may fire
+  (:func:`~dynasor_client.certainty.rules.checkpoint_mask`); the final observation always counts.
+  A rule checked at counts 5, 10 and 30 that stops at 10 took 2 rounds; one checked
   after every observation that stops at 7 took 7. A program skips a checkpoint at which its rule
   cannot fire whatever the samples still to come (``StopRule.may_fire``), so it takes fewer:
   :func:`consulted_rounds`. The calibration search bounds the planned checkpoints
@@ -40,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from .._observations import NONE, BoolArray, FloatArray, IntArray, Observations
-from .._rules import AllOf, AnyOf, Cap, StopRule, Threshold, TokenBudget, first_stop
+from ..certainty import NONE, BoolArray, FloatArray, IntArray, Observations, StopRule, first_stop
+from ..certainty.rules import checkpoints
 from ._traces import ClusterFn, EquivalentFn, TraceQuestion, default_cluster, equivalence_from_cluster
 
 
@@ -424,59 +425,7 @@ def evaluate(
     return data.evaluate(rule)
 
 
-# -- checkpoints: where a program consults its rule --------------------------------------------------
-
-
-def _leaf_mask(rule: StopRule, obs: Observations) -> BoolArray:
-    counts = obs.counts
-    own = getattr(rule, "check_mask", None)
-    if callable(own):
-        return np.asarray(own(obs), dtype=bool) & obs.valid
-    if isinstance(rule, Threshold):
-        mask = counts >= rule.min_obs
-        if rule.at is not None:
-            mask &= np.isin(counts, np.asarray(rule.at))
-        if rule.every is not None:
-            mask &= counts % rule.every == 0
-        return mask & obs.valid
-    if isinstance(rule, Cap):
-        return np.asarray((counts == rule.n) & obs.valid, dtype=bool)
-    if isinstance(rule, TokenBudget):
-        return obs.valid.copy()
-    return obs.valid.copy()  # unknown rule: assume it is consulted after every observation
-
-
-def checkpoint_mask(rule: StopRule, obs: Observations) -> BoolArray:
-    """``[B, K]``: where a program running ``rule`` consults it (so pauses between rounds).
-
-    Walks the rule tree: ``AnyOf`` takes the union of its parts' checkpoints, ``AllOf`` the
-    intersection (it can only fire where all parts can); ``Threshold`` its ``at``/``every``/``min_obs``
-    counts; ``Cap`` its count; a rule with a
-    ``check_mask(obs)`` method (the allocation policies, whose checkpoints differ per row) its own;
-    anything else every observation.
-    """
-    if isinstance(rule, AnyOf):
-        return np.asarray(np.logical_or.reduce([checkpoint_mask(r, obs) for r in rule.rules]), dtype=bool)
-    if isinstance(rule, AllOf):
-        return np.asarray(np.logical_and.reduce([checkpoint_mask(r, obs) for r in rule.rules]), dtype=bool)
-    return _leaf_mask(rule, obs)
-
-
-def checkpoints(rule: StopRule, cap: int) -> tuple[int, ...]:
-    """Observation counts (1..cap) at which ``rule`` may be consulted; ``cap`` always included.
-
-    For rules whose checkpoints depend on the data (curve fits) this is every count they may use.
-    """
-    if isinstance(rule, AnyOf | AllOf):
-        parts = [set(checkpoints(r, cap)) for r in rule.rules]
-        merged = set.union(*parts) if isinstance(rule, AnyOf) else set.intersection(*parts)
-        return tuple(sorted(merged | {cap}))
-    own = getattr(rule, "checkpoints", None)
-    if callable(own):
-        return tuple(sorted({int(c) for c in own(cap) if 1 <= c <= cap} | {cap}))
-    dummy = Observations(labels=np.zeros((1, cap), dtype=np.int64), valid=np.ones((1, cap), dtype=bool))
-    mask = _leaf_mask(rule, dummy)[0]
-    return tuple(sorted({int(i) + 1 for i in np.flatnonzero(mask)} | {cap}))
+# -- rounds: the checkpoints a program consults --------------------------------------------------------
 
 
 def consulted_rounds(rule: StopRule, obs: Observations, stop: IntArray) -> IntArray:

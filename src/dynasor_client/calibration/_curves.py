@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from .._allocation import RemainingCurve
-from .._observations import BoolArray, FloatArray, IntArray
+from ..certainty import BoolArray, FloatArray, IntArray, RemainingCurve
 
 
 def settle_counts(winner: IntArray, valid: BoolArray) -> IntArray:

@@ -36,10 +36,19 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .._allocation import StaticThreshold, register_builtin_signals
-from .._observations import BoolArray, FloatArray, IntArray
-from .._rules import Cap, StopRule, registered_signals, signal_to_dict
-from .._signal import EntropyCertainty, Signal
+from ..certainty import (
+    BoolArray,
+    Cap,
+    EntropyCertainty,
+    FloatArray,
+    IntArray,
+    Signal,
+    StaticThreshold,
+    StopRule,
+    registered_signals,
+    signal_to_dict,
+)
+from ..certainty.signals import register_builtin_signals
 from ._families import Family, Recipe, default_families, signal_key
 from ._replay import Evaluation, LabelledTraces, Replay, Score, label_traces
 from ._result import CalibrationResult
@@ -320,7 +329,7 @@ def published_rules(cap: int) -> dict[str, StopRule]:
     sample) and ESC (windows of 5 that all agree), the last two when their signals are available."""
     rules: dict[str, StopRule] = {"paper_static": paper_rule(cap)}
     try:
-        from .._signals import adaptive_consistency, esc
+        from ..certainty import adaptive_consistency, esc
     except ImportError:
         return rules
     rules["adaptive_consistency"] = adaptive_consistency(0.95) | Cap(cap)
@@ -358,7 +367,7 @@ def calibrate(
     (0.002 = 0.2 accuracy points). ``safety``: how many standard errors (over questions) of the
     paired accuracy difference with the full budget the out-of-fold accuracy must clear the bound by
     (see the module docs). ``fitted_on`` adds provenance (file name, split) to the result.
-    Returns a :class:`~dynasor_client.certainty.calibration.CalibrationResult`.
+    Returns a :class:`~dynasor_client.calibration.CalibrationResult`.
     """
     if not 0 <= epsilon < 1:
         raise ValueError("epsilon is an accuracy fraction in [0, 1), e.g. 0.002 for 0.2 points")

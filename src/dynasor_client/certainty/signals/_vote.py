@@ -10,10 +10,10 @@ import numpy as np
 from scipy.linalg import eigh_tridiagonal
 from scipy.special import gammainc
 
-from ._observations import BoolArray, Certainty, FloatArray, IntArray, Observations, agreeing_future
-from ._rules import register_signal
-from ._signal import Signal
-from ._signals_util import dense_labels
+from .._observations import BoolArray, Certainty, FloatArray, IntArray, Observations, agreeing_future
+from ._base import Signal
+from ._registry import register_signal
+from ._util import dense_labels
 
 Transform = Literal["identity", "exp"]
 

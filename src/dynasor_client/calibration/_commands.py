@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ...traces._format import file_sha256
+from ..traces._format import file_sha256
 from ._bench import bench_certaindex
 from ._replay import Replay, label_traces
 from ._result import CalibrationResult

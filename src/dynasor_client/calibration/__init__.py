@@ -1,5 +1,9 @@
 """Calibration (the paper's profiler): choose a stop rule from labelled traces, and judge rules.
 
+An offline tool over trace files (``dynasor-client calibrate``, ``dynasor-client bench``): it builds
+on :mod:`dynasor_client.certainty` and no program imports it at run time. A program loads the rule it
+writes with :func:`dynasor_client.certainty.load_rule`.
+
     questions = load_traces("svamp-codex-sc30.jsonl")
     result = calibrate(select_split(questions, "train"), epsilon=0.002)   # minimise tokens s.t. accuracy
     result.save("calib.json")                                           # >= full budget - 0.2 points
@@ -9,10 +13,11 @@
   deterministic train/test split (sha256 of the question id; 30% test).
 - :class:`Replay`, :func:`evaluate` — many random sample orders at once; accuracy, tokens, rounds.
 - :func:`calibrate` — the search (families of recipes, cross-validated); :class:`CalibrationResult`.
-- :func:`default_rule` — the shipped rule (parameters calibrated on SVAMP train).
+- :func:`default_rule` — the shipped rule (parameters calibrated on SVAMP train); :func:`load_rule`,
+  :func:`checkpoints` and :func:`checkpoint_mask` — from :mod:`dynasor_client.certainty.rules`.
 """
 
-from .._allocation import default_rule
+from ..certainty.rules import checkpoint_mask, checkpoints, default_rule, load_rule
 from ._bench import bench_certaindex
 from ._curves import fit_remaining_curve, settle_counts
 from ._families import (
@@ -32,15 +37,13 @@ from ._replay import (
     LabelledTraces,
     Replay,
     Score,
-    checkpoint_mask,
-    checkpoints,
     consulted_rounds,
     evaluate,
     label_traces,
     prefix_majority,
     sample_orders,
 )
-from ._result import CalibrationResult, load_rule
+from ._result import CalibrationResult
 from ._search import (
     Candidate,
     Objective,
@@ -50,6 +53,7 @@ from ._search import (
     calibrate,
     candidate_signals,
     paper_rule,
+    published_rules,
     search,
 )
 from ._steps import StepTable, fit_step_thresholds, threshold_grid
@@ -57,6 +61,8 @@ from ._traces import (
     TEST_FRACTION,
     TraceQuestion,
     TraceSample,
+    default_cluster,
+    equivalence_from_cluster,
     exact_cluster,
     fold_of,
     load_traces,
@@ -92,9 +98,11 @@ __all__ = [
     "checkpoint_mask",
     "checkpoints",
     "consulted_rounds",
+    "default_cluster",
     "default_families",
     "default_rule",
     "default_schedules",
+    "equivalence_from_cluster",
     "evaluate",
     "exact_cluster",
     "fit_curve",
@@ -106,6 +114,7 @@ __all__ = [
     "load_traces",
     "paper_rule",
     "prefix_majority",
+    "published_rules",
     "sample_orders",
     "search",
     "select_split",

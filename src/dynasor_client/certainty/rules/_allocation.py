@@ -16,30 +16,16 @@ manager that reallocates work, and ``check_mask(obs)`` — where a program consu
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ._observations import BoolArray, FloatArray, IntArray, Observations
-from ._rules import (
-    AllOf,
-    AnyOf,
-    Cap,
-    StopRule,
-    Threshold,
-    next_step,
-    rule_from_dict,
-    signal_from_dict,
-    signal_to_dict,
-    steps_dict,
-)
-from ._signal import EntropyCertainty, Signal
+from .._observations import BoolArray, FloatArray, IntArray, Observations
+from ..signals import EntropyCertainty, Signal, signal_from_dict, signal_to_dict
+from ._base import AllOf, AnyOf, StopRule, next_step, steps_dict
+from ._basic import Cap, Threshold
 
 
 def _values(signal: Signal, obs: Observations) -> FloatArray:
@@ -184,7 +170,7 @@ class RemainingCurve:
     """Predicted remaining observations from certaindex h: ``f(h) = a * (1 - h) ** b`` (``form="power"``).
 
     f(1) = 0 (all agree: nothing more needed); f(0) = a. NaN h counts as 0. Fit with
-    :func:`dynasor_client.certainty.calibration.fit_remaining_curve`.
+    :func:`dynasor_client.calibration.fit_remaining_curve`.
     """
 
     a: float
@@ -360,30 +346,3 @@ def remaining(rule: StopRule, obs: Observations) -> IntArray:
     else:
         want = np.ones_like(n)
     return np.asarray(np.where(stopped, 0, want), dtype=np.int64)
-
-
-# -- loading rules ---------------------------------------------------------------------------------------
-
-
-def register_builtin_signals() -> None:
-    """Import the signals beyond entropy so rules naming them load (they register on import)."""
-    with contextlib.suppress(ImportError):
-        importlib.import_module("dynasor_client.certainty._signals")
-
-
-def rule_from_json(data: dict[str, Any]) -> StopRule:
-    """A rule from its ``to_dict`` form, or from a file's JSON holding one under ``"rule"``, with
-    every built-in signal available."""
-    register_builtin_signals()
-    return rule_from_dict(data.get("rule", data) if "kind" not in data else data)
-
-
-DEFAULT_RULE_FILE = "default_rule.json"
-
-
-def default_rule() -> StopRule:
-    """The library's default stop rule: parameters calibrated on the SVAMP (Codex, 30 samples) train
-    split, shipped as ``dynasor_client/certainty/default_rule.json`` (see its ``fitted_on`` and its
-    held-out figures). Recalibrate for your model and task with ``dynasor-client calibrate``."""
-    text = resources.files("dynasor_client.certainty").joinpath(DEFAULT_RULE_FILE).read_text(encoding="utf-8")
-    return rule_from_json(json.loads(text))

@@ -22,10 +22,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .._allocation import CurveFitAllocation, DynamicCurveFit, RemainingCurve, _CurveRule
-from .._observations import IntArray
-from .._rules import StopRule, first_stop, signal_to_dict
-from .._signal import Signal
+from ..certainty import (
+    CurveFitAllocation,
+    DynamicCurveFit,
+    IntArray,
+    RemainingCurve,
+    Signal,
+    StopRule,
+    first_stop,
+    signal_to_dict,
+)
 from ._curves import fit_remaining_curve, settle_counts
 from ._steps import Mode, StepParams, StepRuleFitted, Target, fit_step_thresholds
 
@@ -272,7 +278,7 @@ class MultiStepFamily(Family):
 class _CurveFitted(Fitted):
     """A fitted curve policy, deciding from cached signal values (its ``plan``)."""
 
-    def __init__(self, rule: _CurveRule, signal: Signal) -> None:
+    def __init__(self, rule: CurveFitAllocation | DynamicCurveFit, signal: Signal) -> None:
         self._rule, self._signal = rule, signal
 
     def stops(self, view: View) -> tuple[IntArray, IntArray]:

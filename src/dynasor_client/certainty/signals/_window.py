@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from ._observations import NONE, BoolArray, FloatArray, IntArray, Observations
-from ._rules import register_signal
-from ._signal import Signal
-from ._signals_util import left_align_order, spread, take_rows
+from .._observations import NONE, BoolArray, FloatArray, IntArray, Observations
+from ._base import Signal
+from ._registry import register_signal
+from ._util import left_align_order, spread, take_rows
 
 
 def _check_window(window: int) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .._allocation import StaticThreshold
+from ..certainty import StaticThreshold
 from ._replay import LabelledTraces, Replay, label_traces
 from ._traces import default_cluster, exact_cluster, load_traces
 

@@ -1,49 +1,55 @@
-"""The confidence signals beyond entropy, and the rule vocabulary built on them.
+"""The vocabulary users write rules in; they read like the papers::
 
-Signals (each a :class:`Signal`, registered for JSON under its ``name``):
+    rule = cap(30) | (entropy_at_least(0.7, at=[5]) & reward_at_least(0.4)) | hopeless(after=16, below=0.2)
 
-========================= ======================= ===============================================
-class                     name                    from
-========================= ======================= ===============================================
-``RewardCertainty``       ``reward``              reward-model scores (outcome or reduced process)
-``ProbeConsistency``      ``probe_consistency``   Dynasor-CoT: agreement of the last w probes
-``ConfidenceCertainty``   ``confidence``          DeepConf: confidence-weighted vote share
-``MeanLogprobCertainty``  ``mean_logprob``        baseline: exp(mean logprob)
-``BayesianAgreement``     ``bayesian_agreement``  Adaptive-Consistency: P(leader is the majority)
-``OutputLengthCertainty`` ``output_length``       baseline: shorter outputs are more confident
-``WindowAgreement``       ``window_agreement``    ESC: the last w answers all equal
-========================= ======================= ===============================================
-
-Rules read like the papers: ``esc(5)``, ``adaptive_consistency(0.95)``,
+``entropy_at_least`` (the paper's H~ at a detect step), ``cap``, ``token_budget``, ``hopeless``, and
+the published baselines on the signals beyond entropy: ``esc(5)``, ``adaptive_consistency(0.95)``,
 ``probe_consistency_at_least(1.0, window=3)``, ``reward_at_least(0.8, "max")``,
 ``confidence_at_least(0.95)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from ._rules import StopRule, Threshold
-from ._signals_scalar import MeanLogprobCertainty, OutputLengthCertainty, RewardCertainty
-from ._signals_util import Aggregate
-from ._signals_vote import BayesianAgreement, ConfidenceCertainty, Transform, leader_posterior
-from ._signals_window import ProbeConsistency, WindowAgreement
+from ..signals import (
+    Aggregate,
+    BayesianAgreement,
+    ConfidenceCertainty,
+    EntropyCertainty,
+    ProbeConsistency,
+    RewardCertainty,
+    Signal,
+    Transform,
+    WindowAgreement,
+)
+from ._base import StopRule
+from ._basic import Cap, Hopeless, Threshold, TokenBudget
 
-__all__ = [
-    "BayesianAgreement",
-    "ConfidenceCertainty",
-    "MeanLogprobCertainty",
-    "OutputLengthCertainty",
-    "ProbeConsistency",
-    "RewardCertainty",
-    "WindowAgreement",
-    "adaptive_consistency",
-    "confidence_at_least",
-    "esc",
-    "leader_posterior",
-    "probe_consistency_at_least",
-    "reward_at_least",
-]
+
+def entropy_at_least(
+    threshold: float, *, at: Iterable[int] | None = None, every: int | None = None, min_obs: int = 2
+) -> StopRule:
+    """Stop when the entropy certaindex H~ reaches ``threshold`` (the paper: 0.7 at a detect step of 5)."""
+    return Threshold(EntropyCertainty(), threshold, at=at, every=every, min_obs=min_obs)
+
+
+def cap(n: int) -> StopRule:
+    """Stop after ``n`` observations."""
+    return Cap(n)
+
+
+def token_budget(tokens: int) -> StopRule:
+    """Stop once a program's observations cost ``tokens`` tokens."""
+    return TokenBudget(tokens)
+
+
+def hopeless(
+    after: int | None = None, below: float | Mapping[int, float] = 0.3, signal: Signal | None = None
+) -> StopRule:
+    """Cut programs whose certaindex (default: entropy) is below ``below`` from ``after``
+    observations on, or below ``below[k]`` at each listed count ``k`` (:class:`Hopeless`)."""
+    return Hopeless(after, below, signal)
 
 
 def reward_at_least(

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 
-from ._observations import BoolArray, FloatArray, IntArray, Observations
-from ._rules import register_signal
-from ._signal import Signal
-from ._signals_util import Aggregate, check_aggregate, prefix_aggregate
+from .._observations import BoolArray, FloatArray, IntArray, Observations
+from ._base import Signal
+from ._registry import register_signal
+from ._util import Aggregate, check_aggregate, prefix_aggregate
 
 
 class RewardCertainty(Signal):

@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from ._observations import FloatArray
+from .._observations import FloatArray
 
 #: Default hesitation words and phrases: Dynasor-CoT's list ("wait", "hold", "but", "okay", "no",
 #: "hmm") plus phrases that announce a re-check. Matched as whole words, case-insensitively; a

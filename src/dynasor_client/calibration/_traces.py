@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ...traces import (
+from ..traces import (
     TEST_FRACTION,
     Split,
     TraceQuestion,

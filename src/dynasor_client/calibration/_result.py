@@ -14,8 +14,9 @@
      "versions": {"dynasor_client", "numpy", "scipy", "python"},
      "held_out": null or {"split", "questions", "calibrated", "baseline", "reference"}}
 
-:func:`load_rule` reads just the rule from such a file, or from a file holding only a rule (the
-shipped :func:`~dynasor_client.certainty._allocation.default_rule` is one: parameters, no data).
+:func:`~dynasor_client.certainty.load_rule` reads just the rule from such a file, or from a file
+holding only a rule (the shipped :func:`~dynasor_client.certainty.default_rule` is one: parameters,
+no data).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .._allocation import rule_from_json
-from .._rules import StopRule
+from ..certainty import StopRule
+from ..certainty.rules import rule_from_json
 from ._replay import Evaluation
 
 FORMAT = "dynasor-calibration/1"
@@ -139,7 +140,8 @@ class CalibrationResult:
         return out
 
     def save_rule(self, path: str | Path) -> None:
-        """Write :meth:`rule_file` (what :func:`load_rule` and the shipped default rule read)."""
+        """Write :meth:`rule_file` (what :func:`~dynasor_client.certainty.load_rule` and the shipped
+        default rule read)."""
         Path(path).write_text(json.dumps(self.rule_file(), indent=1) + "\n", encoding="utf-8")
 
     def summary(self) -> str:
@@ -162,9 +164,3 @@ class CalibrationResult:
             lines.append(f"published {name}: accuracy {r['accuracy']:.4f}, saved {r['saved']:.1%}")
         lines += [f"note: {note}" for note in self.search.get("notes", [])]
         return "\n".join(lines)
-
-
-def load_rule(path: str | Path) -> StopRule:
-    """The rule in a calibration result file, or in a file holding just a rule (``{"kind": ...}``)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return rule_from_json(data)
