@@ -180,6 +180,9 @@ def test_budget_counts_configured_kinds_only() -> None:
 
 
 async def test_deadline_returns_best_so_far_and_aborts_requests(questions: list[TraceQuestion]) -> None:
+    # The same program on a fresh server with the same seed draws the same samples at the same
+    # modelled times: a first run measures when its two rounds end, and the second run's deadline
+    # falls half-way through its second round.
     q = questions[0]
     chat = [{"role": "user", "content": q.question}]
     reported: list[float] = []
@@ -187,21 +190,24 @@ async def test_deadline_returns_best_so_far_and_aborts_requests(questions: list[
     async def two_rounds(ctx: ProgramContext) -> ProgramResult:
         first = await ctx.generate(messages=chat, n=5)
         ctx.report(0.4, 5, first.choices[0].text)
-        reported.append(asyncio.get_running_loop().time())
-        await ctx.generate(messages=chat, n=5)  # as long as the first: still running at the deadline
-        raise AssertionError("the deadline should have stopped the program")
+        reported.append(ctx.clock() - ctx.started)
+        await ctx.generate(messages=chat, n=5)
+        reported.append(ctx.clock() - ctx.started)
+        return ctx.result(first.choices[0].text, None)
 
-    async with served([q], time_scale=1.0) as (server, endpoint), Runtime(endpoint) as runtime:
-        started = asyncio.get_running_loop().time()
-        await endpoint.chat(chat, n=5)  # how long one round takes here
-        one_round = asyncio.get_running_loop().time() - started
-        started = asyncio.get_running_loop().time()
-        result = await runtime.run(two_rounds, deadline_s=1.5 * one_round)
+    async with served([q], time_scale=4.0, seed=4) as (_, endpoint), Runtime(endpoint) as runtime:
+        await runtime.run(two_rounds, program_id="two-rounds")
+    first_s, both_s = reported
+    assert both_s - first_s > 0.5, reported  # the second round is long enough to be cut in
+    deadline_s = (first_s + both_s) / 2
+    reported.clear()
+    async with served([q], time_scale=4.0, seed=4) as (server, endpoint), Runtime(endpoint) as runtime:
+        result = await runtime.run(two_rounds, program_id="two-rounds", deadline_s=deadline_s)
         m = server.metrics
         await until(lambda: m()["running"] == 0 and m()["aborted"] >= 1, "the server aborting the request")
         metrics = await server_metrics(server)
     assert result.stop_reason is StopReason.DEADLINE and result.partial
-    assert reported and reported[0] - started < 1.5 * one_round
+    assert len(reported) == 1 and reported[0] < deadline_s  # the first round in time, the second cut
     assert result.answer is not None and result.answer == result.certaindex[-1].answer
     assert result.confidence == 0.4 and result.tokens.generated > 0
     assert metrics["running"] == 0 and metrics["aborted"] >= 1  # the server stopped working on it

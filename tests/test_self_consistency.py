@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from dynasor_client import Endpoint, SamplingParams, as_program
-from dynasor_client.algorithms import RoundPlan, round_sizes, self_consistency, self_consistency_rule
+from dynasor_client.algorithms import (
+    Prompting,
+    RoundPlan,
+    round_sizes,
+    self_consistency,
+    self_consistency_rule,
+)
 from dynasor_client.certainty import (
     BayesianAgreement,
     EntropyCertainty,
@@ -454,7 +460,7 @@ async def test_a_seeded_program_draws_new_samples_each_round(local_endpoint: End
         rounds=[2, 2],
         rule=cap(4),
         params=params,
-        system=None,
+        prompting=Prompting(system=None),
         # a token limit: the check after the first round stays,
     ).run(local_endpoint, token_budget=10**6)  # fmt: skip
     assert result.steps == 2

@@ -45,7 +45,7 @@ from typing import Any
 
 import httpx
 
-from .algorithms import DEFAULT_SYSTEM, self_consistency
+from .algorithms import DEFAULT_SYSTEM, Prompting, self_consistency
 from .certainty import StopRule, cap, entropy_at_least, hopeless
 from .certainty.answers import default_equivalence
 from .endpoints import Endpoint, Message, SamplingParams
@@ -470,7 +470,7 @@ async def _run_method(
                 rule=rule,
                 rounds=rounds,
                 params=params,
-                messages=q.messages,
+                prompting=Prompting(messages=q.messages),
             )
         )
     async with backend.session() as (endpoint, clock):

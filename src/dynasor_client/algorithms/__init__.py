@@ -13,17 +13,19 @@ of thought with concurrent probes), :func:`rebase` (reward-weighted tree expansi
 from ._best_of_n import best_of_n, best_of_n_rule
 from ._dynasor_cot import dynasor_cot
 from ._mcts import mcts
+from ._prompting import DEFAULT_SYSTEM, Prompting
 from ._rebase import rebase
 from ._reward import JudgeRewardModel, MeteredRewardModel, PoolingRewardModel, RewardScore
 from ._reward_protocol import RewardModel
 from ._rounds import RoundPlan, round_sizes
-from ._self_consistency import DEFAULT_SYSTEM, self_consistency, self_consistency_rule
+from ._self_consistency import self_consistency, self_consistency_rule
 
 __all__ = [
     "DEFAULT_SYSTEM",
     "JudgeRewardModel",
     "MeteredRewardModel",
     "PoolingRewardModel",
+    "Prompting",
     "RewardModel",
     "RewardScore",
     "RoundPlan",

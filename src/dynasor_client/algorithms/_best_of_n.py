@@ -21,24 +21,20 @@ from typing import Literal
 import numpy as np
 
 from ..certainty import (
-    AnswerClusters,
-    Equivalence,
-    Observations,
     RewardCertainty,
     StopRule,
     cap,
     entropy_at_least,
-    get_extractor,
     reduce_step_rewards,
     reward_at_least,
 )
-from ..endpoints import Message, SamplingParams
+from ..endpoints import SamplingParams
 from ..program import ProgramContext, ProgramResult, StopReason, TokenKind, algorithm
-from ._prompting import question_messages
+from ._prompting import DEFAULT_PROMPTING, Prompting
 from ._reward import MeteredRewardModel
 from ._reward_protocol import RewardModel
-from ._rounds import RoundPlan, RoundSchedule, chat_draw, round_sizes, rule_may_stop
-from ._self_consistency import DEFAULT_SYSTEM
+from ._rounds import RoundSchedule, chat_draw
+from ._samples import Samples, sampling_plan
 
 Aggregate = Literal["max", "weighted_majority"]
 
@@ -93,11 +89,8 @@ async def best_of_n(
     signal: RewardCertainty | None = None,
     step_separator: str | None = None,
     step_reduce: Literal["min", "last"] = "min",
-    task: str = "math",
-    equivalence: Equivalence | None = None,
     params: SamplingParams | None = None,
-    system: str | None = DEFAULT_SYSTEM,
-    messages: Sequence[Message] | None = None,
+    prompting: Prompting = DEFAULT_PROMPTING,
     lookahead: int | None = None,
 ) -> ProgramResult:
     """Sample in rounds, score every response, stop when the rule fires (or ``n``); return the best.
@@ -118,66 +111,49 @@ async def best_of_n(
     signal = signal or RewardCertainty("mean")
     separator = step_separator or getattr(reward_model, "step_separator", None) or "\n\n"
     context.bind(stop_rule)
-    chat = question_messages(question, system, messages)
-    extract, clusters = get_extractor(task), AnswerClusters(equivalence)
-    answers: list[str | None] = []
-    tokens: list[int] = []
+    samples = Samples(prompting)
+    plan = sampling_plan(stop_rule, context, samples, rounds=rounds, n=n, detect=detect, lookahead=lookahead)
     step_rewards: list[list[float]] = []
     rewards: list[float] = []
     reason = None
-    obs = Observations.single([])  # the samples so far, rebuilt after each round
-    plan = RoundPlan(
-        round_sizes(rounds, n, detect, stop_rule),
-        context,
-        lookahead=lookahead,
-        may_stop=rule_may_stop(stop_rule, context, lambda: obs),
-    )
-    sampling = params or SamplingParams(temperature=0.7)
-    async with plan.rounds(chat_draw(context, chat, sampling)) as results:
+    draw = chat_draw(context, prompting.chat(question), params or SamplingParams(temperature=0.7))
+    async with plan.rounds(draw) as results:
         async for choices in results:
             async with asyncio.TaskGroup() as group:
                 scoring = [
                     group.create_task(_score(reward_model, question, c.text, separator, context))
                     for c in choices
                 ]
-            for choice, task_ in zip(choices, scoring, strict=True):
-                answer = extract(choice.text)
-                answers.append(answer)
-                tokens.append(choice.num_tokens)
-                step_rewards.append(task_.result())
-                await asyncio.to_thread(clusters.add, answer)
+            for choice, scored in zip(choices, scoring, strict=True):
+                await samples.add(choice)
+                step_rewards.append(scored.result())
             rewards = [reduce_step_rewards(s, step_reduce) for s in step_rewards]
-            obs = Observations.single(clusters.labels, rewards=rewards, tokens=tokens)
+            obs = samples.observe(rewards=rewards)
             certainty = signal(obs).value
-            leader = best_index(clusters.labels, rewards)
+            leader = best_index(samples.clusters.labels, rewards)
             context.report(
                 0.0 if math.isnan(certainty) else certainty,
-                len(answers),
-                None if leader is None else answers[leader],
+                len(samples.answers),
+                None if leader is None else samples.answers[leader],
             )
             reason = context.stop_reason(obs)
             if reason is not None:
                 break
     if plan.out_of_time:
         reason = StopReason.DEADLINE
-    labels = clusters.labels
+    answers, labels = samples.answers, samples.clusters.labels
     best = best_index(labels, rewards)
     if aggregate == "max":
         answer = None if best is None else answers[best]
     else:
         label = weighted_majority(labels, rewards, signal)
-        answer = None if label is None else clusters.representatives[label]
-    if answer is None and (majority := clusters.majority()) is not None:
-        answer = majority[1]  # nothing scored: the plain majority
-    return ProgramResult(
-        answer=answer,
-        confidence=context.certaindex[-1].value if context.certaindex else 0.0,
-        tokens=context.usage,
-        steps=len(context.certaindex),
-        stop_reason=reason or StopReason.CAP,
-        certaindex=tuple(context.certaindex),
-        program_id=context.program_id,
-        answers=tuple(answers),
+        answer = None if label is None else samples.clusters.representatives[label]
+    if answer is None:
+        answer = samples.majority()  # nothing scored: the plain majority
+    return context.result(
+        answer,
+        reason,
+        answers=answers,
         details={
             "rewards": rewards,
             "step_rewards": step_rewards,

@@ -43,25 +43,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .._exceptions import ContextTooLong
 from .._log import get_logger, program_scope
 from .._probe import CLOSE_THINK, PROBE_MAX_TOKENS, PROBE_SUFFIX, in_thinking, probe_answer
 from ..certainty import (
-    AnswerClusters,
-    Equivalence,
     Observations,
     ProbeConsistency,
     StopRule,
-    get_extractor,
     is_hesitant,
     probe_consistency_at_least,
 )
 from ..endpoints import (
     Generation,
-    Message,
     PrefillContinuation,
     SamplingParams,
     TextContinuation,
@@ -69,8 +65,7 @@ from ..endpoints import (
     Trajectory,
 )
 from ..program import ProgramContext, ProgramResult, StopReason, TokenKind, algorithm
-from ._prompting import question_messages
-from ._self_consistency import DEFAULT_SYSTEM
+from ._prompting import DEFAULT_PROMPTING, Prompting
 
 log = get_logger("dynasor_client.algorithms")
 T = TypeVar("T")
@@ -85,11 +80,8 @@ async def dynasor_cot(
     window: int = 3,
     max_tokens: int = 2048,
     rule: StopRule | None = None,
-    task: str = "math",
-    equivalence: Equivalence | None = None,
     params: SamplingParams | None = None,
-    system: str | None = DEFAULT_SYSTEM,
-    messages: Sequence[Message] | None = None,
+    prompting: Prompting = DEFAULT_PROMPTING,
     on_text: Callable[[str], None] | None = None,
 ) -> ProgramResult:
     """Decode one chain of thought in chunks, probing each prefix, until the probes agree (see the
@@ -104,9 +96,9 @@ async def dynasor_cot(
     stop_rule = rule or probe_consistency_at_least(1.0, window)
     context.bind(stop_rule)
     ctx = context
-    chat = question_messages(question, system, messages)
+    chat = prompting.chat(question)
     started = time.monotonic()
-    signal, extract, clusters = ProbeConsistency(window), get_extractor(task), AnswerClusters(equivalence)
+    signal, extract, clusters = ProbeConsistency(window), prompting.extractor(), prompting.clusters()
     probes: list[tuple[int, str | None, bool]] = []
     labels: list[int] = []
     probe_times: list[tuple[float, float]] = []
@@ -164,14 +156,10 @@ async def dynasor_cot(
         close = CLOSE_THINK if in_thinking(trajectory.text, opened or "") else ""
         force = await _prober(ctx, trajectory, close + PROBE_SUFFIX, [])
         forced_answer = await force()
-    return ProgramResult(
-        answer=extract(trajectory.answer) if trajectory.finished else forced_answer,
-        confidence=ctx.certaindex[-1].value if ctx.certaindex else 0.0,
-        tokens=ctx.usage,
+    return ctx.result(
+        extract(trajectory.answer) if trajectory.finished else forced_answer,
+        reason,
         steps=len(probes),
-        stop_reason=reason or StopReason.CAP,  # no early stop: the chain ran its course
-        certaindex=tuple(ctx.certaindex),
-        program_id=ctx.program_id,
         answers=tuple(p[1] for p in probes),
         details={
             "probes": probes,

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..certainty import AnswerClusters, Equivalence, RewardCertainty, StopRule, cap
-from ..endpoints import Message, SamplingParams, Trajectory
-from ..program import ProgramContext, ProgramResult, StopReason, algorithm
+from ..certainty import RewardCertainty, StopRule, cap
+from ..endpoints import SamplingParams, Trajectory
+from ..program import ProgramContext, ProgramResult, algorithm
 from ._best_of_n import best_index
-from ._prompting import question_messages
+from ._prompting import DEFAULT_PROMPTING, Prompting
 from ._rebase import Step, close_step, expand, stop_check, tree_certaindex
 from ._reward_protocol import RewardModel
-from ._self_consistency import DEFAULT_SYSTEM
 
 
 @dataclass(eq=False, slots=True)
@@ -82,13 +80,10 @@ async def mcts(
     max_depth: int = 6,
     step_delimiter: str = "\n\n",
     step_tokens: int = 256,
-    task: str = "math",
     rule: StopRule | None = None,
     signal: RewardCertainty | None = None,
-    equivalence: Equivalence | None = None,
     params: SamplingParams | None = None,
-    system: str | None = DEFAULT_SYSTEM,
-    messages: Sequence[Message] | None = None,
+    prompting: Prompting = DEFAULT_PROMPTING,
 ) -> ProgramResult:
     """Run ``iterations`` of MCTS (module docs); the answer is the best-rewarded terminal node's.
 
@@ -102,12 +97,12 @@ async def mcts(
     stop_rule = cap(iterations * expansions) | rule if rule is not None else cap(iterations * expansions)
     signal = signal or RewardCertainty("mean")
     context.bind(stop_rule)
-    chat = question_messages(question, system, messages)
+    chat = prompting.chat(question)
     start = await Trajectory.start(
         context.endpoint, messages=chat, params=params or SamplingParams(temperature=0.7)
     )
     delimiter_ids = await context.endpoint.tokenize(step_delimiter) if start.mode == "tokens" else None
-    root, clusters = Node(), AnswerClusters(equivalence)
+    root, clusters = Node(), prompting.clusters()
     terminals: list[Node] = []
     nodes, reason = 1, None
 
@@ -124,7 +119,7 @@ async def mcts(
             trajectory = start if leaf.step is None else leaf.step.trajectory
             steps = await expand(trajectory, expansions, question=question, reward_model=reward_model,
                                  context=context, step_delimiter=step_delimiter, step_tokens=step_tokens,
-                                 task=task)  # fmt: skip
+                                 task=prompting.task)  # fmt: skip
             for step in steps:
                 if not step.finished and leaf.depth + 1 >= max_depth:
                     step.finished, step.answer = True, None  # cut by the depth limit: no answer
@@ -152,14 +147,9 @@ async def mcts(
     rewards = [n.step.reward for n in terminals if n.step is not None]
     best = best_index(labels, rewards)
     answer = None if best is None else clusters.representatives[labels[best]]
-    return ProgramResult(
-        answer=answer,
-        confidence=context.certaindex[-1].value if context.certaindex else 0.0,
-        tokens=context.usage,
-        steps=len(context.certaindex),
-        stop_reason=reason or StopReason.CAP,
-        certaindex=tuple(context.certaindex),
-        program_id=context.program_id,
+    return context.result(
+        answer,
+        reason,
         answers=tuple(n.step.answer for n in terminals if n.step is not None),
         details={
             "root_visits": root.visits,

@@ -29,21 +29,18 @@ import numpy as np
 
 from .._log import program_scope
 from ..certainty import (
-    AnswerClusters,
     EntropyCertainty,
-    Equivalence,
     Observations,
     RewardCertainty,
     StopRule,
     cap,
     get_extractor,
 )
-from ..endpoints import Message, SamplingParams, Trajectory
+from ..endpoints import SamplingParams, Trajectory
 from ..program import ProgramContext, ProgramResult, StopReason, TokenKind, algorithm
 from ._best_of_n import _score, weighted_majority
-from ._prompting import question_messages
+from ._prompting import DEFAULT_PROMPTING, Prompting
 from ._reward_protocol import RewardModel
-from ._self_consistency import DEFAULT_SYSTEM
 
 
 def allocate_width(rewards: Sequence[float], total: int, temperature: float) -> list[int]:
@@ -158,13 +155,10 @@ async def rebase(
     step_delimiter: str = "\n\n",
     temperature: float = 0.2,
     step_tokens: int = 256,
-    task: str = "math",
     rule: StopRule | None = None,
     signal: RewardCertainty | None = None,
-    equivalence: Equivalence | None = None,
     params: SamplingParams | None = None,
-    system: str | None = DEFAULT_SYSTEM,
-    messages: Sequence[Message] | None = None,
+    prompting: Prompting = DEFAULT_PROMPTING,
 ) -> ProgramResult:
     """Grow a reward-balanced tree of ``width`` leaves, at most ``max_depth`` steps deep (module docs).
 
@@ -181,12 +175,12 @@ async def rebase(
     stop_rule = cap(width) | rule if rule is not None else cap(width)
     signal = signal or RewardCertainty("mean")
     context.bind(stop_rule)
-    chat = question_messages(question, system, messages)
+    chat = prompting.chat(question)
     root = await Trajectory.start(
         context.endpoint, messages=chat, params=params or SamplingParams(temperature=0.7)
     )
     delimiter_ids = await context.endpoint.tokenize(step_delimiter) if root.mode == "tokens" else None
-    clusters = AnswerClusters(equivalence)
+    clusters = prompting.clusters()
     leaves: list[Step] = []
     frontier, shares = [root], [width]
     allocations: list[list[int]] = []
@@ -200,7 +194,7 @@ async def rebase(
             growing = [
                 group.create_task(
                     expand(node, k, question=question, reward_model=reward_model, context=context,
-                           step_delimiter=step_delimiter, step_tokens=step_tokens, task=task)
+                           step_delimiter=step_delimiter, step_tokens=step_tokens, task=prompting.task)
                 )
                 for node, k in zip(frontier, shares, strict=True) if k > 0
             ]  # fmt: skip
@@ -234,14 +228,9 @@ async def rebase(
     answer = None if label is None else clusters.representatives[label]
     if answer is None and (majority := clusters.majority()) is not None:
         answer = majority[1]
-    return ProgramResult(
-        answer=answer,
-        confidence=context.certaindex[-1].value if context.certaindex else 0.0,
-        tokens=context.usage,
-        steps=len(context.certaindex),
-        stop_reason=reason or StopReason.CAP,
-        certaindex=tuple(context.certaindex),
-        program_id=context.program_id,
+    return context.result(
+        answer,
+        reason,
         answers=tuple(s.answer for s in leaves),
         details={
             "allocations": allocations,

@@ -7,29 +7,22 @@ answer = majority over answer-equivalence classes; certaindex = entropy H~ of th
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from ..certainty import (
-    AnswerClusters,
     EntropyCertainty,
-    Equivalence,
-    Observations,
     StopRule,
     adaptive_consistency,
     cap,
     entropy_at_least,
-    get_extractor,
     load_rule,
 )
-from ..endpoints import Message, SamplingParams
+from ..endpoints import SamplingParams
 from ..program import ProgramContext, ProgramResult, StopReason, algorithm
-from ._prompting import question_messages
-from ._rounds import RoundPlan, RoundSchedule, chat_draw, round_sizes, rule_may_stop
-
-DEFAULT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+from ._prompting import DEFAULT_PROMPTING, Prompting
+from ._rounds import RoundSchedule, chat_draw
+from ._samples import Samples, sampling_plan
 
 
 def self_consistency_rule(
@@ -57,11 +50,8 @@ async def self_consistency(
     detect: int = 5,
     rounds: RoundSchedule = "auto",
     rule: StopRule | Literal["paper", "adaptive"] | str | Path = "paper",
-    task: str = "math",
-    equivalence: Equivalence | None = None,
     params: SamplingParams | None = None,
-    system: str | None = DEFAULT_SYSTEM,
-    messages: Sequence[Message] | None = None,
+    prompting: Prompting = DEFAULT_PROMPTING,
     lookahead: int | None = None,
 ) -> ProgramResult:
     """Sample answers in rounds until the stop rule fires (or ``n`` samples); return the majority.
@@ -75,44 +65,19 @@ async def self_consistency(
         raise ValueError("n must be >= 1")
     stop_rule = self_consistency_rule(rule, n, detect)
     context.bind(stop_rule)
-    chat = question_messages(question, system, messages)
-    extract, clusters = get_extractor(task), AnswerClusters(equivalence)
-    answers: list[str | None] = []
-    tokens: list[int] = []
+    samples = Samples(prompting)
+    plan = sampling_plan(stop_rule, context, samples, rounds=rounds, n=n, detect=detect, lookahead=lookahead)
     reason = None
-    obs = Observations.single([])  # the samples so far, rebuilt after each round
-    plan = RoundPlan(
-        round_sizes(rounds, n, detect, stop_rule),
-        context,
-        lookahead=lookahead,
-        may_stop=rule_may_stop(stop_rule, context, lambda: obs),
-    )
-    sampling = params or SamplingParams(temperature=0.7)
-    async with plan.rounds(chat_draw(context, chat, sampling)) as results:
+    draw = chat_draw(context, prompting.chat(question), params or SamplingParams(temperature=0.7))
+    async with plan.rounds(draw) as results:
         async for choices in results:
             for choice in choices:
-                answer = extract(choice.text)
-                answers.append(answer)
-                tokens.append(choice.num_tokens)
-                await asyncio.to_thread(clusters.add, answer)  # symbolic checks may block for a moment
-            obs = Observations.single(clusters.labels, tokens=tokens)
-            certainty = EntropyCertainty()(obs).value
-            leader = clusters.majority()
-            context.report(certainty, len(answers), None if leader is None else leader[1])
+                await samples.add(choice)
+            obs = samples.observe()
+            context.report(EntropyCertainty()(obs).value, len(samples.answers), samples.majority())
             reason = context.stop_reason(obs)
             if reason is not None:
                 break
     if plan.out_of_time:
         reason = StopReason.DEADLINE
-    winner = clusters.majority()
-    return ProgramResult(
-        answer=None if winner is None else winner[1],
-        confidence=context.certaindex[-1].value if context.certaindex else 0.0,
-        tokens=context.usage,
-        steps=len(context.certaindex),
-        stop_reason=reason or StopReason.CAP,  # every round ran: the cap
-        certaindex=tuple(context.certaindex),
-        program_id=context.program_id,
-        answers=tuple(answers),
-        partial=plan.out_of_time,
-    )
+    return context.result(samples.majority(), reason, answers=samples.answers, partial=plan.out_of_time)

@@ -18,11 +18,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from .._log import new_id, program_scope
 from ..certainty import Observations, StopRule
 from ..endpoints import Endpoint, EndpointPool, Generation, Message, Prompt, SamplingParams, Usage
-from ._types import CertaindexPoint, StopReason, TokenKind, TokenUsage
+from ._types import CertaindexPoint, ProgramResult, StopReason, TokenKind, TokenUsage
 
 GenerationListener = Callable[[TokenKind, Generation], None]
 ReportListener = Callable[[CertaindexPoint], None]
@@ -130,6 +131,31 @@ class ProgramContext:
         if self.rule is not None and (reason := self.rule.fired(obs)) is not None:
             return StopReason(reason)
         return self.budget_stop()
+
+    def result(
+        self,
+        answer: str | None,
+        reason: StopReason | None,
+        *,
+        answers: Sequence[str | None] = (),
+        steps: int | None = None,
+        partial: bool = False,
+        details: dict[str, Any] | None = None,
+    ) -> ProgramResult:
+        """The program's result: its ``answer``, why it stopped (None: it ran its course, the cap),
+        and what the context holds (tokens, certaindex, confidence: the last reported value)."""
+        return ProgramResult(
+            answer=answer,
+            confidence=self.certaindex[-1].value if self.certaindex else 0.0,
+            tokens=self.usage,
+            steps=len(self.certaindex) if steps is None else steps,
+            stop_reason=reason or StopReason.CAP,
+            certaindex=tuple(self.certaindex),
+            program_id=self.program_id,
+            answers=tuple(answers),
+            details=details or {},
+            partial=partial,
+        )
 
     def tokens_left(self) -> int | None:
         return None if self.token_budget is None else self.token_budget - self.usage.total

@@ -1,0 +1,60 @@
+"""What a sampling program (self-consistency, best-of-N) drew so far, and its plan of rounds."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..certainty import Observations, StopRule
+from ..endpoints import Choice
+from ..program import ProgramContext
+from ._prompting import Prompting
+from ._rounds import RoundPlan, RoundSchedule, round_sizes, rule_may_stop
+
+
+class Samples:
+    """The samples drawn so far: each one's answer (and its class in ``clusters``) and tokens."""
+
+    def __init__(self, prompting: Prompting) -> None:
+        self.extract, self.clusters = prompting.extractor(), prompting.clusters()
+        self.answers: list[str | None] = []
+        self.tokens: list[int] = []
+        self.observations = Observations.single([])  #: as of the last :meth:`observe`
+
+    async def add(self, choice: Choice) -> str | None:
+        """Read one sample's answer and file it in its class."""
+        answer = self.extract(choice.text)
+        self.answers.append(answer)
+        self.tokens.append(choice.num_tokens)
+        await asyncio.to_thread(self.clusters.add, answer)  # symbolic checks may block for a moment
+        return answer
+
+    def observe(self, **signals: Any) -> Observations:
+        """The observations after a round (with per-sample ``signals`` such as ``rewards``)."""
+        self.observations = Observations.single(self.clusters.labels, tokens=self.tokens, **signals)
+        return self.observations
+
+    def majority(self) -> str | None:
+        """The answer of the largest class (None before any answer)."""
+        winner = self.clusters.majority()
+        return None if winner is None else winner[1]
+
+
+def sampling_plan(
+    rule: StopRule,
+    context: ProgramContext,
+    samples: Samples,
+    *,
+    rounds: RoundSchedule,
+    n: int,
+    detect: int,
+    lookahead: int | None,
+) -> RoundPlan:
+    """The rounds of a program drawing up to ``n`` samples under ``rule`` (checks it cannot pass
+    are skipped: see :class:`RoundPlan`)."""
+    return RoundPlan(
+        round_sizes(rounds, n, detect, rule),
+        context,
+        lookahead=lookahead,
+        may_stop=rule_may_stop(rule, context, lambda: samples.observations),
+    )
