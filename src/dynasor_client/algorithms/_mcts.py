@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..certainty import RewardCertainty, StopRule, cap
-from ..endpoints import SamplingParams, Trajectory
+from ..endpoints import SamplingParams
 from ..program import ProgramContext, ProgramResult, algorithm
 from ._best_of_n import best_index
 from ._prompting import DEFAULT_PROMPTING, Prompting
-from ._rebase import Step, close_step, expand, stop_check, tree_certaindex
+from ._rebase import Step, close_step, expand, stop_check, tree_certaindex, tree_root
 from ._reward_protocol import RewardModel
 
 
@@ -97,11 +97,7 @@ async def mcts(
     stop_rule = cap(iterations * expansions) | rule if rule is not None else cap(iterations * expansions)
     signal = signal or RewardCertainty("mean")
     context.bind(stop_rule)
-    chat = prompting.chat(question)
-    start = await Trajectory.start(
-        context.endpoint, messages=chat, params=params or SamplingParams(temperature=0.7)
-    )
-    delimiter_ids = await context.endpoint.tokenize(step_delimiter) if start.mode == "tokens" else None
+    start, delimiter_ids = await tree_root(question, context, prompting, params, step_delimiter)
     root, clusters = Node(), prompting.clusters()
     terminals: list[Node] = []
     nodes, reason = 1, None

@@ -121,6 +121,21 @@ async def expand(
     return [t.result() for t in tasks]
 
 
+async def tree_root(
+    question: str,
+    context: ProgramContext,
+    prompting: Prompting,
+    params: SamplingParams | None,
+    step_delimiter: str,
+) -> tuple[Trajectory, list[int] | None]:
+    """A tree search's root (the question, asked) and, where the server continues a trajectory by
+    token ids, the step delimiter's ids (to put it back after a step that stopped at it)."""
+    root = await Trajectory.start(
+        context.endpoint, messages=prompting.chat(question), params=params or SamplingParams(temperature=0.7)
+    )
+    return root, await context.endpoint.tokenize(step_delimiter) if root.mode == "tokens" else None
+
+
 async def close_step(step: Step, delimiter: str, delimiter_ids: list[int] | None) -> None:
     """Put the stripped delimiter back after a step that stopped at it, so the node can go on."""
     traj = step.trajectory
@@ -175,11 +190,7 @@ async def rebase(
     stop_rule = cap(width) | rule if rule is not None else cap(width)
     signal = signal or RewardCertainty("mean")
     context.bind(stop_rule)
-    chat = prompting.chat(question)
-    root = await Trajectory.start(
-        context.endpoint, messages=chat, params=params or SamplingParams(temperature=0.7)
-    )
-    delimiter_ids = await context.endpoint.tokenize(step_delimiter) if root.mode == "tokens" else None
+    root, delimiter_ids = await tree_root(question, context, prompting, params, step_delimiter)
     clusters = prompting.clusters()
     leaves: list[Step] = []
     frontier, shares = [root], [width]
