@@ -6,6 +6,9 @@ seeded n on a server that would repeat one sample, becomes several), runs each u
 policy, a requests-per-second throttle and a bound on requests in flight, and merges the answers
 into one normalised :class:`Generation`. Cancelling the awaiting task closes the connection, which
 makes llama.cpp, vLLM and SGLang abort the request.
+
+Long because it is one job, the one class that speaks HTTP: planning, retrying, streaming and
+merging a request belong together.
 """
 
 from __future__ import annotations

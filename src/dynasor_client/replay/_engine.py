@@ -1,4 +1,4 @@
-# One job (planning a reply from the recordings), so one file: its rules, in this docstring, make it long.
+# Long because it is one job (planning a reply from the recordings): its rules, in this docstring.
 """The replay engine: what a request gets back, decided from recorded samples (no HTTP, no clock).
 
 :class:`ReplayEngine` turns a request's text into a :class:`ReplayPlan`: the recorded question it
