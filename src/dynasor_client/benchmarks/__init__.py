@@ -2,25 +2,25 @@
 
 - :func:`run_batch_benchmark` (``dynasor-client bench batch``): token-to-accuracy of every stopping
   method (uniform, the paper's rules, Adaptive-Consistency, ESC, confidence baselines, the calibrated
-  rule, the oracle) replayed over recorded traces; :func:`batch_table`, :func:`plot_batch`
-  (``docs/batch-benchmark.md``).
+  rule, the oracle) replayed over recorded traces; :func:`batch_table`, :func:`plot_batch`;
+  ``ALGORITHMS`` and ``ANSWER_SOURCES``, what it accepts (``docs/batch-benchmark.md``).
 - :func:`run_overhead_benchmark` (``dynasor-client bench overhead``): the runtime's client CPU per
   request against a plain AsyncOpenAI loop, the scheduler's decision time with 10,000 programs
-  queued, memory per waiting program; :func:`overhead_table`.
+  queued, memory per waiting program; :func:`overhead_table` (``docs/overhead-benchmark.md``).
 - :func:`run_online_benchmark` (``dynasor-client bench online``): deadline attainment of programs
   arriving online (Poisson) through the real runtime against the replay engine's timing model on a
-  virtual clock: naive, gang, certaindex, SRW, deadline-aware; :func:`online_table`,
-  :func:`plot_online` (``docs/online-benchmark.md``).
+  virtual clock: naive, gang, certaindex, SRW, deadline-aware; :func:`online_config` (the
+  command's settings), :func:`online_table`, :func:`plot_online` (``docs/online-benchmark.md``).
 - :func:`bench_replay` (``dynasor-client bench replay``): the concurrent streams and tokens/s the
-  replay server sustains on one core.
+  replay server sustains on one core; :func:`bench_replay_summary`.
 - Shared plumbing for every benchmark (:mod:`._common`): :func:`run_metadata` (versions, git commit,
   machine), :func:`format_table`, :func:`write_json`, :func:`plot_token_accuracy`.
 """
 
 from ._batch import (
+    ALGORITHMS,
+    ANSWER_SOURCES,
     Method,
-    add_batch_parser,
-    batch_command,
     batch_table,
     calibration_overlap,
     method_stops,
@@ -41,32 +41,31 @@ from ._common import (
 )
 from ._online import (
     OnlineConfig,
-    add_online_parser,
-    online_command,
+    OnlineRunError,
+    online_config,
     online_table,
     plot_online,
     run_online_benchmark,
 )
 from ._overhead import (
-    add_overhead_parser,
     measure_client_overhead,
     measure_scheduler,
     measure_waiting_memory,
-    overhead_command,
     overhead_table,
     run_overhead_benchmark,
 )
 from ._replay import bench_replay
+from ._replay import bench_summary as bench_replay_summary
 
 __all__ = [
+    "ALGORITHMS",
+    "ANSWER_SOURCES",
     "Method",
     "OnlineConfig",
-    "add_batch_parser",
-    "add_online_parser",
-    "add_overhead_parser",
-    "batch_command",
+    "OnlineRunError",
     "batch_table",
     "bench_replay",
+    "bench_replay_summary",
     "calibration_overlap",
     "format_table",
     "git_commit",
@@ -76,9 +75,8 @@ __all__ = [
     "measure_scheduler",
     "measure_waiting_memory",
     "method_stops",
-    "online_command",
+    "online_config",
     "online_table",
-    "overhead_command",
     "overhead_table",
     "plot_batch",
     "plot_online",

@@ -7,7 +7,6 @@ random orders; the methods, figures and JSON are in ``docs/batch-benchmark.md``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -16,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..traces import Split, TraceQuestion, load_traces, select_split
-from ..traces._format import file_sha256
+from ..traces import Split, TraceQuestion, file_sha256, load_traces, select_split
 from ._batch_methods import (
     Method,
     calibration_overlap,
@@ -27,7 +25,7 @@ from ._batch_methods import (
     reference_methods,
 )
 from ._batch_report import batch_table, plot_batch
-from ._common import finish_command, run_metadata
+from ._common import run_metadata
 
 if TYPE_CHECKING:
     from ..calibration import LabelledTraces, Replay
@@ -37,8 +35,6 @@ __all__ = [
     "ALGORITHMS",
     "ANSWER_SOURCES",
     "Method",
-    "add_batch_parser",
-    "batch_command",
     "batch_table",
     "calibration_overlap",
     "method_stops",
@@ -299,51 +295,3 @@ def run_batch_benchmark(
         **run_metadata(),
         "elapsed_s": time.perf_counter() - started,
     }
-
-
-# -- CLI -------------------------------------------------------------------------------------------------
-
-
-def add_batch_parser(bench_sub: Any) -> argparse.ArgumentParser:
-    """``bench batch`` under the ``bench`` subcommand's subparsers."""
-    parser: argparse.ArgumentParser = bench_sub.add_parser(
-        "batch",
-        help="token-to-accuracy of every stopping method, replayed over recorded traces",
-        description="Replays recorded traces in many sample orders through the library's stop rules; "
-        "see dynasor_client.benchmarks._batch for the methods and the JSON.",
-    )
-    parser.add_argument("--traces", required=True, help="traces file (JSON lines, shared/data/traces format)")
-    parser.add_argument("--algorithm", required=True, choices=ALGORITHMS, help="sc: self-consistency")
-    parser.add_argument("--cap", type=int, default=30, help="most samples per question (the full budget)")
-    parser.add_argument("--seeds", type=int, default=20, help="random sample orders per question")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sample orders")
-    parser.add_argument(
-        "--split", choices=["train", "test", "all"], default="test", help="the questions evaluated"
-    )
-    parser.add_argument("--calibration", default=None, help="the rule of 'ours' (default: default_rule())")
-    parser.add_argument("--json", dest="json_out", required=True, help="write the figures here (JSON)")
-    parser.add_argument("--plot", default=None, help="draw token-to-accuracy here (PNG; needs matplotlib)")
-    parser.add_argument(
-        "--answers",
-        choices=ANSWER_SOURCES,
-        default="recorded",
-        help="vote with the recorded answers, or with those the library extracts from each text",
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer orders and questions (a smoke run)")
-    return parser
-
-
-def batch_command(args: argparse.Namespace) -> int:
-    """Run the benchmark, print the table, write the JSON (and plot). Failures raise ValueError."""
-    result = run_batch_benchmark(
-        args.traces,
-        algorithm=args.algorithm,
-        cap=args.cap,
-        seeds=args.seeds,
-        split=args.split,
-        calibration=args.calibration,
-        quick=args.quick,
-        seed=args.seed,
-        answers=args.answers,
-    )
-    return finish_command(result, batch_table(result), args.json_out, plot=plot_batch, plot_path=args.plot)

@@ -11,8 +11,7 @@ A benchmark's JSON carries, besides its figures, what produced them::
 :func:`run_metadata` gives the first three; :func:`write_json` writes a figures dict (non-finite
 floats become ``null``, the file is replaced atomically); :func:`format_table` lays out a plain-text
 table; :func:`plot_token_accuracy` draws a token-to-accuracy chart with matplotlib (Agg backend, the
-``plot`` extra), imported only when a plot is asked for; :func:`finish_command` is the end of every
-``bench`` subcommand (print the table, write the JSON, draw the plot).
+``plot`` extra), imported only when a plot is asked for.
 """
 
 from __future__ import annotations
@@ -24,13 +23,12 @@ import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "finish_command",
     "format_table",
     "git_commit",
     "jsonable",
@@ -214,30 +212,3 @@ def plot_token_accuracy(
         save_figure(fig, path)
     finally:
         plt.close(fig)
-
-
-def finish_command(
-    result: Mapping[str, Any],
-    table: str,
-    json_out: str | Path | None,
-    *,
-    plot: Callable[[Mapping[str, Any], str | Path], None] | None = None,
-    plot_path: str | Path | None = None,
-) -> int:
-    """The end of a ``bench`` subcommand: print ``table``, write ``result`` to ``json_out`` (when
-    given), draw ``plot(result, plot_path)`` (when both are given); 0. A JSON file that cannot be
-    written, or a plot that fails, raises ValueError (the CLI reports it and exits non-zero)."""
-    print(table)
-    if json_out:
-        try:
-            write_json(json_out, result)
-        except OSError as exc:
-            raise ValueError(f"cannot write {json_out}: {exc}") from exc
-        print(f"wrote {json_out}")
-    if plot is not None and plot_path:
-        try:
-            plot(result, plot_path)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"plot failed ({exc}); the figures were written to {json_out}") from exc
-        print(f"wrote {plot_path}")
-    return 0

@@ -7,16 +7,14 @@ By job: ``_online_workload``, ``_online_simulate``, ``_online_sweep``, ``_online
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._common import finish_command, run_metadata
+from ._common import run_metadata
 from ._online_report import online_table, plot_online
 from ._online_simulate import (
     OnlineRunError,
@@ -50,7 +48,6 @@ __all__ = [
     "ProgramOutcome",
     "ProgramSpec",
     "RunSpec",
-    "add_online_parser",
     "build_workload",
     "capacity_rate",
     "crossing_down",
@@ -58,7 +55,7 @@ __all__ = [
     "drive",
     "interval95",
     "measure_base",
-    "online_command",
+    "online_config",
     "online_table",
     "plot_online",
     "run_online_benchmark",
@@ -151,92 +148,29 @@ def _assemble(
     }
 
 
-# -- CLI --
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
-    return values
-
-
-def add_online_parser(bench_sub: Any) -> argparse.ArgumentParser:
-    """``bench online`` under the ``bench`` subcommand's subparsers."""
-    parser: argparse.ArgumentParser = bench_sub.add_parser(
-        "online",
-        help="deadline attainment of programs arriving online: naive, gang, certaindex, SRW, deadlines",
-        description="Poisson arrivals of self-consistency programs through the real runtime against the "
-        "replay engine's timing model on a virtual clock; see dynasor_client.benchmarks._online.",
-    )
-    parser.add_argument("--traces", required=True, help="traces file (JSON lines, shared/data/traces format)")
-    parser.add_argument("--profile", default="llama3-8b-h100-80gb", help="GPU profile name or JSON file")
-    parser.add_argument("--json", dest="json_out", required=True, help="write the figures here (JSON)")
-    parser.add_argument("--plot", default=None, help="draw attainment curves here (PNG; needs matplotlib)")
-    parser.add_argument("--quick", action="store_true", help="few programs, rates and SLO scales (smoke run)")
-    parser.add_argument("--split", choices=["train", "test", "all"], default="test", help="questions asked")
-    parser.add_argument(
-        "--rule", default="default", help="certaindex stop rule: default, paper or a calibration JSON file"
-    )
-    parser.add_argument("-n", type=int, default=30, help="samples per program at most (full budget)")
-    parser.add_argument("--window", type=int, default=None, help="sequences in flight (default: max_batch)")
-    parser.add_argument("--duration", type=float, default=None, help="modelled seconds of arrivals per run")
-    parser.add_argument("--slo-scale", type=float, default=3.0, help="SLO scale of the rate sweep")
-    parser.add_argument(
-        "--ref-rate", type=float, default=0.75, help="rate of the SLO sweep, as a multiple of the capacity"
-    )
-    parser.add_argument("--rates", type=_floats, default=None, help="rates as multiples of the capacity")
-    parser.add_argument("--slo-scales", type=_floats, default=None, help="SLO scales of the SLO sweep")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the arrivals and question choices")
-    parser.add_argument("--replay-seed", type=int, default=0, help="seed of the replay server's draws")
-    parser.add_argument(
-        "--seeds", type=int, default=1,
-        help="replicates: repeat everything with seeds +1, +2, ... and report means with 95%% intervals",
-    )  # fmt: skip
-    parser.add_argument(
-        "--jobs", type=int, default=None, help="worker processes (default: the available CPUs, at most 2)"
-    )
-    return parser
-
-
-def online_config(args: argparse.Namespace) -> OnlineConfig:
-    """The settings from the parsed CLI arguments (``--quick`` shrinks the defaults)."""
+def online_config(
+    traces: str,
+    *,
+    quick: bool = False,
+    duration_s: float | None = None,
+    rate_multiples: tuple[float, ...] | None = None,
+    slo_scales: tuple[float, ...] | None = None,
+    jobs: int | None = None,
+    **settings: Any,
+) -> OnlineConfig:
+    """The settings of ``dynasor-client bench online``: ``quick`` shrinks the defaults (4 modelled
+    seconds of arrivals per run instead of 30, 3 rates and 3 SLO scales, one job); ``jobs`` defaults
+    to the available CPUs, at most 2; ``settings`` are the other fields of :class:`OnlineConfig`."""
     try:
         available = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         available = os.cpu_count() or 1
-    quick = bool(args.quick)
-    default_duration = 4.0 if quick else 30.0
     return OnlineConfig(
-        traces=args.traces,
-        profile=args.profile,
-        split=args.split,
-        n=args.n,
-        rule=args.rule,
-        window=args.window,
-        duration_s=args.duration or default_duration,
-        slo_scale=args.slo_scale,
-        ref_rate_x=args.ref_rate,
-        rate_multiples=args.rates or (QUICK_RATE_MULTIPLES if quick else RATE_MULTIPLES),
-        slo_scales=args.slo_scales or (QUICK_SLO_SCALES if quick else SLO_SCALES),
-        seed=args.seed,
-        replay_seed=args.replay_seed,
-        seeds=args.seeds,
-        jobs=args.jobs or (1 if quick else min(2, available)),
+        traces=traces,
+        duration_s=duration_s or (4.0 if quick else 30.0),
+        rate_multiples=rate_multiples or (QUICK_RATE_MULTIPLES if quick else RATE_MULTIPLES),
+        slo_scales=slo_scales or (QUICK_SLO_SCALES if quick else SLO_SCALES),
+        jobs=jobs or (1 if quick else min(2, available)),
         quick=quick,
+        **settings,
     )
-
-
-def online_command(args: argparse.Namespace) -> int:
-    """Run the benchmark, print the table, write the JSON (and plot). Failures raise ValueError."""
-    import sys
-
-    config = online_config(args)
-    try:
-        result = run_online_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    except OnlineRunError as exc:
-        raise ValueError(f"a benchmark run failed: {exc}") from exc
-    return finish_command(result, online_table(result), args.json_out, plot=plot_online, plot_path=args.plot)

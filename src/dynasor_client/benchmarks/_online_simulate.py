@@ -18,7 +18,7 @@ from ._online_workload import POLICIES, OnlinePolicy, ProgramSpec, arriving
 if TYPE_CHECKING:
     from ..certainty import StopRule
     from ..endpoints import Endpoint
-    from ..runtime import Program
+    from ..program import Program
 
 __all__ = [
     "OnlineRunError",
@@ -93,7 +93,7 @@ def make_program(spec: ProgramSpec, policy: OnlinePolicy, n: int, rule: RuleName
     """The program of ``spec`` under ``policy``: certaindex-driven, or all ``n`` samples at once."""
     from ..algorithms import self_consistency
     from ..certainty import cap
-    from ..runtime import as_program
+    from ..program import as_program
 
     if policy.certaindex:
         return as_program(self_consistency, spec.question.question, n=n, rule=stop_rule(rule), rounds="auto")

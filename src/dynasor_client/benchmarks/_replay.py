@@ -416,22 +416,3 @@ def bench_summary(figures: dict[str, Any]) -> str:
     if "max_streams_real_time" in figures:
         lines.append(f"largest number of streams kept in real time: {figures['max_streams_real_time']}")
     return "\n".join(lines)
-
-
-def main_bench(
-    json_out: str | Path | None,
-    streams: tuple[int, ...],
-    traces: str | Path | None,
-    profile: str,
-    window_s: float,
-    realtime: bool,
-) -> dict[str, Any]:
-    """The ``bench replay`` command: run, print, write JSON."""
-    figures = bench_replay(
-        streams=streams, traces=traces, profile=profile, window_s=window_s, realtime=realtime
-    )
-    print(bench_summary(figures))
-    if json_out is not None:
-        Path(json_out).write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
-        print(f"wrote {json_out}")
-    return figures

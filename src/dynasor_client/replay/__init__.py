@@ -7,8 +7,8 @@
   virtual clock by :class:`VirtualClockSimulator` (:mod:`._timing_drivers`); :func:`fit_profile`
   fits a profile to measured timings.
 - Over HTTP: :class:`ReplayServer` (``dynasor-client serve-replay``; :mod:`._server`, needs the
-  ``[server]`` extra, imported on first use) and its benchmark :func:`bench_replay`
-  (``dynasor-client bench replay``).
+  ``[server]`` extra, imported on first use); its benchmark is
+  :func:`dynasor_client.benchmarks.bench_replay` (``dynasor-client bench replay``).
 - In-process, on a virtual clock (:mod:`._virtual`): :class:`InProcessReplay` serves the same
   application to :class:`~dynasor_client.Endpoint` with no socket; on a :class:`VirtualTimeLoop`
   (:func:`run_virtual`) modelled GPU time is loop time, so minutes of it take seconds of CPU.
@@ -29,17 +29,15 @@ from ._timing_fit import TimingSample, fit_profile, load_timing_samples
 from ._virtual import InProcessReplay, VirtualTimeDeadlock, VirtualTimeLoop, run_virtual
 
 if TYPE_CHECKING:
-    from ..benchmarks._replay import bench_replay
     from ._server import ReplayServer, serve_replay
 
 _LAZY = {
     "ReplayServer": "._server",
     "serve_replay": "._server",
-    "bench_replay": "..benchmarks._replay",
 }
 
 
-# The server and its benchmark load on first use (they need the ``[server]`` extra).
+# The server loads on first use (it needs the ``[server]`` extra).
 __getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = [
@@ -65,7 +63,6 @@ __all__ = [
     "VirtualClockSimulator",
     "VirtualTimeDeadlock",
     "VirtualTimeLoop",
-    "bench_replay",
     "fit_profile",
     "get_profile",
     "load_timing_samples",

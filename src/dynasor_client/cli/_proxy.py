@@ -6,9 +6,15 @@ import argparse
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..endpoints import Capabilities
+
+if TYPE_CHECKING:
+    from ..proxy import ProxyConfig
+    from ._common import Subparsers
+
+__all__ = ["add_proxy_parser", "build_config"]
 
 UPSTREAM_KEY_ENV = "DYNASOR_UPSTREAM_API_KEY"
 PROXY_KEYS_ENV = "DYNASOR_PROXY_API_KEYS"
@@ -25,9 +31,9 @@ key comes from --upstream-api-key or ${UPSTREAM_KEY_ENV}; keys are never logged.
 """
 
 
-def add_proxy_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add the ``proxy`` subcommand to ``sub`` (an ``argparse`` subparsers action)."""
-    p: argparse.ArgumentParser = sub.add_parser(
+def add_proxy_parser(sub: Subparsers) -> None:
+    """Add the ``proxy`` subcommand to ``sub``."""
+    p = sub.add_parser(
         "proxy",
         help="an OpenAI-compatible server applying certaindex-driven techniques per request",
         description=DESCRIPTION,
@@ -72,13 +78,13 @@ def add_proxy_parser(sub: Any) -> argparse.ArgumentParser:
         help="forward pass-through streams byte for byte (no include_usage added; tokens estimated)",
     )
     p.add_argument("--access-log", action="store_true", help="uvicorn's access log (paths only, never keys)")
-    return p
+    p.set_defaults(func=proxy_command)
 
 
-def build_config(args: argparse.Namespace) -> Any:
-    """The :class:`~._config.ProxyConfig` of parsed ``proxy`` arguments (ValueError when invalid)."""
-    from ._config import ProxyConfig
-    from ._keys import KeyStore
+def build_config(args: argparse.Namespace) -> ProxyConfig:
+    """The :class:`~dynasor_client.proxy.ProxyConfig` of parsed ``proxy`` arguments (ValueError when
+    invalid)."""
+    from ..proxy import KeyStore, ProxyConfig
 
     keys: KeyStore | None = None
     listed = [
@@ -112,7 +118,7 @@ def _capabilities(value: str | None) -> Capabilities | None:
     if value is None:
         return None
     if value == "replay":
-        from ..replay._server import REPLAY_CAPABILITIES
+        from ..replay import REPLAY_CAPABILITIES
 
         return REPLAY_CAPABILITIES
     try:
@@ -127,7 +133,7 @@ def _capabilities(value: str | None) -> Capabilities | None:
 def proxy_command(args: argparse.Namespace) -> int:
     """Run ``dynasor-client proxy`` until interrupted."""
     try:
-        from ._server import serve_proxy
+        from ..proxy import serve_proxy
     except ImportError as exc:
         raise ValueError(
             f"the proxy needs the server extra: pip install 'dynasor-client[proxy]' ({exc})"

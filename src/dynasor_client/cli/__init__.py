@@ -1,0 +1,62 @@
+"""The ``dynasor-client`` command.
+
+Subcommands: ``demo`` (plain self-consistency vs certaindex on the embedded default model),
+``serve-local`` (llama.cpp with SmolLM2 for people and other tools), ``generate`` and
+``capabilities`` (against any endpoint),
+``record`` (sample a dataset into a traces file, resumable),
+``calibrate`` (choose a stop rule from labelled traces) and ``bench certaindex`` (hot-path speed),
+``serve-replay`` (recorded traces as an OpenAI-compatible server with GPU-like timing) and
+``bench replay`` (how many concurrent streams that server sustains).
+
+One module per command group; each subcommand sets ``func``, which :func:`main` calls with the
+parsed arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .._exceptions import DynasorError
+from ._bench import add_bench_parser
+from ._calibrate import add_calibrate_parser
+from ._demo import add_demo_parser
+from ._endpoint import add_capabilities_parser, add_generate_parser
+from ._local import add_serve_local_parser
+from ._proxy import add_proxy_parser
+from ._record import add_record_parser
+from ._replay import add_serve_replay_parser
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dynasor-client", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_demo_parser(sub)
+    add_serve_local_parser(sub)
+    add_generate_parser(sub)
+    add_capabilities_parser(sub)
+    add_record_parser(sub)
+    add_calibrate_parser(sub)
+    add_bench_parser(sub)
+    add_serve_replay_parser(sub)
+    add_proxy_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int | None = args.func(args)
+    except (DynasorError, ValueError) as exc:
+        print(f"dynasor-client: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0 if code is None else code

@@ -1,0 +1,5 @@
+import sys
+
+from dynasor_client.cli import main
+
+sys.exit(main())

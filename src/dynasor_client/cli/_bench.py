@@ -1,0 +1,291 @@
+"""``dynasor-client bench``: the benchmarks (certaindex, replay, batch, online, overhead).
+
+Each subcommand runs one benchmark of :mod:`dynasor_client.benchmarks` (``bench certaindex``: of
+calibration), prints its table and writes its JSON (and plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..benchmarks import (
+    ALGORITHMS,
+    ANSWER_SOURCES,
+    OnlineRunError,
+    batch_table,
+    bench_replay,
+    bench_replay_summary,
+    online_config,
+    online_table,
+    overhead_table,
+    plot_batch,
+    plot_online,
+    run_batch_benchmark,
+    run_online_benchmark,
+    run_overhead_benchmark,
+    write_json,
+)
+
+if TYPE_CHECKING:
+    from ._common import Subparsers
+
+__all__ = ["add_bench_parser", "finish_command"]
+
+
+def add_bench_parser(sub: Subparsers) -> None:
+    """``bench`` and its subcommands."""
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    _add_certaindex_parser(bench_sub)
+    _add_replay_parser(bench_sub)
+    _add_batch_parser(bench_sub)
+    _add_online_parser(bench_sub)
+    _add_overhead_parser(bench_sub)
+
+
+def finish_command(
+    result: Mapping[str, Any],
+    table: str,
+    json_out: str | Path | None,
+    *,
+    plot: Callable[[Mapping[str, Any], str | Path], None] | None = None,
+    plot_path: str | Path | None = None,
+) -> int:
+    """The end of a ``bench`` subcommand: print ``table``, write ``result`` to ``json_out`` (when
+    given), draw ``plot(result, plot_path)`` (when both are given); 0. A JSON file that cannot be
+    written, or a plot that fails, raises ValueError (the CLI reports it and exits non-zero)."""
+    print(table)
+    if json_out:
+        try:
+            write_json(json_out, result)
+        except OSError as exc:
+            raise ValueError(f"cannot write {json_out}: {exc}") from exc
+        print(f"wrote {json_out}")
+    if plot is not None and plot_path:
+        try:
+            plot(result, plot_path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"plot failed ({exc}); the figures were written to {json_out}") from exc
+        print(f"wrote {plot_path}")
+    return 0
+
+
+# -- bench certaindex ------------------------------------------------------------------------------------
+
+
+def _add_certaindex_parser(bench_sub: Subparsers) -> None:
+    bench_ci = bench_sub.add_parser("certaindex", help="speed of clustering answers and evaluating rules")
+    bench_ci.add_argument("--json", dest="json_out", default=None, help="write the figures here (JSON)")
+    bench_ci.add_argument("--traces", default=None, help="replay these traces (default: synthetic questions)")
+    bench_ci.add_argument("--questions", type=int, default=1000)
+    bench_ci.add_argument("--orders", type=int, default=20)
+    bench_ci.set_defaults(func=_certaindex)
+
+
+def _certaindex(args: argparse.Namespace) -> None:
+    from ..calibration import _commands
+
+    try:
+        figures = _commands.bench_command(
+            json_out=args.json_out, traces=args.traces, questions=args.questions, orders=args.orders
+        )
+    except OSError as exc:
+        raise ValueError(str(exc)) from exc
+    print(_commands.bench_summary(figures))
+
+
+# -- bench replay ----------------------------------------------------------------------------------------
+
+
+def _add_replay_parser(bench_sub: Subparsers) -> None:
+    parser = bench_sub.add_parser("replay", help="concurrent streams and tokens/s the replay server sustains")
+    parser.add_argument("--json", dest="json_out", default=None, help="write the figures here (JSON)")
+    parser.add_argument("--streams", type=int, nargs="+", default=[500, 1000, 2000, 4000])
+    parser.add_argument("--traces", default=None, help="replay these traces (default: synthetic)")
+    parser.add_argument("--profile", default="llama3-8b-h100-80gb", help="GPU profile of the real-time run")
+    parser.add_argument("--window", type=float, default=6.0, help="seconds measured per run")
+    parser.add_argument("--no-realtime", action="store_true", help="measure the ceiling only")
+    parser.set_defaults(func=_replay)
+
+
+def _replay(args: argparse.Namespace) -> None:
+    try:
+        figures = bench_replay(
+            streams=tuple(args.streams),
+            traces=args.traces,
+            profile=args.profile,
+            window_s=args.window,
+            realtime=not args.no_realtime,
+        )
+        print(bench_replay_summary(figures))
+        if args.json_out is not None:
+            Path(args.json_out).write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+            print(f"wrote {args.json_out}")
+    except OSError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+# -- bench batch -----------------------------------------------------------------------------------------
+
+
+def _add_batch_parser(bench_sub: Subparsers) -> None:
+    parser = bench_sub.add_parser(
+        "batch",
+        help="token-to-accuracy of every stopping method, replayed over recorded traces",
+        description="See docs/batch-benchmark.md for the methods and the JSON. Replays recorded traces in "
+        "many sample orders through the library's stop rules.",
+    )
+    parser.add_argument("--traces", required=True, help="traces file (JSON lines, shared/data/traces format)")
+    parser.add_argument("--algorithm", required=True, choices=ALGORITHMS, help="sc: self-consistency")
+    parser.add_argument("--cap", type=int, default=30, help="most samples per question (the full budget)")
+    parser.add_argument("--seeds", type=int, default=20, help="random sample orders per question")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample orders")
+    parser.add_argument(
+        "--split", choices=["train", "test", "all"], default="test", help="the questions evaluated"
+    )
+    parser.add_argument("--calibration", default=None, help="the rule of 'ours' (default: default_rule())")
+    parser.add_argument("--json", dest="json_out", required=True, help="write the figures here (JSON)")
+    parser.add_argument("--plot", default=None, help="draw token-to-accuracy here (PNG; needs matplotlib)")
+    parser.add_argument(
+        "--answers",
+        choices=ANSWER_SOURCES,
+        default="recorded",
+        help="vote with the recorded answers, or with those the library extracts from each text",
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer orders and questions (a smoke run)")
+    parser.set_defaults(func=_batch)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    result = run_batch_benchmark(
+        args.traces,
+        algorithm=args.algorithm,
+        cap=args.cap,
+        seeds=args.seeds,
+        split=args.split,
+        calibration=args.calibration,
+        quick=args.quick,
+        seed=args.seed,
+        answers=args.answers,
+    )
+    return finish_command(result, batch_table(result), args.json_out, plot=plot_batch, plot_path=args.plot)
+
+
+# -- bench online ----------------------------------------------------------------------------------------
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values
+
+
+def _add_online_parser(bench_sub: Subparsers) -> None:
+    parser = bench_sub.add_parser(
+        "online",
+        help="deadline attainment of programs arriving online: naive, gang, certaindex, SRW, deadlines",
+        description="See docs/online-benchmark.md for the methods and the JSON. Poisson arrivals of "
+        "self-consistency programs through the real runtime against the replay engine's timing model on a "
+        "virtual clock.",
+    )
+    parser.add_argument("--traces", required=True, help="traces file (JSON lines, shared/data/traces format)")
+    parser.add_argument("--profile", default="llama3-8b-h100-80gb", help="GPU profile name or JSON file")
+    parser.add_argument("--json", dest="json_out", required=True, help="write the figures here (JSON)")
+    parser.add_argument("--plot", default=None, help="draw attainment curves here (PNG; needs matplotlib)")
+    parser.add_argument("--quick", action="store_true", help="few programs, rates and SLO scales (smoke run)")
+    parser.add_argument("--split", choices=["train", "test", "all"], default="test", help="questions asked")
+    parser.add_argument(
+        "--rule", default="default", help="certaindex stop rule: default, paper or a calibration JSON file"
+    )
+    parser.add_argument("-n", type=int, default=30, help="samples per program at most (full budget)")
+    parser.add_argument("--window", type=int, default=None, help="sequences in flight (default: max_batch)")
+    parser.add_argument("--duration", type=float, default=None, help="modelled seconds of arrivals per run")
+    parser.add_argument("--slo-scale", type=float, default=3.0, help="SLO scale of the rate sweep")
+    parser.add_argument(
+        "--ref-rate", type=float, default=0.75, help="rate of the SLO sweep, as a multiple of the capacity"
+    )
+    parser.add_argument("--rates", type=_floats, default=None, help="rates as multiples of the capacity")
+    parser.add_argument("--slo-scales", type=_floats, default=None, help="SLO scales of the SLO sweep")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the arrivals and question choices")
+    parser.add_argument("--replay-seed", type=int, default=0, help="seed of the replay server's draws")
+    parser.add_argument(
+        "--seeds", type=int, default=1,
+        help="replicates: repeat everything with seeds +1, +2, ... and report means with 95%% intervals",
+    )  # fmt: skip
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="worker processes (default: the available CPUs, at most 2)"
+    )
+    parser.set_defaults(func=_online)
+
+
+def _online(args: argparse.Namespace) -> int:
+    config = online_config(
+        args.traces,
+        quick=bool(args.quick),
+        duration_s=args.duration,
+        rate_multiples=args.rates,
+        slo_scales=args.slo_scales,
+        jobs=args.jobs,
+        profile=args.profile,
+        split=args.split,
+        n=args.n,
+        rule=args.rule,
+        window=args.window,
+        slo_scale=args.slo_scale,
+        ref_rate_x=args.ref_rate,
+        seed=args.seed,
+        replay_seed=args.replay_seed,
+        seeds=args.seeds,
+    )
+    try:
+        result = run_online_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except OnlineRunError as exc:
+        raise ValueError(f"a benchmark run failed: {exc}") from exc
+    return finish_command(result, online_table(result), args.json_out, plot=plot_online, plot_path=args.plot)
+
+
+# -- bench overhead --------------------------------------------------------------------------------------
+
+
+def _add_overhead_parser(bench_sub: Subparsers) -> None:
+    parser = bench_sub.add_parser(
+        "overhead",
+        help="client CPU of the runtime vs a plain AsyncOpenAI loop, scheduler decision time, memory",
+        description="See docs/overhead-benchmark.md for what is measured and the JSON.",
+    )
+    parser.add_argument("--json", dest="json_out", default=None, help="write the figures here (JSON)")
+    parser.add_argument("--programs", type=int, default=10_000, help="programs queued / waiting (2 and 3)")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per non-streaming timed run")
+    parser.add_argument("--stream-requests", type=int, default=128, help="requests per streaming timed run")
+    parser.add_argument("--requests-per-program", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight (the window)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per response")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each mode (interleaved)")
+    parser.add_argument("--decisions", type=int, default=20_000, help="scheduling decisions timed")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few requests, one repeat")
+    parser.set_defaults(func=_overhead)
+
+
+def _overhead(args: argparse.Namespace) -> int:
+    counts = ("programs", "requests", "stream_requests", "requests_per_program", "concurrency", "max_tokens",
+              "repeats", "decisions")  # fmt: skip
+    for name in counts:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    try:
+        result = run_overhead_benchmark(**{name: getattr(args, name) for name in counts},
+                                        seed=args.seed, quick=args.quick)  # fmt: skip
+    except RuntimeError as exc:  # the replay server did not start
+        raise ValueError(str(exc)) from exc
+    return finish_command(result, overhead_table(result), args.json_out)
