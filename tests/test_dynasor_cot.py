@@ -12,7 +12,8 @@ import pytest
 from dynasor_client import Endpoint, SamplingParams, as_program
 from dynasor_client._probe import in_thinking
 from dynasor_client.algorithms import dynasor_cot
-from dynasor_client.certainty import is_hesitant, probe_consistency_at_least
+from dynasor_client.certainty import probe_consistency_at_least
+from dynasor_client.certainty.signals import is_hesitant
 from dynasor_client.program import StopReason
 from tests.support.replay import replay_endpoint, traces_or_skip
 

@@ -19,15 +19,7 @@ from hypothesis.extra.numpy import arrays
 from scipy import integrate, special, stats  # type: ignore[import-untyped,unused-ignore]
 from scipy.special import betainc  # type: ignore[import-untyped,unused-ignore]
 
-from dynasor_client.certainty import (
-    EntropyCertainty,
-    Observations,
-    Signal,
-    StopRule,
-    rule_from_dict,
-    signal_from_dict,
-    signal_to_dict,
-)
+from dynasor_client.certainty import EntropyCertainty, Observations, Signal, StopRule, rule_from_dict
 from dynasor_client.certainty.rules import (
     adaptive_consistency,
     confidence_at_least,
@@ -51,6 +43,8 @@ from dynasor_client.certainty.signals import (
     lowest_window_mean_logprob,
     mean_logprob,
     reduce_step_rewards,
+    signal_from_dict,
+    signal_to_dict,
     tail_confidence,
     token_confidence,
 )

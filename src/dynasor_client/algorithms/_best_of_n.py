@@ -20,14 +20,8 @@ from typing import Literal
 
 import numpy as np
 
-from ..certainty import (
-    RewardCertainty,
-    StopRule,
-    cap,
-    entropy_at_least,
-    reduce_step_rewards,
-    reward_at_least,
-)
+from ..certainty import RewardCertainty, StopRule, cap, entropy_at_least, reward_at_least
+from ..certainty.signals import reduce_step_rewards
 from ..endpoints import SamplingParams
 from ..program import ProgramContext, ProgramResult, StopReason, TokenKind, algorithm
 from ._prompting import DEFAULT_PROMPTING, Prompting

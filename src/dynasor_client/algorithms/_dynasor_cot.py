@@ -49,13 +49,8 @@ from typing import Any, TypeVar
 from .._exceptions import ContextTooLong
 from .._log import get_logger, program_scope
 from .._probe import CLOSE_THINK, PROBE_MAX_TOKENS, PROBE_SUFFIX, in_thinking, probe_answer
-from ..certainty import (
-    Observations,
-    ProbeConsistency,
-    StopRule,
-    is_hesitant,
-    probe_consistency_at_least,
-)
+from ..certainty import Observations, ProbeConsistency, StopRule, probe_consistency_at_least
+from ..certainty.signals import is_hesitant
 from ..endpoints import (
     Generation,
     PrefillContinuation,

@@ -22,16 +22,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from ..certainty import (
-    CurveFitAllocation,
-    DynamicCurveFit,
-    IntArray,
-    RemainingCurve,
-    Signal,
-    StopRule,
-    first_stop,
-    signal_to_dict,
-)
+from ..certainty import CurveFitAllocation, DynamicCurveFit, IntArray, RemainingCurve, Signal, StopRule
+from ..certainty.rules import first_stop
+from ..certainty.signals import signal_to_dict
 from ._curves import fit_remaining_curve, settle_counts
 from ._steps import Mode, StepParams, StepRuleFitted, Target, fit_step_thresholds
 

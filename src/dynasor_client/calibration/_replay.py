@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from ..certainty import NONE, BoolArray, FloatArray, IntArray, Observations, StopRule, first_stop
-from ..certainty.rules import checkpoints
+from ..certainty import NONE, BoolArray, FloatArray, IntArray, Observations, StopRule
+from ..certainty.rules import checkpoints, first_stop
 from ._traces import ClusterFn, EquivalentFn, TraceQuestion, default_cluster, equivalence_from_cluster
 
 

@@ -46,9 +46,8 @@ from ..certainty import (
     StaticThreshold,
     StopRule,
     registered_signals,
-    signal_to_dict,
 )
-from ..certainty.signals import register_builtin_signals
+from ..certainty.signals import register_builtin_signals, signal_to_dict
 from ._families import Family, Recipe, default_families, signal_key
 from ._replay import Evaluation, LabelledTraces, Replay, Score, label_traces
 from ._result import CalibrationResult

@@ -15,7 +15,7 @@ Everything a user writes is importable from here. The profiler that fits rules t
 :mod:`dynasor_client.calibration` (an offline tool above this package).
 """
 
-from ._observations import NONE, Certainty, Observations, prefix_class_counts
+from ._observations import NONE, Certainty, Observations
 from ._observations import BoolArray as BoolArray
 from ._observations import FloatArray as FloatArray
 from ._observations import IntArray as IntArray
@@ -50,17 +50,14 @@ from .rules import (
     default_rule,
     entropy_at_least,
     esc,
-    first_stop,
     hopeless,
     load_rule,
     probe_consistency_at_least,
-    remaining,
     reward_at_least,
     rule_from_dict,
     token_budget,
 )
 from .signals import (
-    DEFAULT_HESITATION_WORDS,
     BayesianAgreement,
     ConfidenceCertainty,
     EntropyCertainty,
@@ -70,25 +67,11 @@ from .signals import (
     RewardCertainty,
     Signal,
     WindowAgreement,
-    bottom_group_confidence,
-    group_confidence,
-    is_hesitant,
-    leader_posterior,
-    lowest_group_confidence,
-    lowest_window_mean_logprob,
-    mean_logprob,
-    normalised_entropy_certainty,
-    reduce_step_rewards,
     register_signal,
     registered_signals,
-    signal_from_dict,
-    signal_to_dict,
-    tail_confidence,
-    token_confidence,
 )
 
 __all__ = [
-    "DEFAULT_HESITATION_WORDS",
     "NONE",
     "AllOf",
     "AnswerClusters",
@@ -120,37 +103,21 @@ __all__ = [
     "TokenBudget",
     "WindowAgreement",
     "adaptive_consistency",
-    "bottom_group_confidence",
     "cap",
     "cluster_answers",
     "confidence_at_least",
     "default_rule",
     "entropy_at_least",
     "esc",
-    "first_stop",
     "get_extractor",
-    "group_confidence",
     "hopeless",
-    "is_hesitant",
-    "leader_posterior",
     "load_rule",
-    "lowest_group_confidence",
-    "lowest_window_mean_logprob",
     "majority_vote",
-    "mean_logprob",
-    "normalised_entropy_certainty",
     "normalize_answer",
-    "prefix_class_counts",
     "probe_consistency_at_least",
-    "reduce_step_rewards",
     "register_signal",
     "registered_signals",
-    "remaining",
     "reward_at_least",
     "rule_from_dict",
-    "signal_from_dict",
-    "signal_to_dict",
-    "tail_confidence",
     "token_budget",
-    "token_confidence",
 ]
