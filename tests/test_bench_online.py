@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dynasor_client import Runtime, as_program
 from dynasor_client.algorithms import self_consistency
 from dynasor_client.benchmarks import _online_sweep
 from dynasor_client.benchmarks._online import (
@@ -31,7 +32,6 @@ from dynasor_client.benchmarks._online import (
     slo_floor,
 )
 from dynasor_client.cli import main
-from dynasor_client.runtime import Runtime, as_program
 from dynasor_client.traces import TraceQuestion
 
 from .support.replay import TRACES, traces_or_skip
