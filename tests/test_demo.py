@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from dynasor_client import LocalLlamaServer
-from dynasor_client._demo import demo_rule, generate_questions, is_correct
 from dynasor_client.certainty import Observations
 from dynasor_client.cli import main
+from dynasor_client.demo import demo_rule, generate_questions, is_correct
 from dynasor_client.program import StopReason
 from tests.support.faulty_server import MODEL_ID, FaultyServer
 from tests.support.replay import TRACES, traces_or_skip

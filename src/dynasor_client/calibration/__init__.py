@@ -52,6 +52,7 @@ from ._search import (
     View,
     calibrate,
     candidate_signals,
+    evaluate_published,
     paper_rule,
     published_rules,
     search,
@@ -59,6 +60,7 @@ from ._search import (
 from ._steps import StepTable, fit_step_thresholds, threshold_grid
 from ._traces import (
     TEST_FRACTION,
+    Split,
     TraceQuestion,
     TraceSample,
     default_cluster,
@@ -87,6 +89,7 @@ __all__ = [
     "Score",
     "SearchOutcome",
     "SearchSpace",
+    "Split",
     "StaticFamily",
     "StepTable",
     "TraceQuestion",
@@ -104,6 +107,7 @@ __all__ = [
     "default_schedules",
     "equivalence_from_cluster",
     "evaluate",
+    "evaluate_published",
     "exact_cluster",
     "fit_curve",
     "fit_remaining_curve",

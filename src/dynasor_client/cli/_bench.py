@@ -89,7 +89,7 @@ def _add_certaindex_parser(bench_sub: Subparsers) -> None:
 
 
 def _certaindex(args: argparse.Namespace) -> None:
-    from ..calibration import _commands
+    from . import _calibration as _commands
 
     try:
         figures = _commands.bench_command(

@@ -46,7 +46,7 @@ def add_calibrate_parser(sub: Subparsers) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    from ..calibration import _commands
+    from . import _calibration as _commands
 
     try:
         result = _commands.calibrate_command(

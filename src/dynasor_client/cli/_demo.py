@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._demo import (
+from ..demo import (
     DEFAULT_ENDPOINT_MAX_TOKENS,
     DEFAULT_LOCAL_MAX_TOKENS,
     DEFAULT_N,

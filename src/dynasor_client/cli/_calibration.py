@@ -6,12 +6,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..traces._format import file_sha256
-from ._bench import bench_certaindex
-from ._replay import Replay, label_traces
-from ._result import CalibrationResult
-from ._search import Objective, calibrate, evaluate_published
-from ._traces import TEST_FRACTION, Split, load_traces, select_split
+from ..calibration import (
+    TEST_FRACTION,
+    CalibrationResult,
+    Objective,
+    Replay,
+    Split,
+    bench_certaindex,
+    calibrate,
+    evaluate_published,
+    label_traces,
+    load_traces,
+    select_split,
+)
+from ..traces import file_sha256
 
 
 def calibrate_command(
