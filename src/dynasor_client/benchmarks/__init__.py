@@ -30,13 +30,6 @@ from ._batch import (
     with_extracted_answers,
 )
 from ._common import (
-    format_table,
-    git_commit,
-    jsonable,
-    machine_info,
-    plot_token_accuracy,
-    run_metadata,
-    versions,
     write_json,
 )
 from ._online import (
@@ -48,7 +41,6 @@ from ._online import (
     run_online_benchmark,
 )
 from ._overhead import (
-    measure_client_overhead,
     measure_scheduler,
     measure_waiting_memory,
     overhead_table,
@@ -67,11 +59,6 @@ __all__ = [
     "bench_replay",
     "bench_replay_summary",
     "calibration_overlap",
-    "format_table",
-    "git_commit",
-    "jsonable",
-    "machine_info",
-    "measure_client_overhead",
     "measure_scheduler",
     "measure_waiting_memory",
     "method_stops",
@@ -80,13 +67,10 @@ __all__ = [
     "overhead_table",
     "plot_batch",
     "plot_online",
-    "plot_token_accuracy",
     "replay_in_orders",
     "run_batch_benchmark",
-    "run_metadata",
     "run_online_benchmark",
     "run_overhead_benchmark",
-    "versions",
     "with_extracted_answers",
     "write_json",
 ]

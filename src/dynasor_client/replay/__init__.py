@@ -19,12 +19,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_getattr
-from ._engine import NoMatch, RecordingEnds, ReplayChoice, ReplayEngine, ReplayPlan, RewardScores
+from ._engine import NoMatch, RecordingEnds, ReplayEngine
 from ._parts import REPLAY_CAPABILITIES
-from ._pieces import Pieces, split_pieces
 from ._profiles import PROFILES, GPUProfile, get_profile
-from ._timing import BatchingModel, Metrics, RequestState, SimRequest
-from ._timing_drivers import RealtimeDriver, RequestHandle, VirtualClockSimulator
+from ._timing_drivers import VirtualClockSimulator
 from ._timing_fit import TimingSample, fit_profile, load_timing_samples
 from ._virtual import InProcessReplay, VirtualTimeDeadlock, VirtualTimeLoop, run_virtual
 
@@ -43,22 +41,12 @@ __getattr__ = lazy_getattr(__name__, _LAZY)
 __all__ = [
     "PROFILES",
     "REPLAY_CAPABILITIES",
-    "BatchingModel",
     "GPUProfile",
     "InProcessReplay",
-    "Metrics",
     "NoMatch",
-    "Pieces",
-    "RealtimeDriver",
     "RecordingEnds",
-    "ReplayChoice",
     "ReplayEngine",
-    "ReplayPlan",
     "ReplayServer",
-    "RequestHandle",
-    "RequestState",
-    "RewardScores",
-    "SimRequest",
     "TimingSample",
     "VirtualClockSimulator",
     "VirtualTimeDeadlock",
@@ -68,5 +56,4 @@ __all__ = [
     "load_timing_samples",
     "run_virtual",
     "serve_replay",
-    "split_pieces",
 ]
