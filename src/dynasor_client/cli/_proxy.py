@@ -68,7 +68,8 @@ def add_proxy_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--reward",
         default="judge",
-        help="best-of-N reward model: 'judge', 'pooling' or a /pooling server's API root",
+        help="the default reward model of best_of_n, rebase and mcts: 'judge', 'pooling' or a "
+        "/pooling server's API root",
     )
     p.add_argument("--max-in-flight", type=int, default=64, help="upstream requests in flight at once")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for upstream reads")
