@@ -656,13 +656,13 @@ async def test_passthrough_forwards_the_body_untouched(faulty: FaultyServer) -> 
             b' "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],'
             b' "tool_choice": "auto", "x_vendor_field": {"keep": [1, 2.50, "\\u00e9"]}, "max_tokens": 4}'
         )
-        headers = {"authorization": "Bearer client-key", "x-trace": "t-1", "X-Dynasor-Deadline-S": "30"}
+        headers = {"authorization": "Bearer client-key", "x-request-id": "t-1", "X-Dynasor-Deadline-S": "30"}
         answer = await http.post(f"{proxy.base_url}/chat/completions", content=raw, headers=headers)
         assert answer.status_code == 200 and answer.json()["object"] == "chat.completion"
         (seen,) = faulty.requests("ok")
         assert seen.body == raw  # byte for byte
         assert seen.headers["authorization"] == "Bearer sk-proxy-upstream"  # the proxy's own key
-        assert seen.headers["x-trace"] == "t-1" and "x-dynasor-deadline-s" not in seen.headers
+        assert seen.headers["x-request-id"] == "t-1" and "x-dynasor-deadline-s" not in seen.headers
 
         client = _client(proxy)
         await client.chat.completions.create(

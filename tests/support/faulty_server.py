@@ -19,6 +19,9 @@ Scenarios (numbers are parameters; decimals allowed for seconds):
 - ``max-n-{m}``: 400 (llama.cpp's message) when ``n`` > m, else ``ok``.
 - ``context-too-long``: 400 with vLLM's context-length message, always.
 - ``auth``: 401 on ``/v1/*`` unless ``Authorization: Bearer good-key``.
+- ``echo-key-{code}``: echoes the ``Authorization`` header it got, as OpenAI's "Incorrect API key
+  provided: ..." does: HTTP {code} with that message on ``/v1/*``; with 200, a stream's second event
+  is an error carrying it and a non-stream answer's text is it (``/v1/models`` answers normally).
 - ``reasoning``: chat answers carry ``reasoning_content``; completions as ``ok``.
 
 Only generation requests (completions and chat) count towards a scenario's fault budget; ``/health``
@@ -76,6 +79,7 @@ _SCENARIOS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("max-n", re.compile(r"max-n-(?P<max_n>\d+)")),
     ("context-too-long", re.compile(r"context-too-long")),
     ("auth", re.compile(r"auth")),
+    ("echo-key", re.compile(r"echo-key-(?P<code>[245]\d\d)")),
     ("reasoning", re.compile(r"reasoning")),
 )
 
@@ -555,6 +559,9 @@ class FaultyServer:
         if scenario.kind == "auth" and rest.startswith("v1/") and not authorized:
             message = "Incorrect API key provided."
             raise _ApiError(401, _error_payload(message, "invalid_request_error", "invalid_api_key"))
+        echoing = scenario.kind == "echo-key" and rest.startswith("v1/")
+        if echoing and await self._echo_key(scenario.code, endpoint, body, request, responder):
+            return
         if endpoint == "health":
             await responder.send_json(200, {"status": "ok"})
         elif endpoint == "models":
@@ -562,6 +569,38 @@ class FaultyServer:
             await responder.send_json(200, {"object": "list", "data": [model]})
         else:
             await self._generate(scenario, scenario_name, endpoint, body, request, responder)
+
+    @staticmethod
+    async def _echo_key(
+        code: int, endpoint: str, body: Any, request: _Request, responder: _Responder
+    ) -> bool:
+        """The ``echo-key-{code}`` scenario; False: answer normally (``/v1/models`` with 200)."""
+        echoed = f"Incorrect API key provided: {request.headers.get('authorization', '(none)')}."
+        if code != 200:
+            raise _ApiError(code, _error_payload(echoed, "invalid_request_error", "invalid_api_key"))
+        if endpoint not in ("chat", "completions"):
+            return False
+        if isinstance(body, dict) and body.get("stream") is True:
+            delta = {"content": "Hi"} if endpoint == "chat" else None
+            choice = {"index": 0, "finish_reason": None, **({"delta": delta} if delta else {"text": "Hi"})}
+            head = [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked")]
+            await responder.send_head(200, head)
+            await responder.send_chunk(_sse({"id": "echo", "model": MODEL_ID, "choices": [choice]}))
+            error = _error_payload(echoed, "invalid_request_error", "invalid_api_key")
+            await responder.send_chunk(_sse(error))
+            await responder.end_chunks()
+            return True
+        if endpoint == "chat":
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": echoed},
+                "finish_reason": "stop",
+            }
+        else:
+            choice = {"index": 0, "text": echoed, "finish_reason": "stop"}
+        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        await responder.send_json(200, {"id": "echo", "model": MODEL_ID, "choices": [choice], "usage": usage})
+        return True
 
     async def _generate(
         self,

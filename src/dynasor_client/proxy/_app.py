@@ -6,7 +6,12 @@
   :class:`~._run.RunResponse`.
 - ``GET /v1/models``: the upstream's list, as it sends it.
 - ``GET /health``: ``{"status": "ok"}`` (no key needed).
-- ``GET /dynasor/stats``: counters, tokens spent and saved, per-key spending (by key fingerprint).
+- ``GET /dynasor/stats``: counters, tokens spent and saved, per-key spending (by key fingerprint);
+  an admin key (or any client when the proxy takes no keys) sees it all, any other key its own
+  spending only.
+
+Every response, error or stream goes through :class:`~._errors.RedactingMiddleware`: no byte of
+the proxy's secrets (upstream key, upstream URL credentials, client keys) reaches a client.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..endpoints import Message, RetryPolicy, SamplingParams
 from ._config import ProxyConfig
-from ._errors import ProxyError, transport_error, upstream_http_error
+from ._errors import ProxyError, RedactingMiddleware, transport_error, upstream_http_error
 from ._keys import KeyAccount
 from ._options import DEADLINE_HEADER, DynasorOptions, parse_options
 from ._passthrough import Forward, PassThrough, PassThroughRenderer, prepare
@@ -77,6 +82,7 @@ def create_proxy_app(config: ProxyConfig, *, retry: RetryPolicy | None = None) -
         title="dynasor-client proxy", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
     app.state.service = service
+    app.add_middleware(RedactingMiddleware, redactor=service.redactor)
 
     @app.exception_handler(ProxyError)
     async def proxy_error(request: Request, exc: ProxyError) -> Response:
@@ -98,8 +104,8 @@ def create_proxy_app(config: ProxyConfig, *, retry: RetryPolicy | None = None) -
 
     @app.get("/dynasor/stats")
     async def stats(request: Request) -> Response:
-        service.authenticate(request.headers)
-        return JSONResponse(service.stats())
+        account = service.authenticate(request.headers)
+        return JSONResponse(service.stats(account))
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
@@ -109,7 +115,7 @@ def create_proxy_app(config: ProxyConfig, *, retry: RetryPolicy | None = None) -
         try:
             answer = await service.http.get("models", headers=headers)
         except httpx.HTTPError as exc:
-            raise transport_error(exc, config.upstream) from exc
+            raise transport_error(exc, service.upstream_display) from exc
         if answer.status_code >= 400:
             raise upstream_http_error(answer.status_code, answer.content, answer.headers, own_key=own)
         return Response(
@@ -161,7 +167,7 @@ def _passthrough(
     headers, own = service.upstream_headers(request.headers)
     n = body.get("n")
     forward = Forward(kind, content, headers, stream, strip, n if isinstance(n, int) and n > 0 else 1, own)
-    program = PassThrough(service.http, service.config.upstream, forward)
+    program = PassThrough(service.http, service.upstream_display, forward)
     run = Run(
         service.runtime,
         program,

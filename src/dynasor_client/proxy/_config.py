@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..endpoints import Capabilities
 from ._keys import KeyStore
@@ -63,3 +65,30 @@ class ProxyConfig:
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
         object.__setattr__(self, "upstream", self.upstream.rstrip("/"))
+
+    @property
+    def upstream_display(self) -> str:
+        """``upstream`` as clients, logs and the start-up line show it: credentials masked
+        (``http://***@host/v1``)."""
+        return mask_credentials(self.upstream)
+
+    def secrets(self) -> list[str]:
+        """What no client may see: the upstream key and the upstream URL's credentials (as written,
+        decoded and as the HTTP Basic header carries them). Client keys are the key store's."""
+        found = [s for s in (self.upstream_api_key,) if s]
+        parts = urlsplit(self.upstream)
+        userinfo = parts.netloc.rpartition("@")[0]
+        if userinfo:
+            user, _, password = userinfo.partition(":")
+            plain = f"{unquote(user)}:{unquote(password)}"
+            found += [userinfo, plain, base64.b64encode(plain.encode("utf-8")).decode("ascii")]
+            found += [p for p in (password, unquote(password)) if p]
+        return found
+
+
+def mask_credentials(url: str) -> str:
+    """``url`` with its user and password (if any) shown as ``***``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))

@@ -11,16 +11,22 @@ Mapping (upstream = the server behind the proxy):
   ``MalformedResponse`` 502, ``AuthenticationFailed`` 502.
 - The proxy's own refusals: 400 (bad options or body), 401 (key), 429 ``insufficient_quota``
   (budget), 404/405 (route), 500 (a bug of the proxy, logged).
+
+Whatever the path, the client never sees a secret of the proxy: :class:`RedactingMiddleware`
+passes every response byte through one :class:`Redactor` (upstream key, upstream URL credentials,
+client keys), and messages name the upstream with its credentials masked.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._exceptions import (
     AuthenticationFailed,
@@ -153,8 +159,91 @@ def endpoint_error(exc: EndpointError) -> ProxyError:
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """``text`` with every secret (of 4 or more characters) replaced by ``***``."""
+    """``text`` with every secret (of 4 or more characters) replaced by ``***`` (logs)."""
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     return text
+
+
+class Redactor:
+    """Replaces the proxy's secrets with ``***`` in what clients receive (:class:`RedactingMiddleware`).
+
+    Each secret is matched as written and as JSON writes it (``\\uXXXX`` escapes). Secrets shorter
+    than :attr:`MIN_LENGTH` characters are left alone: redacting them would mangle ordinary text
+    (the proxy warns about them at start-up).
+    """
+
+    MIN_LENGTH = 8
+
+    def __init__(self, secrets: Iterable[str | None]) -> None:
+        variants: set[str] = set()
+        self.too_short = 0
+        for secret in secrets:
+            if not secret:
+                continue
+            if len(secret) < self.MIN_LENGTH:
+                self.too_short += 1
+                continue
+            variants |= {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+        ordered = sorted(variants, key=len, reverse=True)  # the longest first: no partial leftovers
+        self._text = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        self._bytes = (
+            re.compile(b"|".join(re.escape(v.encode("utf-8")) for v in ordered)) if ordered else None
+        )
+
+    def __bool__(self) -> bool:
+        return self._text is not None
+
+    def text(self, text: str) -> str:
+        return self._text.sub("***", text) if self._text is not None else text
+
+    def bytes(self, data: bytes) -> bytes:
+        return self._bytes.sub(b"***", data) if self._bytes is not None else data
+
+
+class RedactingMiddleware:
+    """ASGI middleware: every response header and body byte goes through one :class:`Redactor`.
+
+    A response with a ``content-length`` is redacted whole (its length fixed when it changed); a
+    stream is redacted message by message: each one holds whole SSE events, so a secret inside an
+    event is always caught (one that a model spells out across several events is not).
+    """
+
+    def __init__(self, app: ASGIApp, redactor: Redactor) -> None:
+        self.app, self.redactor = app, redactor
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.redactor:
+            await self.app(scope, receive, send)
+            return
+        redactor = self.redactor
+        held: Message | None = None  # the start of a response with a content-length
+        parts: list[bytes] = []
+
+        async def redacting(message: Message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start":
+                headers = [(k, redactor.bytes(v)) for k, v in message.get("headers", [])]
+                message = {**message, "headers": headers}
+                if any(k.lower() == b"content-length" for k, _ in headers):
+                    held = message
+                    return
+            elif message["type"] == "http.response.body" and held is not None:
+                parts.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                raw = b"".join(parts)
+                body = redactor.bytes(raw)
+                start, held = held, None
+                if len(body) != len(raw):
+                    length = str(len(body)).encode()
+                    headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+                    start = {**start, "headers": [*headers, (b"content-length", length)]}
+                await send(start)
+                message = {**message, "body": body, "more_body": False}
+            elif message["type"] == "http.response.body":
+                message = {**message, "body": redactor.bytes(message.get("body", b""))}
+            await send(message)
+
+        await self.app(scope, receive, redacting)

@@ -1,15 +1,20 @@
 """Client API keys and token budgets.
 
 A :class:`KeyStore` holds the keys the proxy accepts, each with an optional token budget. Keys are
-kept only as SHA-256 digests; logs and metrics name a key by its *fingerprint*
-(``key-`` + the digest's first 8 hex digits), never by the key.
+looked up by SHA-256 digest; logs and metrics name a key by its *fingerprint* (``key-`` + the
+digest's first 8 hex digits), never by the key. The store also holds the keys themselves, only so
+that the proxy can redact them from what it answers (:meth:`KeyStore.secrets`).
 
-Keys file (``--api-keys-file``): one key per line, optionally followed by whitespace and its token
-budget; blank lines and lines starting with ``#`` are ignored::
+An *admin* key may read every key's spending in ``GET /dynasor/stats``; any other key sees only
+its own there.
+
+Keys file (``--api-keys-file``): one key per line, optionally followed by whitespace, its token
+budget and/or the word ``admin``; blank lines and lines starting with ``#`` are ignored::
 
     # key                     budget (tokens; none: unlimited)
     sk-team-a-7f3e...         2000000
     sk-ci-0b19...
+    sk-ops-88d1...            admin
 
 A request's tokens are charged when it ends (its ``usage.total_tokens``: prompt plus everything
 generated, probes and extra samples included). A key whose budget is spent gets 429
@@ -57,28 +62,45 @@ class Budget:
 
 @dataclass
 class KeyAccount:
-    """One accepted key: its fingerprint, budget and request count (never the key itself)."""
+    """One accepted key: its fingerprint, budget and request count (never the key itself); an
+    ``admin`` key may read every key's stats."""
 
     fingerprint: str
     budget: Budget
     requests: int = 0
+    admin: bool = False
 
 
 class KeyStore:
-    """The API keys the proxy accepts (``{key: token budget or None}``, or just keys)."""
+    """The API keys the proxy accepts (``{key: token budget or None}``, or just keys); ``admins``:
+    the keys (among them or added, unlimited) that may read every key's stats."""
 
-    def __init__(self, keys: Mapping[str, int | None] | Iterable[str], *, default_budget: int | None = None):
+    def __init__(
+        self,
+        keys: Mapping[str, int | None] | Iterable[str],
+        *,
+        default_budget: int | None = None,
+        admins: Iterable[str] = (),
+    ):
         if default_budget is not None and default_budget < 1:
             raise ValueError("a token budget must be >= 1")
         pairs = keys.items() if isinstance(keys, Mapping) else ((k, None) for k in keys)
         self._accounts: dict[str, KeyAccount] = {}
-        for key, budget in pairs:
+        self._secrets: set[str] = set()
+        admin_keys = set(admins)
+        given = list(pairs)
+        listed = {key for key, _ in given}
+        given += [(key, None) for key in sorted(admin_keys - listed)]
+        for key, budget in given:
             if not isinstance(key, str) or not key.strip() or any(c.isspace() for c in key):
                 raise ValueError("an API key must be a non-empty string without whitespace")
             if budget is not None and budget < 1:
                 raise ValueError(f"token budget of {fingerprint(key)} must be >= 1")
             limit = budget if budget is not None else default_budget
-            self._accounts[_digest(key)] = KeyAccount(fingerprint(key), Budget(limit))
+            self._accounts[_digest(key)] = KeyAccount(
+                fingerprint(key), Budget(limit), admin=key in admin_keys
+            )
+            self._secrets.add(key)
         if not self._accounts:
             raise ValueError("no API keys given")
 
@@ -86,14 +108,18 @@ class KeyStore:
     def from_file(cls, path: str | Path, *, default_budget: int | None = None) -> KeyStore:
         """Keys from a keys file (module docs)."""
         keys: dict[str, int | None] = {}
+        admins: list[str] = []
         text = Path(path).read_text(encoding="utf-8")
         for number, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
             fields = line.split()
+            if fields[1:] and fields[-1] == "admin":
+                fields.pop()
+                admins.append(fields[0])
             if len(fields) > 2:
-                raise ValueError(f"{path}:{number}: expected 'KEY [BUDGET]'")
+                raise ValueError(f"{path}:{number}: expected 'KEY [BUDGET] [admin]'")
             budget: int | None = None
             if len(fields) == 2:
                 try:
@@ -101,12 +127,13 @@ class KeyStore:
                 except ValueError:
                     raise ValueError(f"{path}:{number}: the budget must be an integer") from None
             keys[fields[0]] = budget
-        return cls(keys, default_budget=default_budget)
+        return cls(keys, default_budget=default_budget, admins=admins)
 
     def merged(self, other: KeyStore) -> KeyStore:
         """Both stores' keys in one (the other's budget wins for a key in both)."""
         store = object.__new__(KeyStore)
         store._accounts = {**self._accounts, **other._accounts}
+        store._secrets = self._secrets | other._secrets
         return store
 
     def authenticate(self, key: str | None) -> KeyAccount | None:
@@ -117,6 +144,14 @@ class KeyStore:
 
     def accounts(self) -> list[KeyAccount]:
         return list(self._accounts.values())
+
+    @property
+    def has_admin(self) -> bool:
+        return any(a.admin for a in self._accounts.values())
+
+    def secrets(self) -> frozenset[str]:
+        """The keys themselves: what the proxy redacts from every response."""
+        return frozenset(self._secrets)
 
     def __len__(self) -> int:
         return len(self._accounts)

@@ -56,7 +56,8 @@ def serve_proxy(
         async with server:
             keys = f"{len(config.keys)} API keys" if config.keys is not None else "no API keys required"
             print(
-                f"dynasor proxy at {server.base_url} -> {config.upstream} ({keys}); Ctrl-C stops", flush=True
+                f"dynasor proxy at {server.base_url} -> {config.upstream_display} ({keys}); Ctrl-C stops",
+                flush=True,
             )
             await server._http.serve_until_interrupted()
 

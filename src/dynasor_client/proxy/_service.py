@@ -18,7 +18,7 @@ from ..algorithms import JudgeRewardModel, PoolingRewardModel, RewardModel
 from ..endpoints import Endpoint, RetryPolicy
 from ..runtime import Runtime
 from ._config import ProxyConfig
-from ._errors import ProxyError, endpoint_error, redact, transport_error
+from ._errors import ProxyError, Redactor, endpoint_error, redact, transport_error
 from ._keys import Budget, KeyAccount, presented_key
 from ._responses import billed_tokens
 from ._run import Run
@@ -26,27 +26,14 @@ from ._run import Run
 log = get_logger("dynasor_client.proxy")
 _NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-#: Client headers never forwarded upstream (hop-by-hop, credentials, the proxy's own).
-_NOT_FORWARDED = frozenset(
-    {
-        "host",
-        "content-length",
-        "content-type",
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authorization",
-        "proxy-authenticate",
-        "authorization",
-        "api-key",
-        "x-api-key",
-        "cookie",
-        "accept-encoding",  # an encoded stream could be buffered; the proxy sends it plain anyway
-    }
+#: The only client headers forwarded upstream (pass-through and ``/v1/models``); every other one
+#: (credentials, cookies, hop-by-hop, vendor and SDK headers, ``X-Dynasor-*``) stays at the proxy.
+FORWARDED_HEADERS = frozenset(
+    {"accept", "user-agent", "x-request-id", "traceparent", "tracestate", "baggage", "openai-beta"}
 )
+#: Forwarded only with the client's own key upstream (``upstream_auth="forward"``): with the
+#: proxy's key they would bill or reach another organisation or project of the proxy's account.
+FORWARDED_WITH_CLIENT_KEY = frozenset({"openai-organization", "openai-project"})
 
 
 @dataclass
@@ -81,7 +68,7 @@ class ProxyService:
             max_in_flight=config.max_in_flight,
             capabilities=config.capabilities or "detect",
             default_headers=dict(config.extra_headers),
-            name=config.upstream,
+            name=config.upstream_display,
         )
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
         self.http = httpx.AsyncClient(
@@ -96,6 +83,21 @@ class ProxyService:
         self._reward_endpoint: Endpoint | None = None
         self._runs: set[Run] = set()
         self.started = time.time()
+        self.secrets = [*config.secrets(), *(config.keys.secrets() if config.keys is not None else ())]
+        #: What every response byte goes through (``RedactingMiddleware``).
+        self.redactor = Redactor(self.secrets)
+        if self.redactor.too_short:
+            log.warning(
+                "%d of the proxy's secrets are shorter than %d characters: they are not redacted "
+                "from responses (use longer keys)",
+                self.redactor.too_short,
+                Redactor.MIN_LENGTH,
+            )
+
+    @property
+    def upstream_display(self) -> str:
+        """The upstream URL as clients may see it (credentials masked)."""
+        return self.config.upstream_display
 
     async def start(self) -> None:
         await self.runtime.__aenter__()
@@ -194,16 +196,13 @@ class ProxyService:
 
     def upstream_headers(self, client: Headers) -> tuple[dict[str, str], bool]:
         """Headers for a pass-through request and whether they carry the proxy's own key."""
-        headers = {
-            k: v
-            for k, v in client.items()
-            if k.lower() not in _NOT_FORWARDED and not k.lower().startswith("x-dynasor-")
-        }
-        headers["content-type"] = "application/json"
         key, own = None, True
         if self.config.upstream_auth == "forward":
             key = presented_key(client)
             own = key is None
+        allowed = FORWARDED_HEADERS if own else FORWARDED_HEADERS | FORWARDED_WITH_CLIENT_KEY
+        headers = {k: v for k, v in client.items() if k.lower() in allowed}
+        headers["content-type"] = "application/json"
         key = key or self.config.upstream_api_key
         if key:
             headers["authorization"] = f"Bearer {key}"
@@ -236,7 +235,7 @@ class ProxyService:
         if isinstance(exc, EndpointError):
             return endpoint_error(exc)
         if isinstance(exc, httpx.HTTPError):
-            return transport_error(exc, self.config.upstream)
+            return transport_error(exc, self.upstream_display)
         if isinstance(exc, BudgetExhausted):
             return ProxyError(str(exc), status=429, type="insufficient_quota", code="insufficient_quota")
         if isinstance(exc, asyncio.CancelledError | ProgramCancelled | RuntimeClosed):
@@ -245,18 +244,20 @@ class ProxyService:
         return ProxyError(f"internal error of the proxy: {type(exc).__name__}", status=500)
 
     def redact(self, text: str) -> str:
-        return redact(text, [self.config.upstream_api_key])
+        """``text`` without the proxy's secrets (logs)."""
+        return redact(text, self.secrets)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, viewer: KeyAccount | None = None) -> dict[str, Any]:
+        """What ``GET /dynasor/stats`` answers ``viewer``: everything (no keys configured, an admin
+        key, or None: the proxy itself), or a key's own spending only (any other key)."""
+        if viewer is not None and not viewer.admin:
+            return {"keys": {viewer.fingerprint: _spending(viewer)}}
         c = self.counters
         keys: Mapping[str, Any] = {}
         if self.keys is not None:
-            keys = {
-                a.fingerprint: {"requests": a.requests, "spent": a.budget.spent, "budget": a.budget.limit}
-                for a in self.keys.accounts()
-            }
+            keys = {a.fingerprint: _spending(a) for a in self.keys.accounts()}
         return {
-            "upstream": self.config.upstream,
+            "upstream": self.upstream_display,
             "uptime_s": round(time.time() - self.started, 3),
             "requests": c.requests,
             "passthrough": c.passthrough,
@@ -270,3 +271,7 @@ class ProxyService:
             "budget": {"spent": self.budget.spent, "limit": self.budget.limit},
             "keys": keys,
         }
+
+
+def _spending(account: KeyAccount) -> dict[str, Any]:
+    return {"requests": account.requests, "spent": account.budget.spent, "budget": account.budget.limit}
