@@ -23,6 +23,9 @@ Scenarios (numbers are parameters; decimals allowed for seconds):
   provided: ..." does: HTTP {code} with that message on ``/v1/*``; with 200, a stream's second event
   is an error carrying it and a non-stream answer's text is it (``/v1/models`` answers normally).
 - ``reasoning``: chat answers carry ``reasoning_content``; completions as ``ok``.
+- ``judge-{code}``: HTTP {code} for requests with ``max_tokens: 1`` (a yes/no judge's), else ``ok``.
+- ``bad-utf8``: 200 answers whose text holds an invalid UTF-8 byte (``0xff``), streamed or not.
+- ``json-for-stream``: a stream request is answered with the whole JSON body (not SSE).
 
 Only generation requests (completions and chat) count towards a scenario's fault budget; ``/health``
 and ``/v1/models`` always answer normally (``auth`` aside).
@@ -81,6 +84,9 @@ _SCENARIOS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("auth", re.compile(r"auth")),
     ("echo-key", re.compile(r"echo-key-(?P<code>[245]\d\d)")),
     ("reasoning", re.compile(r"reasoning")),
+    ("judge", re.compile(r"judge-(?P<code>[45]\d\d)")),
+    ("bad-utf8", re.compile(r"bad-utf8")),
+    ("json-for-stream", re.compile(r"json-for-stream")),
 )
 
 
@@ -641,6 +647,13 @@ class FaultyServer:
 
         if not isinstance(body, dict):
             raise _invalid("Request body must be a JSON object")
+        if scenario.kind == "judge" and body.get("max_tokens") == 1:
+            raise _ApiError(
+                scenario.code,
+                _error_payload(
+                    f"Injected judge HTTP {scenario.code}", "invalid_request_error", scenario.code
+                ),
+            )
         n = _int_field(body, "n", 1, 1) or 1
         if scenario.kind == "max-n" and n > scenario.max_n:
             message = f"Field 'n': Value must be between 1 <= value <= {scenario.max_n}, but got {n}"
@@ -678,7 +691,7 @@ class FaultyServer:
 
         if scenario.kind == "slow":
             await asyncio.sleep(scenario.seconds)  # asyncio.sleep: other connections keep being served
-        if stream:
+        if stream and scenario.kind != "json-for-stream":
             events = self._stream_events(
                 endpoint, response_id, model, choices, k, legacy, usage, include_usage
             )
@@ -695,12 +708,19 @@ class FaultyServer:
                     return  # _on_connection closes the socket: no terminating chunk, no [DONE]
                 if number:
                     await asyncio.sleep(CHUNK_DELAY_S)
-                await responder.send_chunk(_sse(event))
+                data = _sse(event)
+                if scenario.kind == "bad-utf8" and number == 1:
+                    data = data.replace(b'"', b'"\xff', 1)  # an invalid UTF-8 byte inside the JSON
+                await responder.send_chunk(data)
             await responder.end_chunks()
             return
 
         payload = self._full_response(endpoint, response_id, model, choices, k, legacy, usage)
         data = json.dumps(payload).encode()
+        if scenario.kind == "bad-utf8":
+            data = data.replace(b'"content": "', b'"content": "\xff', 1).replace(
+                b'"text": "', b'"text": "\xff', 1
+            )
         await responder.send_head(
             200, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
         )

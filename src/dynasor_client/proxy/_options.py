@@ -116,7 +116,18 @@ def _suffix_pattern() -> re.Pattern[str]:
     words = sorted(
         (w for e in ALGORITHMS.values() if e.suffix for w in e.suffix.words), key=len, reverse=True
     )
-    return re.compile(rf"^(?P<word>{'|'.join(map(re.escape, words))})(?![a-z_])(?P<rest>.*)$", re.IGNORECASE)
+    # ASCII: under Unicode case folding "ſc" (long s) or "K" (Kelvin sign) would match "sc", "k".
+    flags = re.IGNORECASE | re.ASCII | re.DOTALL
+    return re.compile(rf"(?P<word>{'|'.join(map(re.escape, words))})(?![a-z_])(?P<rest>.*)\Z", flags)
+
+
+#: The most digits of a suffix's count (every count's range ends far below 10**6).
+_COUNT_DIGITS = 6
+
+
+def _shown(text: str, most: int = 40) -> str:
+    """``text`` for a message, cut to ``most`` characters (a 5,000-digit suffix is not echoed)."""
+    return text if len(text) <= most else f"{text[:most]}... ({len(text)} characters)"
 
 
 def parse_suffix(model: str) -> tuple[str, dict[str, Any]]:
@@ -136,20 +147,29 @@ def parse_suffix(model: str) -> tuple[str, dict[str, Any]]:
         choice = rest.removeprefix("-").lower()
         if not rest.startswith("-") or choice not in suffix.choices:
             raise ProxyError(
-                f"model suffix '+{tail}': {entry.title} takes '+{word}' or "
+                f"model suffix '+{_shown(tail)}': {entry.title} takes '+{word}' or "
                 f"'+{word}-{'|'.join(suffix.choices)}'",
                 param="model",
             )
         options[suffix.choice] = choice
     elif rest:
-        if suffix.count is None or not rest.isdigit():
+        # ASCII digits only: str.isdigit() is true for "²", which int() refuses.
+        if suffix.count is None or not (rest.isascii() and rest.isdigit()):
             expected = f"'+{word}'" + (
                 f" or '+{word}N' with N {suffix.count_meaning}" if suffix.count else ""
             )
-            raise ProxyError(f"model suffix '+{tail}': expected {expected} (e.g. '+{word}8')", param="model")
+            raise ProxyError(
+                f"model suffix '+{_shown(tail)}': expected {expected} (e.g. '+{word}8')", param="model"
+            )
+        if len(rest.lstrip("0")) > _COUNT_DIGITS:
+            raise ProxyError(
+                f"model suffix '+{_shown(tail)}': N ({suffix.count_meaning}) is far too large "
+                f"(e.g. '+{word}8')",
+                param="model",
+            )
         options[suffix.count] = int(rest)
     if not base:
-        raise ProxyError(f"model {model!r} names a technique but no model before '+'", param="model")
+        raise ProxyError(f"model {_shown(model)!r} names a technique but no model before '+'", param="model")
     return base, options
 
 
@@ -191,7 +211,8 @@ def parse_options(body: Mapping[str, Any], deadline_header: str | None = None) -
                 param="dynasor",
             )
     else:
-        settings = _validate(ALGORITHMS[algorithm], merged)
+        from_suffix = {k: model for k in options if k not in field} if isinstance(model, str) else {}
+        settings = _validate(ALGORITHMS[algorithm], merged, from_suffix)
     deadlines = []
     if deadline is not None:
         deadlines.append(_seconds(deadline, "dynasor.deadline_s"))
@@ -207,8 +228,9 @@ def parse_options(body: Mapping[str, Any], deadline_header: str | None = None) -
     )
 
 
-def _validate(entry: Entry[Any], values: dict[str, Any]) -> Options:
-    """The entry's options model over ``values``; 400 naming every refused key (module docs)."""
+def _validate(entry: Entry[Any], values: dict[str, Any], from_suffix: Mapping[str, str]) -> Options:
+    """The entry's options model over ``values``; 400 naming every refused key (module docs) and
+    the model name of the keys its suffix set (``from_suffix``)."""
     try:
         settings: Options = entry.options.model_validate(values)
     except ValidationError as exc:
@@ -222,11 +244,17 @@ def _validate(entry: Entry[Any], values: dict[str, Any]) -> Options:
             ) from None
         where = ["dynasor." + ".".join(str(part) for part in e["loc"]) for e in errors]
         messages = [
-            f"{w}: {e['msg'][:1].lower()}{e['msg'][1:]}, got {e['input']!r}"
+            f"{w}: {e['msg'][:1].lower()}{e['msg'][1:]}, got {_shown(repr(e['input']), 100)}"
+            + _suffix_note(e["loc"], from_suffix)
             for w, e in zip(where, errors, strict=True)
         ]
         raise ProxyError("; ".join(messages), param=where[0]) from None
     return settings
+
+
+def _suffix_note(loc: tuple[int | str, ...], from_suffix: Mapping[str, str]) -> str:
+    model = from_suffix.get(str(loc[0])) if loc else None
+    return "" if model is None else f" (set by the model suffix of {_shown(model)!r})"
 
 
 def _seconds(value: Any, where: str) -> float:

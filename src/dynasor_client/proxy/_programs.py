@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from starlette.responses import JSONResponse, Response
 
-from .._exceptions import BudgetExhausted
+from .._exceptions import BudgetExhausted, EndpointError
 from .._probe import CLOSE_THINK, PROBE_CLOSE, PROBE_SUFFIX, in_thinking
 from ..algorithms import Prompting, RewardModel
 from ..certainty import cluster_answers, get_extractor
@@ -272,4 +272,27 @@ class DynasorRenderer:
         return events
 
     def error(self, exc: BaseException) -> ProxyError:
-        return self._errors(exc)
+        return self._errors(failure(exc))
+
+
+def failure(exc: BaseException) -> BaseException:
+    """The exception a failed program is answered for. An exception group (an algorithm's task
+    group: parallel samples, judge calls) stands for its first upstream or proxy error, else its
+    first leaf that is not a cancellation; an upstream answer that is not UTF-8 is a 502."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = list(_leaves(exc))
+        exc = next(
+            (e for e in leaves if isinstance(e, ProxyError | EndpointError)),
+            next((e for e in leaves if not isinstance(e, asyncio.CancelledError)), leaves[0]),
+        )
+    if isinstance(exc, UnicodeDecodeError):
+        return _sse.invalid_utf8("an answer")
+    return exc
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

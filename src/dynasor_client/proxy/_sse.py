@@ -11,16 +11,28 @@ such as keep-alives are dropped; an ``id`` holds for the events after it, as the
 and is sent with each of them). An event the upstream never ended with its blank line (the
 connection closed mid-event) is not an event and is not forwarded; a connection that drops
 mid-stream raises ``httpx``'s error, which the pass-through reports as an upstream failure.
+Upstream bytes are decoded as strict UTF-8: an invalid byte ends the stream with a 502
+``upstream_invalid_utf8`` error (an error event once the stream has started), never a silently
+replaced character.
+
+A stream request the upstream answers with one whole JSON body instead of events (a server that
+ignores ``stream``) is converted by :func:`events_of_body`: a chat completion or legacy completion
+becomes one chunk per choice (the message as the ``delta``), its usage chunk, then ``[DONE]``;
+anything else (an error object, a body that is not JSON) becomes a 502 error event. The client
+never gets an empty stream.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 from httpx_sse import EventSource, ServerSentEvent
+
+from ._errors import ProxyError
 
 DONE = b"data: [DONE]\n\n"
 HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -34,9 +46,87 @@ def event(data: Any) -> bytes:
     return b"data: " + _encode(data).encode("utf-8") + b"\n\n"
 
 
+def invalid_utf8(where: str) -> ProxyError:
+    """The error of an upstream answer that is not valid UTF-8 (502: the upstream is at fault)."""
+    return ProxyError(
+        f"the upstream sent {where} that is not valid UTF-8",
+        status=502,
+        type="upstream_error",
+        code="upstream_invalid_utf8",
+    )
+
+
+class _StrictText:
+    """What :class:`httpx_sse.EventSource` reads of a response (its headers and text), with the text
+    decoded as strict UTF-8 (httpx replaces invalid bytes with U+FFFD)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response, self.headers = response, response.headers
+
+    async def aiter_text(self) -> AsyncIterator[str]:
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        try:
+            async for data in self._response.aiter_bytes():
+                text = decoder.decode(data)
+                if text:
+                    yield text
+            decoder.decode(b"", True)  # a stream cut inside a character
+        except UnicodeDecodeError:
+            raise invalid_utf8("a stream") from None
+
+
 def upstream_events(response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
-    """The events of an upstream ``text/event-stream`` response, each as soon as it is complete."""
-    return EventSource(response).aiter_sse()
+    """The events of an upstream ``text/event-stream`` response, each as soon as it is complete
+    (a :class:`~._errors.ProxyError` 502 at the first byte that is not UTF-8)."""
+    return EventSource(cast(httpx.Response, _StrictText(response))).aiter_sse()
+
+
+def events_of_body(content: bytes, *, usage: bool) -> list[bytes]:
+    """A whole JSON answer to a stream request as the events of a stream (module docs); ``usage``:
+    whether the client asked for the usage chunk."""
+    try:
+        data = json.loads(content)
+    except UnicodeDecodeError:
+        return [event(invalid_utf8("an answer").body())]
+    except (json.JSONDecodeError, RecursionError):
+        data = None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(choices, list):
+        inner = data.get("error") if isinstance(data, dict) else None
+        said = inner.get("message") if isinstance(inner, dict) else None
+        error = ProxyError(
+            "the upstream answered the stream request with a body that is not a completion"
+            + (f": {str(said)[:500]}" if said else ""),
+            status=502,
+            type="upstream_error",
+            code="upstream_not_a_stream",
+        )
+        return [event(error.body())]
+    chat = data.get("object") == "chat.completion" or any(
+        isinstance(c, dict) and "message" in c for c in choices
+    )
+    envelope = {k: data[k] for k in ("id", "created", "model", "system_fingerprint") if k in data}
+    envelope["object"] = "chat.completion.chunk" if chat else "text_completion"
+    events = []
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        if chat:
+            delta = dict(choice.get("message") or {})
+            calls = delta.get("tool_calls")
+            if isinstance(calls, list):  # a chunk's tool calls carry their index
+                delta["tool_calls"] = [
+                    {"index": i, **c} if isinstance(c, dict) else c for i, c in enumerate(calls)
+                ]
+            chunk = {k: v for k, v in choice.items() if k != "message"}
+            chunk["delta"] = delta
+        else:
+            chunk = dict(choice)
+        events.append(event({**envelope, "choices": [chunk]}))
+    if usage and isinstance(data.get("usage"), dict):
+        events.append(event({**envelope, "choices": [], "usage": data["usage"]}))
+    events.append(DONE)
+    return events
 
 
 def is_done(sse: ServerSentEvent) -> bool:
