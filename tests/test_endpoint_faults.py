@@ -7,9 +7,16 @@ that should happen do, and ones that should not (4xx, malformed answers) do not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
+import shutil
+import socket
+import ssl
+import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +33,14 @@ from dynasor_client._exceptions import (
     RateLimited,
     ServerError,
 )
-from dynasor_client.endpoints import RetryPolicy, SamplingParams, TokenLogprob
+from dynasor_client.endpoints import (
+    ConnectFailed,
+    RetryPolicy,
+    SamplingParams,
+    TLSVerificationFailed,
+    TokenLogprob,
+)
+from dynasor_client.endpoints._capabilities import Detection, Reprobe
 from tests.support.faulty_server import GOOD_API_KEY, MODEL_ID, REASONING_TEXT, FaultyServer
 
 PROMPT = "what is forty two"
@@ -479,3 +493,300 @@ async def test_detection_learns_what_a_healthy_server_supports(faulty_server: Fa
     assert not caps.tokenize and caps.chat_template is None  # no /tokenize, no /apply-template (404)
     assert not caps.token_exact_continuation  # prompts could not be tokenised
     assert caps.assistant_prefill and not caps.prefill_echoes
+
+
+# --- loopback helpers: canned answers, and a relay that can come up on a chosen port ---------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _read_request(reader: asyncio.StreamReader) -> str:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+    if length:
+        await reader.readexactly(int(length.group(1)))
+    return head.split(b" ")[1].decode()
+
+
+@contextlib.asynccontextmanager
+async def canned_server(answer: Callable[[str], bytes]) -> AsyncIterator[tuple[str, list[str]]]:
+    """A loopback HTTP server answering each request with ``answer(path)`` (raw bytes, then close);
+    yields its base URL and the paths it was asked for."""
+    paths: list[str] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            path = await _read_request(reader)
+            paths.append(path)
+            writer.write(answer(path))
+            await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", paths
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def http_answer(body: bytes, content_type: str = "application/json") -> bytes:
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+    return (head + "Connection: close\r\n\r\n").encode() + body
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1:``port`` to ``target_port``: a real server that can be started on a
+    port that was closed a moment ago. Counts the connections it accepted."""
+
+    def __init__(self, port: int, target_port: int) -> None:
+        self.port, self.target_port = port, target_port
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Relay:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._pipes:
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        pipes = [
+            asyncio.create_task(self._pipe(reader, up_writer)),
+            asyncio.create_task(self._pipe(up_reader, writer)),
+        ]
+        self._pipes.update(pipes)
+        await asyncio.gather(*pipes, return_exceptions=True)
+        self._pipes.difference_update(pipes)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
+def retries_logged(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("retrying in" in r.getMessage() for r in caplog.records)
+
+
+# --- a server that is down, then up ------------------------------------------------------------------
+
+
+async def test_connection_refused_fails_fast_with_one_retry(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="dynasor_client")
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    retry = RetryPolicy(max_attempts=5, initial_backoff_s=0.01, jitter_s=0.01)
+    async with Endpoint(url, model=MODEL_ID, capabilities=Capabilities(), retry=retry) as ep:
+        with pytest.raises(ConnectFailed, match="cannot connect") as info:
+            await ep.complete(PROMPT)
+        assert isinstance(info.value, EndpointUnavailable)
+        assert retries_logged(caplog) == 1  # connect_attempts=2, not max_attempts=5
+    caplog.clear()
+    once = RetryPolicy(max_attempts=5, connect_attempts=1)
+    async with Endpoint(url, model=MODEL_ID, capabilities=Capabilities(), retry=once) as ep:
+        with pytest.raises(ConnectFailed):
+            await ep.chat(MESSAGES)
+    async with Endpoint(url, capabilities=Capabilities(), retry=once) as ep:
+        with pytest.raises(ConnectFailed):
+            await ep.model_name()  # no model given: the lookup fails the same way, not retried
+    assert retries_logged(caplog) == 0
+
+
+async def test_no_model_and_server_down_is_not_retries_times_retries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The 59.9 s 502: each generation attempt looked the model up under its own 5 retries.
+    caplog.set_level(logging.WARNING, logger="dynasor_client")
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    async with Endpoint(url, capabilities=Capabilities(), retry=FAST) as ep:
+        with pytest.raises(ConnectFailed):
+            await ep.complete(PROMPT)
+    assert retries_logged(caplog) == 1
+
+
+async def test_detection_during_an_outage_is_not_cached(
+    faulty_server: FaultyServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="dynasor_client")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/ok/v1"
+    async with Endpoint(url, model=MODEL_ID, retry=FAST, reprobe_after_s=0) as ep:
+        with pytest.raises(ConnectFailed):  # the server is down: a clear error, at once
+            await ep.capabilities()
+        with pytest.raises(ConnectFailed):
+            await ep.complete(PROMPT)  # probed again (no backoff here), still down
+        async with Relay(port, faulty_server.port) as relay:  # the server comes up on that port
+            caps = await ep.capabilities()
+            assert caps.completions and caps.chat and caps.assistant_prefill  # detected for real
+            assert relay.connections > 0
+            generation = await ep.complete(PROMPT, max_tokens=8)
+            assert generation.texts == ["answer 0: 42"]
+            probes = len(faulty_server.requests("ok"))
+            assert await ep.capabilities() is caps  # a success is cached: no more probes
+            assert len(faulty_server.requests("ok")) == probes
+    assert any("capability detection failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_detection_is_not_retried_before_its_backoff(faulty_server: FaultyServer) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/ok/v1"
+    async with Endpoint(url, model=MODEL_ID, retry=FAST, reprobe_after_s=3600) as ep:
+        with pytest.raises(ConnectFailed):
+            await ep.capabilities()
+        async with Relay(port, faulty_server.port) as relay:
+            # Within the backoff the failure is answered at once, without touching the server.
+            with pytest.raises(EndpointUnavailable, match="probing again in"):
+                await ep.capabilities()
+            with pytest.raises(EndpointUnavailable, match="probing again in"):
+                await ep.complete(PROMPT)
+            assert relay.connections == 0
+
+
+async def test_partly_failed_detection_is_provisional(faulty_server: FaultyServer) -> None:
+    # The first generation probe gets a 503: what answered is used, and the rest is asked again.
+    async with endpoint(faulty_server, "status-503-1", capabilities="detect", reprobe_after_s=0) as ep:
+        first = await ep.capabilities()
+        assert first.completions != first.chat  # one of the two routes got the 503
+        seen = faulty_server.generation_count("status-503-1")
+        second = await ep.capabilities()
+        assert second.completions and second.chat
+        assert faulty_server.generation_count("status-503-1") > seen  # probed again
+        seen = faulty_server.generation_count("status-503-1")
+        assert await ep.capabilities() is second
+        assert faulty_server.generation_count("status-503-1") == seen  # then cached
+
+
+def test_reprobe_backoff_doubles_up_to_its_cap() -> None:
+    reprobe = Reprobe(first_s=2.0, max_s=30.0)
+    failure = Detection(Capabilities(), answered=False, error=EndpointUnavailable("down"))
+    assert reprobe.due(0.0)
+    delays = [reprobe.failed(100.0, failure) for _ in range(6)]
+    assert delays == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert not reprobe.due(129.9) and reprobe.due(130.0)
+    assert reprobe.wait_s(120.0) == 10.0
+    reprobe.succeeded()
+    assert reprobe.due(0.0) and reprobe.failed(0.0, failure) == 2.0  # a success starts over
+
+
+# --- what is refused at once ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url", ["localhost:8000/v1", "127.0.0.1:8000/v1", "ftp://127.0.0.1/v1", "http:///v1", "http://h:99999/v1"]
+)
+def test_url_without_scheme_or_host_fails_at_construction(url: str) -> None:
+    with pytest.raises(ValueError, match="URL"):
+        Endpoint(url)
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0, float("nan"), float("inf")])
+def test_timeout_must_be_positive_and_finite(timeout: float) -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        Endpoint("http://127.0.0.1:8000/v1", timeout=timeout)
+
+
+def _self_signed(tmp_path: Path) -> ssl.SSLContext:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a self-signed certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+@STREAM
+async def test_tls_verification_failure_is_not_retried(
+    faulty_server: FaultyServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, stream: bool
+) -> None:
+    caplog.set_level(logging.WARNING, logger="dynasor_client")
+    tls_server = await asyncio.start_server(
+        lambda r, w: w.close(), "127.0.0.1", 0, ssl=_self_signed(tmp_path)
+    )
+    try:
+        async with Relay(_free_port(), tls_server.sockets[0].getsockname()[1]) as relay:
+            url = f"https://127.0.0.1:{relay.port}/v1"
+            async with Endpoint(url, model=MODEL_ID, capabilities=Capabilities(), retry=FAST) as ep:
+                with pytest.raises(TLSVerificationFailed, match="TLS certificate verification failed"):
+                    await ep.complete(PROMPT, stream=stream)
+            assert relay.connections == 1  # one attempt: the same certificate would fail again
+    finally:
+        tls_server.close()
+        await tls_server.wait_closed()
+    assert retries_logged(caplog) == 0
+
+
+# --- answers that are not answers --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["completions", "chat"])
+@STREAM
+async def test_invalid_utf8_is_malformed(kind: str, stream: bool) -> None:
+    text = b'{"choices":[{"index":0,"text":"\xff\xfe","message":{"role":"assistant","content":"\xff"}}]}'
+    if stream:
+        answer = http_answer(b"data: " + text + b"\n\ndata: [DONE]\n\n", "text/event-stream")
+    else:
+        answer = http_answer(text)
+    async with (
+        canned_server(lambda path: answer) as (url, paths),
+        Endpoint(url, model=MODEL_ID, capabilities=Capabilities(), retry=FAST) as ep,
+    ):
+        with pytest.raises(MalformedResponse):
+            if kind == "chat":
+                await ep.chat(MESSAGES, stream=stream)
+            else:
+                await ep.complete(PROMPT, stream=stream)
+    assert len(paths) == 1  # not retried
+
+
+@pytest.mark.parametrize("kind", ["completions", "chat"])
+@STREAM
+async def test_a_choice_without_message_or_text_is_malformed(kind: str, stream: bool) -> None:
+    body = b'{"choices":[{"index":0}]}'
+    events = b"data: " + body + b"\n\ndata: [DONE]\n\n"
+    answer = http_answer(events, "text/event-stream") if stream else http_answer(body)
+    async with (
+        canned_server(lambda path: answer) as (url, paths),
+        Endpoint(url, model=MODEL_ID, capabilities=Capabilities(), retry=FAST) as ep,
+    ):
+        with pytest.raises(MalformedResponse, match="choice 0 has no"):
+            if kind == "chat":
+                await ep.chat(MESSAGES, stream=stream)
+            else:
+                await ep.complete(PROMPT, stream=stream)
+    assert len(paths) == 1
+
+
+async def test_root_route_with_invalid_utf8_is_malformed() -> None:
+    async with (
+        canned_server(lambda path: http_answer(b'{"tokens": "\xff"}')) as (url, _),
+        Endpoint(url, model=MODEL_ID, capabilities=Capabilities()) as ep,
+    ):
+        with pytest.raises(MalformedResponse, match="not JSON"):
+            await ep.tokenize("hi")

@@ -334,3 +334,25 @@ def test_wrong_shapes_are_malformed_responses(body: dict[str, Any]) -> None:
 def test_null_alternative_logprob_in_legacy_shape() -> None:
     raw = {"tokens": ["a"], "token_logprobs": [-1.0], "top_logprobs": [{"a": -1.0, "b": None}]}
     assert parse_logprobs(raw) == [TokenLogprob("a", -1.0, None, (("a", -1.0), ("b", -math.inf)))]
+
+
+@pytest.mark.parametrize("chat", [True, False])
+@pytest.mark.parametrize(
+    "choice",
+    [{"index": 0}, {"index": 0, "finish_reason": "stop"}, {"index": 0, "message": None, "text": None}],
+)
+def test_a_choice_without_message_or_text_is_not_an_empty_answer(chat: bool, choice: dict[str, Any]) -> None:
+    acc = accumulate(
+        [{"choices": [choice], "usage": {"prompt_tokens": 1, "completion_tokens": 0}}], chat=chat
+    )
+    with pytest.raises(MalformedResponse, match="choice 0 has no"):
+        acc.build(n_requested=1, keep_logprobs=False)
+
+
+def test_an_empty_answer_with_its_field_is_still_an_answer() -> None:
+    chat = accumulate([{"choices": [{"index": 0, "message": {"role": "assistant", "content": ""}}]}])
+    text = accumulate([{"choices": [{"index": 0, "text": ""}]}], chat=False)
+    streamed = accumulate([{"choices": [{"index": 0, "delta": {"role": "assistant"}}]}])
+    for acc in (chat, text, streamed):
+        (choice,) = acc.build(n_requested=1, keep_logprobs=False)
+        assert choice.text == "" and choice.num_tokens == 0

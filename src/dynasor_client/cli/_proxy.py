@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
-from typing import TYPE_CHECKING
+import typing
+from typing import TYPE_CHECKING, Any
 
 from ..endpoints import Capabilities
 
@@ -41,7 +43,7 @@ def add_proxy_parser(sub: Subparsers) -> None:
     )
     p.add_argument("--upstream", required=True, help="upstream API root including /v1")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8100, help="default 8100 (0: a free port)")
+    p.add_argument("--port", type=_port, default=8100, help="default 8100 (0: a free port)")
     p.add_argument(
         "--model", default=None, help="upstream model of the dynasor programs (default: first listed)"
     )
@@ -56,11 +58,14 @@ def add_proxy_parser(sub: Subparsers) -> None:
     p.add_argument("--api-key", action="append", default=[], help="a key clients must present (repeatable)")
     p.add_argument("--api-keys-file", default=None, help="keys file: one 'KEY [TOKEN_BUDGET]' per line")
     p.add_argument(
-        "--key-token-budget", type=int, default=None, help="token budget of keys without their own"
+        "--key-token-budget", type=_positive_int, default=None, help="token budget of keys without their own"
     )
-    p.add_argument("--token-budget", type=int, default=None, help="tokens all requests together may spend")
+    p.add_argument(
+        "--token-budget", type=_positive_int, default=None, help="tokens all requests together may spend"
+    )
     p.add_argument(
         "--capabilities",
+        type=_capabilities_arg,
         default=None,
         help="upstream capabilities: 'replay', or a JSON file from `dynasor-client capabilities` "
         "(default: probe the upstream on the first dynasor request)",
@@ -71,8 +76,10 @@ def add_proxy_parser(sub: Subparsers) -> None:
         help="the default reward model of best_of_n, rebase and mcts: 'judge', 'pooling' or a "
         "/pooling server's API root",
     )
-    p.add_argument("--max-in-flight", type=int, default=64, help="upstream requests in flight at once")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for upstream reads")
+    p.add_argument(
+        "--max-in-flight", type=_positive_int, default=64, help="upstream requests in flight at once"
+    )
+    p.add_argument("--timeout", type=_seconds, default=600.0, help="seconds to wait for upstream reads")
     p.add_argument(
         "--no-meter-streams",
         action="store_true",
@@ -107,7 +114,7 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
         upstream_auth="forward" if args.forward_client_key else "own",
         keys=keys,
         token_budget=args.token_budget,
-        capabilities=_capabilities(args.capabilities),
+        capabilities=_capabilities(args.capabilities),  # parsed already on the command line
         timeout_s=args.timeout,
         max_in_flight=args.max_in_flight,
         reward=args.reward,
@@ -115,20 +122,97 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
     )
 
 
-def _capabilities(value: str | None) -> Capabilities | None:
-    if value is None:
-        return None
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535 (0: a free port), got {port}")
+    return port
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {value!r}")
+    return seconds
+
+
+def _capabilities_arg(value: str) -> Capabilities:
+    try:
+        caps = _capabilities(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert caps is not None
+    return caps
+
+
+def _capabilities(value: str | Capabilities | None) -> Capabilities | None:
+    """``--capabilities``: 'replay' or a JSON file of :class:`Capabilities` fields, every field
+    checked against its type (ValueError naming the first wrong one)."""
+    if value is None or isinstance(value, Capabilities):
+        return value
     if value == "replay":
         from ..replay import REPLAY_CAPABILITIES
 
         return REPLAY_CAPABILITIES
     try:
-        with open(value, encoding="utf-8") as f:
+        with open(value, encoding="utf-8-sig") as f:
             data = json.load(f)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read capabilities from {value}: {exc}") from exc
-    names = {f.name for f in dataclasses.fields(Capabilities)}
-    return Capabilities(**{k: v for k, v in data.items() if k in names})
+    if not isinstance(data, dict):
+        raise ValueError(f"{value}: capabilities must be a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(Capabilities)
+    fields = {f.name for f in dataclasses.fields(Capabilities)}
+    chosen = {k: v for k, v in data.items() if k in fields}
+    for name, field_value in chosen.items():
+        if not _fits(field_value, hints[name]):
+            raise ValueError(
+                f"{value}: capability {name!r} must be {_describe(hints[name])}, got {field_value!r}"
+            )
+    if chosen.get("max_n") is not None and chosen["max_n"] < 1:
+        raise ValueError(f"{value}: capability 'max_n' must be >= 1 or null, got {chosen['max_n']!r}")
+    if chosen.get("max_top_logprobs", 0) < 0:
+        raise ValueError(f"{value}: capability 'max_top_logprobs' must be >= 0")
+    return Capabilities(**chosen)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin is not None:  # a union (X | None)
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
+    if origin is not None:
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    names = {bool: "true or false", int: "an integer", type(None): "null"}
+    return names.get(hint, str(getattr(hint, "__name__", hint)))
 
 
 def proxy_command(args: argparse.Namespace) -> int:

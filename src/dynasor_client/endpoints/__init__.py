@@ -7,6 +7,7 @@
 
 from ._capabilities import Capabilities, detect
 from ._endpoint import Endpoint
+from ._errors import ConnectFailed, TLSVerificationFailed
 from ._parse import split_reasoning
 from ._pool import EndpointPool
 from ._retry import RetryPolicy
@@ -26,6 +27,7 @@ __all__ = [
     "Capabilities",
     "Choice",
     "Chunk",
+    "ConnectFailed",
     "Continuation",
     "ContinuationMode",
     "Endpoint",
@@ -36,6 +38,7 @@ __all__ = [
     "Prompt",
     "RetryPolicy",
     "SamplingParams",
+    "TLSVerificationFailed",
     "TextContinuation",
     "TokenContinuation",
     "TokenLogprob",

@@ -3,8 +3,12 @@
 Servers that speak "the OpenAI API" differ in what matters to reasoning programs: how many samples
 one request may ask for, whether prompts may be token ids (exact chunked continuation), whether a chat
 can be continued from a partial assistant message, whether the generated token ids come back, and
-what a seed means with n > 1. Every probe asks for at most a few tokens; a probe that fails just
-leaves its capability off, and the endpoint falls back (saying so in the debug log).
+what a seed means with n > 1. Every probe asks for at most a few tokens; a probe that the server
+refuses just leaves its capability off, and the endpoint falls back (saying so in the debug log).
+
+A probe that fails for a *transient* reason (the server could not be reached, timed out, or answered
+429 or 5xx) proves nothing, so such a detection is not final: :class:`Detection` says so, and the
+endpoint probes again on a later use after a backoff (:class:`Reprobe`: 2 s, doubling, at most 30 s).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .._exceptions import EndpointError
 from .._log import get_logger
+from ._retry import is_retryable
 from ._types import Kind
 
 if TYPE_CHECKING:
@@ -68,12 +73,71 @@ class Capabilities:
         return dataclasses.replace(self, **changes)
 
 
-async def _ok(what: str, probe: Any) -> Any:
-    try:
-        return await probe
-    except EndpointError as exc:
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """What one round of probing found.
+
+    ``answered``: some generation route answered; ``error``: the first probe failure that proves
+    nothing (server unreachable, timeout, 429, 5xx), None when the result is final.
+    """
+
+    capabilities: Capabilities
+    answered: bool
+    error: EndpointError | None = None
+
+
+class Reprobe:
+    """When to probe again after a detection that was not final: ``first_s`` after the first such
+    failure, doubling with each further one, at most ``max_s`` apart."""
+
+    def __init__(self, *, first_s: float = 2.0, max_s: float = 30.0) -> None:
+        if first_s < 0 or max_s < first_s:
+            raise ValueError("reprobe backoff must satisfy 0 <= first_s <= max_s")
+        self.first_s, self.max_s = first_s, max_s
+        self.failures = 0
+        self.next_at = float("-inf")
+        self.error: EndpointError | None = None
+        self.provisional: Capabilities | None = None  # what was learnt meanwhile (None: nothing)
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_at
+
+    def wait_s(self, now: float) -> float:
+        return max(self.next_at - now, 0.0)
+
+    def failed(self, now: float, detection: Detection) -> float:
+        """Record a failed detection; the seconds until the next probe."""
+        delay = min(self.first_s * 2.0**self.failures, self.max_s)
+        self.failures += 1
+        self.next_at = now + delay
+        self.error = detection.error
+        self.provisional = detection.capabilities if detection.answered else None
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures, self.next_at, self.error, self.provisional = 0, float("-inf"), None, None
+
+
+class _Probes:
+    """Runs probes, keeping the first failure that proves nothing about the server."""
+
+    def __init__(self) -> None:
+        self.transient: EndpointError | None = None
+        self._route = False  # transient came from a generation route
+
+    def failed(self, what: str, exc: EndpointError) -> None:
         log.debug("capability probe %r failed: %s", what, exc)
-        return None
+        # The generation routes' own error says most about the server; any other will do.
+        if is_retryable(exc) and (self.transient is None or what in ("completions", "chat")):
+            self.transient = exc if self.transient is None or not self._route else self.transient
+            self._route = self._route or what in ("completions", "chat")
+
+    async def ok(self, what: str, probe: Any) -> Any:
+        try:
+            return await probe
+        except EndpointError as exc:
+            self.failed(what, exc)
+            return None
 
 
 _ONE_TOKEN = {"max_tokens": 1, "temperature": 0.0}
@@ -83,9 +147,20 @@ _HI = [{"role": "user", "content": "Hi"}]
 async def detect(endpoint: Endpoint) -> Capabilities:
     """Probe ``endpoint`` with tiny requests; each capability that cannot be shown stays off.
 
-    Two rounds of concurrent probes: what the server has at all, then what those answers make
-    worth asking.
+    Raises the first probe's error when nothing answered because the server could not be reached
+    (or timed out, or answered 5xx/429); :func:`probe` tells a final result from a provisional one.
     """
+    detection = await probe(endpoint)
+    if detection.error is not None and not detection.answered:
+        raise detection.error
+    return detection.capabilities
+
+
+async def probe(endpoint: Endpoint) -> Detection:
+    """Probe ``endpoint`` once: two rounds of concurrent probes, what the server has at all, then
+    what those answers make worth asking."""
+    probes = _Probes()
+    _ok = probes.ok
     completions, chat, props, ids, rendered = await asyncio.gather(
         _ok("completions", endpoint.raw_generate("completions", {"prompt": "Hi", **_ONE_TOKEN})),
         _ok("chat", endpoint.raw_generate("chat", {"messages": _HI, **_ONE_TOKEN})),
@@ -98,23 +173,30 @@ async def detect(endpoint: Endpoint) -> Capabilities:
         max_n = props["total_slots"]  # llama.cpp: n must not exceed its parallel slots
     has_completions, has_chat = completions is not None, chat is not None
     if not has_completions and not has_chat:
+        defaults = Capabilities(max_n=max_n, tokenize=ids is not None)
+        if probes.transient is not None:
+            return Detection(defaults, answered=False, error=probes.transient)
         # Neither route answered a plain "Hi" (a server that only knows certain prompts, such as the
         # replay engine, or a broken one): nothing can be learnt, so assume the defaults.
         log.warning(
             "%s: capability probes got no answer; assuming defaults (pass capabilities= to choose)",
             endpoint.name,
         )
-        return Capabilities(max_n=max_n, tokenize=ids is not None)
+        return Detection(defaults, answered=False)
 
     async with asyncio.TaskGroup() as tg:
-        token_prompts = tg.create_task(_token_prompts(endpoint, ids) if has_completions else _const(False))
-        generated_ids = tg.create_task(_generated_ids(endpoint) if has_completions else _const(None))
-        template = tg.create_task(_template(endpoint, rendered, ids is not None))
-        prefill = tg.create_task(_prefill(endpoint) if has_chat else _const((False, False)))
-        max_top = tg.create_task(_top_logprobs_limit(endpoint, chat_only=not has_completions))
-        streaming_usage = tg.create_task(_streaming_usage(endpoint) if has_completions else _const(False))
+        token_prompts = tg.create_task(
+            _token_prompts(probes, endpoint, ids) if has_completions else _const(False)
+        )
+        generated_ids = tg.create_task(_generated_ids(probes, endpoint) if has_completions else _const(None))
+        template = tg.create_task(_template(probes, endpoint, rendered, ids is not None))
+        prefill = tg.create_task(_prefill(probes, endpoint) if has_chat else _const((False, False)))
+        max_top = tg.create_task(_top_logprobs_limit(probes, endpoint, chat_only=not has_completions))
+        streaming_usage = tg.create_task(
+            _streaming_usage(probes, endpoint) if has_completions else _const(False)
+        )
         try_seed = has_completions and (max_n is None or max_n >= 2)
-        distinct = tg.create_task(_seeded_n_distinct(endpoint) if try_seed else _const(True))
+        distinct = tg.create_task(_seeded_n_distinct(probes, endpoint) if try_seed else _const(True))
     caps = Capabilities(
         max_n=max_n,
         token_id_prompts=token_prompts.result(),
@@ -130,39 +212,41 @@ async def detect(endpoint: Endpoint) -> Capabilities:
         chat=has_chat,
     )
     log.debug("detected capabilities of %s: %s", endpoint.name, caps)
-    return caps
+    return Detection(caps, answered=True, error=probes.transient)
 
 
 async def _const(value: T) -> T:
     return value
 
 
-async def _token_prompts(endpoint: Endpoint, ids: list[int] | None) -> bool:
+async def _token_prompts(probes: _Probes, endpoint: Endpoint, ids: list[int] | None) -> bool:
     body = {"prompt": ids or [1, 2, 3], **_ONE_TOKEN}
-    return await _ok("token prompts", endpoint.raw_generate("completions", body)) is not None
+    return await probes.ok("token prompts", endpoint.raw_generate("completions", body)) is not None
 
 
-async def _generated_ids(endpoint: Endpoint) -> TokenIdSource | None:
+async def _generated_ids(probes: _Probes, endpoint: Endpoint) -> TokenIdSource | None:
     body = {"prompt": "Hi", "logprobs": 1, "max_tokens": 2}
-    with_logprobs = await _ok("logprob ids", endpoint.raw_generate("completions", body))
+    with_logprobs = await probes.ok("logprob ids", endpoint.raw_generate("completions", body))
     if _first_choice(with_logprobs, "logprobs", "content", 0, "id") is not None:
         return "logprobs"
     body = {"prompt": "Hi", "return_token_ids": True, **_ONE_TOKEN}
-    with_ids = await _ok("return_token_ids", endpoint.raw_generate("completions", body))
+    with_ids = await probes.ok("return_token_ids", endpoint.raw_generate("completions", body))
     return "return_token_ids" if _first_choice(with_ids, "token_ids") is not None else None
 
 
-async def _template(endpoint: Endpoint, rendered: Any, can_tokenize: bool) -> TemplateSource | None:
+async def _template(
+    probes: _Probes, endpoint: Endpoint, rendered: Any, can_tokenize: bool
+) -> TemplateSource | None:
     if isinstance(rendered, dict) and isinstance(rendered.get("prompt"), str):
         return "apply-template"
     if not can_tokenize:
         return None
     body = {"model": await endpoint.model_name(), "messages": _HI}
-    tokenized = await _ok("tokenize messages", endpoint.root_request("POST", "/tokenize", body))
+    tokenized = await probes.ok("tokenize messages", endpoint.root_request("POST", "/tokenize", body))
     return "tokenize-messages" if isinstance(tokenized, dict) and tokenized.get("tokens") else None
 
 
-async def _prefill(endpoint: Endpoint) -> tuple[bool, bool]:
+async def _prefill(probes: _Probes, endpoint: Endpoint) -> tuple[bool, bool]:
     """(continues a trailing assistant message, repeats it in the reply)."""
     prefix = "The capital of France is"
     body = {
@@ -178,29 +262,29 @@ async def _prefill(endpoint: Endpoint) -> tuple[bool, bool]:
         "temperature": 0.0,
     }
     content = _first_choice(
-        await _ok("assistant prefill", endpoint.raw_generate("chat", body)), "message", "content"
+        await probes.ok("assistant prefill", endpoint.raw_generate("chat", body)), "message", "content"
     )
     if not isinstance(content, str):
         return False, False
     return True, content.startswith(prefix)
 
 
-async def _streaming_usage(endpoint: Endpoint) -> bool:
+async def _streaming_usage(probes: _Probes, endpoint: Endpoint) -> bool:
     body = {"prompt": "Hi", "stream_options": {"include_usage": True}, **_ONE_TOKEN}
-    chunks = await _ok("streaming usage", endpoint.raw_generate("completions", body, stream=True))
+    chunks = await probes.ok("streaming usage", endpoint.raw_generate("completions", body, stream=True))
     return bool(chunks) and any(c.get("usage") for c in chunks)
 
 
-async def _seeded_n_distinct(endpoint: Endpoint) -> bool:
+async def _seeded_n_distinct(probes: _Probes, endpoint: Endpoint) -> bool:
     body = {"prompt": "Write one random word:", "n": 2, "seed": 1234, "temperature": 1.0, "max_tokens": 8}
-    sampled = await _ok("seeded n>1", endpoint.raw_generate("completions", body))
+    sampled = await probes.ok("seeded n>1", endpoint.raw_generate("completions", body))
     if not sampled or len(sampled[0].get("choices") or []) != 2:
         return True
     first, second = (c.get("text") for c in sampled[0]["choices"])
     return bool(first != second)
 
 
-async def _top_logprobs_limit(endpoint: Endpoint, *, chat_only: bool) -> int:
+async def _top_logprobs_limit(probes: _Probes, endpoint: Endpoint, *, chat_only: bool) -> int:
     """20 (OpenAI's documented maximum) unless the server refuses it and names its own limit."""
     kind: Kind = "chat" if chat_only else "completions"
     body: dict[str, Any] = {"max_tokens": 1}
@@ -212,6 +296,9 @@ async def _top_logprobs_limit(endpoint: Endpoint, *, chat_only: bool) -> int:
         await endpoint.raw_generate(kind, body)
         return 20
     except EndpointError as exc:
+        if is_retryable(exc):
+            probes.failed("top_logprobs", exc)
+            return 20
         if "logprob" not in str(exc).lower():
             return 20  # refused for another reason: nothing learnt about the limit
         numbers = [int(x) for x in re.findall(r"\b(\d{1,2})\b", str(exc)) if 0 < int(x) < 20]

@@ -21,14 +21,15 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import openai
 from asyncio_throttle.throttler import Throttler
 
-from .._exceptions import BadRequest, EndpointError, MalformedResponse
+from .._exceptions import BadRequest, EndpointError, EndpointUnavailable, MalformedResponse
 from .._log import get_logger, new_id, program_id_var, request_id_var, request_scope
-from ._capabilities import Capabilities, detect
+from ._capabilities import Capabilities, Reprobe, probe
 from ._errors import n_limit_from, translate
 from ._parse import ChoiceAccumulator
 from ._retry import RetryPolicy
@@ -69,8 +70,13 @@ class Endpoint:
         retry: the retry policy (:class:`RetryPolicy`).
         max_in_flight: most HTTP requests in flight at once.
         requests_per_second: throttle on starting requests (None: unthrottled).
-        capabilities: ``"detect"`` (probe the server once, on first use) or a :class:`Capabilities`
-            (no probing: use for hosted APIs, where probes cost money).
+        capabilities: ``"detect"`` (probe the server on first use) or a :class:`Capabilities`
+            (no probing: use for hosted APIs, where probes cost money). Only a detection that got
+            its answers is kept: one that failed because the server could not be reached, timed
+            out or answered 5xx/429 is tried again on a later use, not sooner than
+            ``reprobe_after_s`` after the failure, the wait doubling with each failure up to 30 s
+            (meanwhile: the capabilities learnt so far, or, when nothing answered at all,
+            :class:`EndpointUnavailable` at once).
         name: a label for logs (default: the URL).
         stream: stream responses by default (per call: ``stream=``). Streaming is what lets a
             cancelled request stop the server's work: llama.cpp finishes a non-streaming request even
@@ -92,7 +98,11 @@ class Endpoint:
         default_headers: Mapping[str, str] | None = None,
         stream: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
+        reprobe_after_s: float = 2.0,
     ) -> None:
+        check_url(base_url)
+        if not timeout > 0 or timeout == float("inf"):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
         if requests_per_second is not None and requests_per_second <= 0:
@@ -124,6 +134,7 @@ class Endpoint:
         self._throttler = _throttler(requests_per_second) if requests_per_second else None
         self._caps: Capabilities | None = None if capabilities == "detect" else capabilities
         self._caps_lock = asyncio.Lock()
+        self._reprobe = Reprobe(first_s=reprobe_after_s, max_s=max(reprobe_after_s, 30.0))
         self.outstanding = 0  # logical requests running now (read by EndpointPool)
 
     def __repr__(self) -> str:
@@ -145,21 +156,54 @@ class Endpoint:
     async def model_name(self) -> str:
         """The model to ask for: the one given, else the first listed by ``/v1/models`` (cached)."""
         if self._model is None:
-            listing = await self.retry.call(
-                lambda: self._guard(self._client.models.list(), "GET /v1/models"), what="GET /v1/models"
-            )
+            await self.retry.call(self._model_once, what="GET /v1/models")
+        assert self._model is not None
+        return self._model
+
+    async def _model_once(self) -> str:
+        """:meth:`model_name` in one HTTP request (no retries: its callers retry whole requests)."""
+        if self._model is None:
+            listing = await self._guard(self._client.models.list(), "GET /v1/models")
             if not listing.data:
                 raise MalformedResponse(f"{self.name}: /v1/models lists no model; pass model=")
             self._model = listing.data[0].id
         return self._model
 
     async def capabilities(self) -> Capabilities:
-        """The server's capabilities, probed on first use and cached (see :class:`Capabilities`)."""
-        if self._caps is None:
-            async with self._caps_lock:
-                if self._caps is None:
-                    self._caps = await detect(self)
-        return self._caps
+        """The server's capabilities, probed on first use (see :class:`Capabilities`).
+
+        A detection that got its answers is cached for good; one that failed for a transient reason
+        (see ``capabilities=`` of the class) is retried on a later use after a doubling backoff.
+        """
+        if self._caps is not None:
+            return self._caps
+        async with self._caps_lock:
+            if self._caps is not None:
+                return self._caps
+            reprobe = self._reprobe
+            if not reprobe.due(time.monotonic()):
+                if reprobe.provisional is not None:
+                    return reprobe.provisional
+                raise EndpointUnavailable(
+                    f"{self.name}: the server could not be reached when its capabilities were probed "
+                    f"({reprobe.error}); probing again in {reprobe.wait_s(time.monotonic()):.1f}s"
+                )
+            detection = await probe(self)
+            if detection.error is None:
+                self._caps = detection.capabilities
+                reprobe.succeeded()
+                return self._caps
+            delay = reprobe.failed(time.monotonic(), detection)
+            log.warning(
+                "%s: capability detection failed (%s); %s; probing again in %.1fs at the earliest",
+                self.name,
+                detection.error,
+                "using what was learnt meanwhile" if detection.answered else "nothing answered",
+                delay,
+            )
+            if not detection.answered:
+                raise detection.error
+            return detection.capabilities
 
     # ------------------------------------------------------------------ generation
 
@@ -258,7 +302,11 @@ class Endpoint:
         if limit and (caps.max_n is None or limit < caps.max_n):
             # Learn the server's n limit from its refusal and plan again.
             log.debug("server refused n=%d; it accepts at most %d: splitting", n, limit)
-            self._caps = caps = caps.replace(max_n=limit)
+            caps = caps.replace(max_n=limit)
+            if self._caps is not None:
+                self._caps = caps
+            elif self._reprobe.provisional is not None:
+                self._reprobe.provisional = caps
             return await self._run_planned(call, n, caps, rid)
         raise errors[0]
 
@@ -337,7 +385,7 @@ class Endpoint:
         Low level: used by capability probes and by :meth:`complete`/:meth:`chat`. Errors are
         translated to :class:`EndpointError` subclasses.
         """
-        model = await self.model_name()
+        model = await self._model_once()
         args = {k: v for k, v in body.items() if k in _SDK_FIELDS}
         extra = {k: v for k, v in body.items() if k not in _SDK_FIELDS}
         rid = _current_request_id()
@@ -396,9 +444,10 @@ class Endpoint:
                 f"{where}: HTTP {response.status_code}: {response.text[:200]}", status=response.status_code
             )
         try:
-            return response.json()
-        except json.JSONDecodeError as exc:
-            raise MalformedResponse(f"{where}: answer is not JSON: {response.text[:200]!r}") from exc
+            return json.loads(response.content)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            text = response.content[:200].decode("utf-8", errors="replace")
+            raise MalformedResponse(f"{where}: answer is not JSON ({exc}): {text!r}") from exc
 
     async def tokenize(self, text: str) -> list[int]:
         """Token ids of ``text`` from the server's ``/tokenize`` (llama.cpp and vLLM have one)."""
@@ -466,6 +515,20 @@ class _Call:
     params: SamplingParams
     stream: bool
     token_ids: bool
+
+
+def check_url(base_url: str) -> None:
+    """ValueError unless ``base_url`` is an absolute http(s) URL with a host."""
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"bad endpoint URL {base_url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"endpoint URL {base_url!r} needs an http:// or https:// scheme and a host, "
+            "e.g. http://127.0.0.1:8000/v1"
+        )
 
 
 def _throttler(requests_per_second: float) -> Throttler:

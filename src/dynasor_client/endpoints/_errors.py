@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -25,15 +26,35 @@ from .._exceptions import (
 # openai>=3 runs on httpx2, older releases on httpx; a dropped stream surfaces as either's error.
 _transport_errors: list[type[BaseException]] = [httpx.TransportError]
 _timeout_errors: list[type[BaseException]] = [httpx.TimeoutException]
+_connect_errors: list[type[BaseException]] = [httpx.ConnectError, httpx.UnsupportedProtocol]
 try:  # pragma: no cover - depends on the installed openai
     import httpx2
 
     _transport_errors.append(httpx2.TransportError)
     _timeout_errors.append(httpx2.TimeoutException)
+    _connect_errors += [httpx2.ConnectError, httpx2.UnsupportedProtocol]
 except ImportError:  # pragma: no cover
     pass
 TRANSPORT_ERRORS = tuple(_transport_errors)
 TIMEOUT_ERRORS = tuple(_timeout_errors)
+CONNECT_ERRORS = tuple(_connect_errors)
+
+
+class ConnectFailed(EndpointUnavailable):
+    """No connection could be opened (refused, host unreachable, name not resolved).
+
+    Unlike a connection dropped mid-answer, this is retried at most ``RetryPolicy.connect_attempts``
+    times in all: a server that is down fails fast instead of being waited on.
+    """
+
+
+class TLSVerificationFailed(EndpointUnavailable):
+    """TLS failed: the certificate could not be verified (self-signed, expired, wrong host) or the
+    handshake failed.
+
+    Never retried: the same certificate fails the same way. Fix the certificate or the URL.
+    """
+
 
 _CONTEXT_PATTERNS = re.compile(
     r"maximum context length|context length|context_length_exceeded|exceeds the available context|"
@@ -91,6 +112,21 @@ def translate(exc: BaseException, *, where: str, request_id: str | None) -> Endp
             request_id=request_id,
         )
     if isinstance(exc, (openai.APIConnectionError, *TRANSPORT_ERRORS)):
+        causes = list(_causes(exc))
+        tls = next((c for c in causes if isinstance(c, ssl.SSLError)), None)
+        if tls is not None:
+            what = (
+                "TLS certificate verification failed: the server's certificate is not trusted "
+                "(self-signed, expired or for another host)"
+                if isinstance(tls, ssl.SSLCertVerificationError)
+                else "TLS handshake failed (is it an https server?)"
+            )
+            return TLSVerificationFailed(f"{where}: {what}; not retried ({tls})", request_id=request_id)
+        if any(isinstance(c, CONNECT_ERRORS) for c in causes):
+            return ConnectFailed(
+                f"{where}: cannot connect ({causes[-1]}); is the server running and reachable?",
+                request_id=request_id,
+            )
         return EndpointUnavailable(
             f"{where}: connection failed or dropped ({exc.__cause__ or exc}); is the server running "
             f"and reachable?",
@@ -118,7 +154,8 @@ def translate(exc: BaseException, *, where: str, request_id: str | None) -> Endp
                 f"{text} (shorten the prompt or lower max_tokens)", status=status, request_id=request_id
             )
         return BadRequest(text, status=status, request_id=request_id)
-    if isinstance(exc, json.JSONDecodeError | openai.APIResponseValidationError | KeyError | TypeError):
+    malformed = (json.JSONDecodeError, UnicodeDecodeError, openai.APIResponseValidationError)
+    if isinstance(exc, (*malformed, KeyError, TypeError)):
         return MalformedResponse(
             f"{where}: the server's answer is not a valid OpenAI-compatible response ({exc})",
             request_id=request_id,
@@ -126,3 +163,13 @@ def translate(exc: BaseException, *, where: str, request_id: str | None) -> Endp
     if isinstance(exc, openai.OpenAIError):
         return EndpointError(f"{where}: {exc}", request_id=request_id)
     raise exc
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it was raised from (``__cause__``, else ``__context__``), outermost first."""
+    chain: list[BaseException] = []
+    node: BaseException | None = exc
+    while node is not None and node not in chain and len(chain) < 16:
+        chain.append(node)
+        node = node.__cause__ or node.__context__
+    return chain

@@ -119,6 +119,7 @@ class _ChoiceState:
     token_ids: list[int] | None = None
     finish_reason: str | None = None
     usage_completion_tokens: int | None = None
+    has_body: bool = False  # a message/delta (chat) or text (completions) field was seen
 
 
 class ChoiceAccumulator:
@@ -161,6 +162,10 @@ class ChoiceAccumulator:
 
     def _add_choice(self, raw: Mapping[str, Any]) -> None:
         state = self._state(int(raw.get("index", 0)))
+        if self._chat:
+            state.has_body |= isinstance(raw.get("message"), Mapping) or isinstance(raw.get("delta"), Mapping)
+        else:
+            state.has_body |= isinstance(raw.get("text"), str)
         part = (raw.get("message") or raw.get("delta") or {}) if self._chat else raw
         text = part.get("content") if self._chat else part.get("text")
         reasoning = part.get("reasoning_content") or part.get("reasoning")
@@ -185,6 +190,9 @@ class ChoiceAccumulator:
         choices = []
         for index in sorted(self._states):
             state = self._states[index]
+            if not state.has_body:
+                field_name = "a 'message' or 'delta' object" if self._chat else "a 'text' string"
+                raise MalformedResponse(f"choice {index} has no {field_name}: not an answer")
             raw_text = "".join(state.text)
             field_reasoning = "".join(state.reasoning) or None
             inline_reasoning, text = split_reasoning(raw_text)

@@ -1,8 +1,11 @@
 """Retry policy: the one place requests are retried (the openai SDK's own retries are switched off).
 
-Retried: 429 (waiting at least what ``Retry-After`` asks), 500/502/503/504, connection errors,
-connections dropped mid-response and timeouts. Never retried: other 4xx and malformed responses,
-which would fail the same way again. Attempts and total time are both bounded.
+Retried: 429 (waiting at least what ``Retry-After`` asks), 500/502/503/504, connections dropped
+mid-response and timeouts. A connection that cannot be opened at all (refused, unreachable, DNS) is
+retried only up to ``connect_attempts`` attempts in all (default 2: one retry after the first
+backoff), so a server that is down fails within about a second rather than after every backoff.
+Never retried: other 4xx, malformed responses and TLS failures, which would fail the same way again.
+Attempts and total time are both bounded.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tenacity import (
 
 from .._exceptions import EndpointTimeout, EndpointUnavailable, RateLimited, ServerError
 from .._log import get_logger
+from ._errors import ConnectFailed, TLSVerificationFailed
 
 T = TypeVar("T")
 log = get_logger("dynasor_client.endpoints")
@@ -32,6 +36,8 @@ RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
 def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, TLSVerificationFailed):
+        return False
     if isinstance(exc, RateLimited | EndpointTimeout | EndpointUnavailable):
         return True
     return isinstance(exc, ServerError) and exc.status in RETRYABLE_STATUS
@@ -43,7 +49,8 @@ class RetryPolicy:
 
     ``max_attempts=1`` disables retries. A ``Retry-After`` longer than ``max_backoff_s`` or than the
     time left gives up at once (raising :class:`RateLimited` with ``retry_after`` set) rather than
-    sleeping past the caller's budget.
+    sleeping past the caller's budget. ``connect_attempts`` bounds the attempts of a request whose
+    connection cannot be opened at all (:class:`ConnectFailed`; at most ``max_attempts``).
     """
 
     max_attempts: int = 5
@@ -51,10 +58,11 @@ class RetryPolicy:
     initial_backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     jitter_s: float = 0.5
+    connect_attempts: int = 2
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
+        if self.max_attempts < 1 or self.connect_attempts < 1:
+            raise ValueError("max_attempts and connect_attempts must be >= 1")
         if self.max_total_s <= 0 or self.initial_backoff_s < 0 or self.max_backoff_s < 0:
             raise ValueError("retry times must be positive")
 
@@ -75,6 +83,8 @@ class RetryPolicy:
         if stop_after_attempt(self.max_attempts)(state) or elapsed >= self.max_total_s:
             return True
         exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, ConnectFailed) and state.attempt_number >= self.connect_attempts:
+            return True
         if isinstance(exc, RateLimited) and exc.retry_after is not None:
             too_long = exc.retry_after > self.max_backoff_s
             past_budget = elapsed + exc.retry_after > self.max_total_s
@@ -91,6 +101,8 @@ class RetryPolicy:
             return await fn()
         except Exception as exc:
             if self.max_attempts <= 1 or not is_retryable(exc):
+                raise
+            if isinstance(exc, ConnectFailed) and self.connect_attempts <= 1:
                 raise
             first: BaseException | None = exc
         offset_s = time.monotonic() - started

@@ -9,7 +9,8 @@ An *admin* key may read every key's spending in ``GET /dynasor/stats``; any othe
 its own there.
 
 Keys file (``--api-keys-file``): one key per line, optionally followed by whitespace, its token
-budget and/or the word ``admin``; blank lines and lines starting with ``#`` are ignored::
+budget and/or the word ``admin``; blank lines and lines starting with ``#`` are ignored, a UTF-8
+byte-order mark is skipped and a key listed twice is an error::
 
     # key                     budget (tokens; none: unlimited)
     sk-team-a-7f3e...         2000000
@@ -109,7 +110,8 @@ class KeyStore:
         """Keys from a keys file (module docs)."""
         keys: dict[str, int | None] = {}
         admins: list[str] = []
-        text = Path(path).read_text(encoding="utf-8")
+        first_line: dict[str, int] = {}
+        text = Path(path).read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first key
         for number, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -126,6 +128,9 @@ class KeyStore:
                     budget = int(fields[1].replace("_", ""))
                 except ValueError:
                     raise ValueError(f"{path}:{number}: the budget must be an integer") from None
+            if fields[0] in first_line:
+                raise ValueError(f"{path}:{number}: duplicate key (first on line {first_line[fields[0]]})")
+            first_line[fields[0]] = number
             keys[fields[0]] = budget
         return cls(keys, default_budget=default_budget, admins=admins)
 
