@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 
 from dynasor_client.certainty import NONE, Observations
 from dynasor_client.certainty.answers import (
+    MAX_ANSWER_CHARS,
     SYMBOLIC_AVAILABLE,
     AnswerClusters,
     EmbeddingEquivalence,
@@ -260,6 +262,139 @@ def test_parse_number_forms() -> None:
     assert value("1e3") == 1000
     assert value("1/0") is None
     assert value("\\sqrt{2}") is None
+
+
+# ---- hostile samples: linear extraction, bounded normalisation, never an exception ---------------
+# Each input below took seconds to minutes before (quadratic scans, regex backtracking, int()'s digit
+# limit); the pytest run itself is the bound: they now take milliseconds.
+
+EXTRACTORS = [
+    extract_boxed,
+    extract_answer_is,
+    extract_gsm8k,
+    extract_choice,
+    extract_last_number,
+    extract_code_block,
+    *(get_extractor(task) for task in ("math", "gsm8k", "multiple_choice", "code")),
+]
+# Pieces of the formats the extractors and the normaliser read, for structured random texts.
+LATEX_ATOMS = [
+    "\\boxed",
+    "\\boxed{",
+    "\\fbox",
+    "{",
+    "}",
+    " ",
+    "\t",
+    "\n",
+    "\n\n",
+    "$",
+    "$$",
+    "**",
+    "\\(",
+    "\\)",
+    "\\[",
+    "\\]",
+    ".",
+    ",",
+    ":",
+    "answer",
+    "The answer is",
+    "Final answer:",
+    "####",
+    "1",
+    "23",
+    "(B)",
+    "B",
+    "option",
+    "\\text{",
+    "\\mbox{",
+    "\\frac",
+    "\\dfrac12",
+    "%",
+    "-",
+    "x =",
+    "```",
+    "```py\n",
+    "1,234",
+    "^\\circ",
+    "\\left(",
+    "\\right)",
+    "\\!",
+    "{,}",
+    " dollars",
+    "\u00a0",
+]
+latex_texts = st.lists(st.sampled_from(LATEX_ATOMS), max_size=60).map("".join)
+
+
+def test_unclosed_boxes_are_skipped_in_linear_time() -> None:
+    unclosed = "\\boxed{" * 16_000
+    assert extract_boxed(unclosed) is None
+    assert extract_boxed("\\boxed{42} then " + unclosed) == "42"  # the box before them is used
+    assert extract_boxed("\\boxed{} \\boxed{ } " * 16_000) is None  # empty ones are skipped too
+    assert get_extractor("math")(unclosed + " so 7") == "7"  # falls through to the last number
+    nested = "\\boxed{" * 16_000 + "1" + "}" * 16_000
+    assert extract_boxed(nested) == "1"  # the last (innermost) box
+
+
+def test_repeated_markers_and_long_whitespace_are_linear() -> None:
+    assert extract_answer_is("The answer is . " * 20_000) is None
+    assert extract_answer_is("answer:\n. " * 20_000) is None
+    assert extract_answer_is("answer:\n$$\n\n" * 20_000) is None
+    assert extract_answer_is("answer: 5" + " " * 100_000 + "6") == "5" + " " * 100_000 + "6"
+    assert extract_answer_is("**answer:** $$ \\) \n\n $ 12 $.") == "12"
+    assert extract_choice("answer" + " " * 100_000 + "x") is None
+    assert extract_choice("answer" + " " * 100_000 + "B") == "B"
+    assert extract_choice("option" + " " * 100_000 + ":  C") == "C"
+    assert extract_choice("\\boxed{" + " " * 100_000 + "D}") == "D"
+
+
+def test_deep_or_long_answers_normalise_to_their_text() -> None:
+    deep = "\\text{" * 20_000 + "5" + "}" * 20_000
+    assert normalize_answer(deep) == deep  # too long to be a final answer: kept as its text
+    assert normalize_answer(f"  {deep}\n") == deep
+    assert parse_number(normalize_answer(deep)) is None
+    shallow = "\\text{" * 100 + "5" + "}" * 100  # within MAX_ANSWER_CHARS: normalised as usual
+    assert len(shallow) <= MAX_ANSWER_CHARS and normalize_answer(shallow) == "5"
+    assert normalize_answer(" " * 5_000 + "$18$" + " " * 5_000) == "18"  # the bound is on the stripped text
+
+
+def test_a_ten_thousand_digit_answer_is_compared_as_text() -> None:
+    digits = "9" * 10_000
+    assert extract_boxed(f"so \\boxed{{{digits}}}.") == digits
+    assert get_extractor("math")(f"The answer is {digits}") == digits
+    assert normalize_answer(digits) == digits
+    assert parse_number(digits) is None and parse_number(digits + "%") is None
+    equal = MathEquivalence(symbolic=False)
+    assert equal(digits, digits) and not equal(digits, "9" * 9_999 + "8")
+    assert cluster_answers([digits, "5", digits], equivalence=equal) == [0, 1, 0]
+    assert majority_vote([digits, "5", digits], equivalence=equal) == digits
+
+
+def test_parse_number_never_raises_under_a_lowered_int_digit_limit() -> None:
+    before = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(640)  # the lowest limit Python allows
+    try:
+        digits = "12345" * 140  # 700 digits: within MAX_ANSWER_CHARS, over the lowered limit
+        assert parse_number(digits) is None
+        assert parse_number(f"{digits}/7") is None
+    finally:
+        sys.set_int_max_str_digits(before)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=200), latex_texts))
+def test_extraction_and_normalisation_never_raise(text: str) -> None:
+    for extract in EXTRACTORS:
+        answer = extract(text)
+        assert answer is None or isinstance(answer, str)
+        if answer is not None:
+            normalized = normalize_answer(answer)
+            assert isinstance(normalized, str)
+            parse_number(normalized)
+    assert isinstance(normalize_answer(text), str)
+    parse_number(text)
 
 
 # ---- percentages ---------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ The class labels that :class:`~dynasor_client.certainty.Observations` works on c
 - Extraction (:mod:`._extract`): ``\\boxed{}``, GSM8K ``#### N``, "The answer is ...", choice
   letters, the last number; :func:`first_of` chains them, :func:`get_extractor` names a task's chain.
 - Normalisation (:mod:`._normalize`): :func:`normalize_answer` (units, currency, thousands
-  separators, LaTeX spacing, degrees, percentages kept as percentages).
+  separators, LaTeX spacing, degrees, percentages kept as percentages); an answer longer than
+  :data:`MAX_ANSWER_CHARS` is kept as its text.
+- Cost: extraction is linear in the text, normalisation bounded; neither raises for any ``str``.
 - Equivalence (:mod:`._equivalence`): :class:`MathEquivalence` (exact, then numeric with tolerance,
   then symbolic through math-verify under a hard timeout), :class:`ExactEquivalence`,
   :class:`EmbeddingEquivalence` for free text (extra ``[text]``), or any ``(a, b) -> bool``.
@@ -30,11 +32,12 @@ from ._extract import (
     first_of,
     get_extractor,
 )
-from ._normalize import Number, normalize_answer, parse_number
+from ._normalize import MAX_ANSWER_CHARS, Number, normalize_answer, parse_number
 from ._symbolic import SYMBOLIC_AVAILABLE, SymbolicChecker
 from ._text import EmbeddingEquivalence
 
 __all__ = [
+    "MAX_ANSWER_CHARS",
     "SYMBOLIC_AVAILABLE",
     "AnswerClusters",
     "EmbeddingEquivalence",

@@ -23,6 +23,14 @@ choice: see :class:`~.MathEquivalence`'s ``strict_percent``.)
 
 :func:`parse_number` gives the value of a normalised answer that is a plain number: an integer,
 decimal, ``a/b``, ``\\frac{a}{b}`` or a mixed number ``1\\frac{1}{4}`` (= 5/4, as MATH writes them).
+
+**Bounds.** Answers come from untrusted samples. An answer longer than :data:`MAX_ANSWER_CHARS`
+(1,000 characters once stripped of surrounding whitespace) is too long to be a plausible final
+answer: :func:`normalize_answer` returns it stripped and otherwise unprocessed (so equal long texts
+still compare equal, and nothing in it can make normalisation slow: ``\\text{`` nested 20,000 deep
+costs one pass), and :func:`parse_number` gives None for it (a 10,000-digit answer is compared as
+text, and Python's limit on converting long digit strings to int is never reached). Neither function
+raises for any ``str``.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 
+MAX_ANSWER_CHARS = 1000
+"""Longest answer (stripped) that is normalised and parsed; a longer one is kept as its text."""
 _MAX_UNIT_SCAN = 300
 _PLAIN_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")
 _DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
@@ -178,11 +188,18 @@ _normalize_cached = lru_cache(maxsize=65536)(_normalize)
 def normalize_answer(text: str) -> str:
     """The canonical form of a final answer (see the module docs for every rule).
 
+    An answer longer than :data:`MAX_ANSWER_CHARS` once stripped is returned stripped, unprocessed
+    (and not cached): see "Bounds" in the module docs.
+
     >>> normalize_answer("\\\\$1{,}000.50")
     '1000.5'
     >>> normalize_answer("50\\\\%") == normalize_answer("50 percent") == "50%"
     True
     """
+    if len(text) > MAX_ANSWER_CHARS:
+        stripped = text.strip()
+        if len(stripped) > MAX_ANSWER_CHARS:
+            return stripped
     return _normalize_cached(text)
 
 
@@ -218,6 +235,13 @@ def _number(value: Fraction, percent: bool) -> Number:
 
 
 def _parse_number(normalized: str) -> Number | None:
+    try:
+        return _parse_bounded(normalized)
+    except (ValueError, ZeroDivisionError):  # e.g. a lowered sys.set_int_max_str_digits
+        return None
+
+
+def _parse_bounded(normalized: str) -> Number | None:
     s, percent = (normalized[:-1], True) if normalized.endswith("%") else (normalized, False)
     if _INTEGER.fullmatch(s):
         return Number(int(s), percent)
@@ -241,6 +265,9 @@ def parse_number(normalized: str) -> Number | None:
 
     Accepts integers, decimals, scientific notation, ``a/b``, ``\\frac{a}{b}`` and mixed numbers
     ``N\\frac{a}{b}`` (= N + a/b), each optionally followed by ``%``; nothing symbolic (``\\pi``,
-    ``\\sqrt{2}``: those go to the symbolic check).
+    ``\\sqrt{2}``: those go to the symbolic check). None too for an answer longer than
+    :data:`MAX_ANSWER_CHARS` (it is compared as text); never raises.
     """
+    if len(normalized) > MAX_ANSWER_CHARS:
+        return None
     return _parse_number_cached(normalized)
