@@ -22,11 +22,16 @@ class Samples:
         self.observations = Observations.single([])  #: as of the last :meth:`observe`
 
     async def add(self, choice: Choice) -> str | None:
-        """Read one sample's answer and file it in its class."""
-        answer = self.extract(choice.text)
+        """Read one sample's answer and file it in its class, off the event loop (a long sample's
+        extraction and a symbolic check may take a moment)."""
+        answer = await asyncio.to_thread(self._read, choice.text)
         self.answers.append(answer)
         self.tokens.append(choice.num_tokens)
-        await asyncio.to_thread(self.clusters.add, answer)  # symbolic checks may block for a moment
+        return answer
+
+    def _read(self, text: str) -> str | None:
+        answer = self.extract(text)
+        self.clusters.add(answer)
         return answer
 
     def observe(self, **signals: Any) -> Observations:
