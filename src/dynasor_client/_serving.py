@@ -41,8 +41,10 @@ class InProcessServer:
         log_level: str = "warning",
         access_log: bool = False,
         lifespan: str = "off",
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.app, self.host, self.name = app, host, name
+        self._options = dict(options or {})  # more uvicorn.Config settings (the proxy's limits)
         self._port = port
         self._log_level, self._access_log, self._lifespan = log_level, access_log, lifespan
         self._server: Any = None
@@ -83,6 +85,7 @@ class InProcessServer:
             timeout_graceful_shutdown=1,
             log_config=None,  # in-process: the host's logging configuration stays as it is
             backlog=4096,
+            **self._options,
         )
         self._server = Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=self.name)

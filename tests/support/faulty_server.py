@@ -26,6 +26,13 @@ Scenarios (numbers are parameters; decimals allowed for seconds):
 - ``judge-{code}``: HTTP {code} for requests with ``max_tokens: 1`` (a yes/no judge's), else ``ok``.
 - ``bad-utf8``: 200 answers whose text holds an invalid UTF-8 byte (``0xff``), streamed or not.
 - ``json-for-stream``: a stream request is answered with the whole JSON body (not SSE).
+- ``endless``: a stream request is answered with an SSE stream that never ends (events of ~8 KiB,
+  as fast as the peer reads them); a request without ``stream`` as ``ok``.
+- ``huge-error-{mib}``: HTTP 500 with a JSON error body of {mib} MiB (sent 1 MiB at a time).
+
+For ``endless`` and ``huge-error-*``, :meth:`FaultyServer.sent_bytes` counts the body bytes handed
+to the socket (it stops growing while the peer does not read) and :meth:`FaultyServer.wait_ended`
+waits until such a response ended (finished, or the peer closed the connection).
 
 Only generation requests (completions and chat) count towards a scenario's fault budget; ``/health``
 and ``/v1/models`` always answer normally (``auth`` aside).
@@ -87,7 +94,10 @@ _SCENARIOS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("judge", re.compile(r"judge-(?P<code>[45]\d\d)")),
     ("bad-utf8", re.compile(r"bad-utf8")),
     ("json-for-stream", re.compile(r"json-for-stream")),
+    ("endless", re.compile(r"endless")),
+    ("huge-error", re.compile(r"huge-error-(?P<k>\d+)")),
 )
+_MIB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +367,8 @@ class FaultyServer:
         self._port: int | None = None
         self._startup_error: BaseException | None = None
         self._connections: set[asyncio.Task[Any]] = set()  # handler tasks; only touched on the server loop
+        self._sent: dict[str, int] = {}  # body bytes sent by `endless` and `huge-error-*`
+        self._ended: dict[str, threading.Event] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -445,6 +457,35 @@ class FaultyServer:
             self._counters.clear()
             self._errors.clear()
             self._next_id = 0
+            self._sent.clear()
+            self._ended.clear()
+
+    def sent_bytes(self, scenario: str) -> int:
+        """Body bytes the ``endless`` and ``huge-error-*`` scenarios handed to their sockets."""
+        with self._lock:
+            return self._sent.get(scenario, 0)
+
+    def wait_ended(self, scenario: str, timeout: float) -> bool:
+        """Wait until a response of the ``endless`` or ``huge-error-*`` scenario ended (finished or
+        its peer closed the connection); False when none did within ``timeout`` seconds."""
+        return self._ended_event(scenario).wait(timeout)
+
+    def _ended_event(self, scenario: str) -> threading.Event:
+        with self._lock:
+            return self._ended.setdefault(scenario, threading.Event())
+
+    async def _flood(self, scenario: str, responder: _Responder, pieces: Iterable[bytes]) -> None:
+        """Send ``pieces`` (counted in :meth:`sent_bytes`) until they run out or the peer leaves."""
+        try:
+            for piece in pieces:
+                await responder.send(piece)
+                with self._lock:
+                    self._sent[scenario] = self._sent.get(scenario, 0) + len(piece)
+                await asyncio.sleep(0)  # drain() does not yield while the peer keeps up
+        except ConnectionError:
+            pass
+        finally:
+            self._ended_event(scenario).set()
 
     # -- event-loop side ----------------------------------------------------------------------------
 
@@ -638,6 +679,17 @@ class FaultyServer:
             )
         if scenario.kind == "context-too-long":
             raise _ApiError(400, _error_payload(CONTEXT_TOO_LONG_MESSAGE, "BadRequestError", 400))
+        if scenario.kind == "huge-error":
+            padding = scenario.k * _MIB
+            head = b'{"error": {"type": "server_error", "code": 500, "message": "'
+            tail = b'"}}'
+            length = len(head) + padding + len(tail)
+            await responder.send_head(
+                500, [("Content-Type", "application/json"), ("Content-Length", str(length))]
+            )
+            pieces = [head, *(b"x" * _MIB for _ in range(scenario.k)), tail]
+            await self._flood(scenario_name, responder, pieces)
+            return
         if scenario.kind == "malformed":
             broken = b'{"choices": ['
             head = [("Content-Type", "application/json"), ("Content-Length", str(len(broken)))]
@@ -689,6 +741,13 @@ class FaultyServer:
         model = body.get("model") or MODEL_ID
         drop = scenario.kind == "drop" and in_fault_budget
 
+        if scenario.kind == "endless" and stream:
+            await responder.send_head(200, [("Content-Type", "text/event-stream")])  # close-delimited
+            text = "x" * 8000
+            event = {"id": response_id, "object": "chat.completion.chunk", "model": model}
+            chunk = _sse({**event, "choices": [{"index": 0, "delta": {"content": text}}]})
+            await self._flood(scenario_name, responder, iter(lambda: chunk, None))
+            return
         if scenario.kind == "slow":
             await asyncio.sleep(scenario.seconds)  # asyncio.sleep: other connections keep being served
         if stream and scenario.kind != "json-for-stream":

@@ -85,6 +85,67 @@ def add_proxy_parser(sub: Subparsers) -> None:
         action="store_true",
         help="forward pass-through streams byte for byte (no include_usage added; tokens estimated)",
     )
+    limits = p.add_argument_group("limits", "see docs/proxy.md, 'Limits'")
+    limits.add_argument(
+        "--max-body-bytes",
+        type=_positive_int,
+        default=16 * 1024 * 1024,
+        help="largest request body (413 above it; default 16 MiB)",
+    )
+    limits.add_argument(
+        "--max-error-body-bytes",
+        type=_positive_int,
+        default=64 * 1024,
+        help="how much of an upstream error body is read (default 64 KiB)",
+    )
+    limits.add_argument(
+        "--max-n",
+        type=_positive_int,
+        default=16,
+        help="most n of a pass-through request, never above --max-in-flight (400 above it; default 16)",
+    )
+    limits.add_argument(
+        "--max-tokens",
+        type=_optional_positive_int,
+        default=65536,
+        help="most max_tokens of a request (400 above it; 'none': no limit; default 65536)",
+    )
+    limits.add_argument(
+        "--stream-buffer",
+        type=_positive_int,
+        default=64,
+        help="events queued for a client; the upstream is not read while they are unread (default 64)",
+    )
+    limits.add_argument(
+        "--stall-timeout",
+        type=_seconds,
+        default=60.0,
+        help="seconds a client may leave its stream unread before it is aborted (default 60)",
+    )
+    limits.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=10.0,
+        help="seconds a connection has to send a request's headers (default 10)",
+    )
+    limits.add_argument(
+        "--max-header-bytes",
+        type=_positive_int,
+        default=64 * 1024,
+        help="largest request line and headers (431 above it; default 64 KiB)",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=_optional_positive_int,
+        default=1024,
+        help="connections and requests at once, 503 beyond ('none': no limit; default 1024)",
+    )
+    limits.add_argument(
+        "--keep-alive",
+        type=_seconds,
+        default=5.0,
+        help="seconds an idle keep-alive connection is kept (default 5)",
+    )
     p.add_argument("--access-log", action="store_true", help="uvicorn's access log (paths only, never keys)")
     p.set_defaults(func=proxy_command)
 
@@ -119,6 +180,16 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
         max_in_flight=args.max_in_flight,
         reward=args.reward,
         meter_streams=not args.no_meter_streams,
+        max_body_bytes=args.max_body_bytes,
+        max_error_body_bytes=args.max_error_body_bytes,
+        max_n=args.max_n,
+        max_tokens=args.max_tokens,
+        stream_buffer=args.stream_buffer,
+        stall_timeout_s=args.stall_timeout,
+        header_timeout_s=args.header_timeout,
+        max_header_bytes=args.max_header_bytes,
+        max_connections=args.max_connections,
+        keep_alive_s=args.keep_alive,
     )
 
 
@@ -140,6 +211,10 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
     return number
+
+
+def _optional_positive_int(value: str) -> int | None:
+    return None if value.strip().lower() == "none" else _positive_int(value)
 
 
 def _seconds(value: str) -> float:

@@ -24,6 +24,7 @@ of strings, ``max_tokens`` an integer.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -43,7 +44,7 @@ from ._config import ProxyConfig
 from ._errors import ProxyError, RedactingMiddleware, transport_error, upstream_http_error
 from ._keys import KeyAccount
 from ._options import DEADLINE_HEADER, DynasorOptions, parse_options
-from ._passthrough import Forward, PassThrough, PassThroughRenderer, prepare
+from ._passthrough import Forward, PassThrough, PassThroughRenderer, prepare, read_bounded
 from ._programs import DynasorProgram, DynasorRenderer, DynasorRequest
 from ._run import Run, RunResponse
 from ._service import ProxyService
@@ -128,11 +129,13 @@ def create_proxy_app(config: ProxyConfig, *, retry: RetryPolicy | None = None) -
         headers, own = service.upstream_headers(request.headers)
         headers.pop("content-type", None)
         try:
-            answer = await service.http.get("models", headers=headers)
+            async with service.http.stream("GET", "models", headers=headers) as answer:
+                if answer.status_code >= 400:
+                    content = await read_bounded(answer, service.config.max_error_body_bytes)
+                    raise upstream_http_error(answer.status_code, content, answer.headers, own_key=own)
+                await answer.aread()
         except httpx.HTTPError as exc:
             raise transport_error(exc, service.upstream_display) from exc
-        if answer.status_code >= 400:
-            raise upstream_http_error(answer.status_code, answer.content, answer.headers, own_key=own)
         return Response(
             answer.content,
             answer.status_code,
@@ -155,8 +158,9 @@ async def _generate(service: ProxyService, kind: Kind, request: Request) -> Resp
     try:
         account = service.authenticate(request.headers)
         service.check_budget(account)
-        raw = await request.body()
+        raw = await _read_body(request, service.config.max_body_bytes, service.config.header_timeout_s)
         body = _json_object(raw)
+        _check_limits(body, service.config)
         options = parse_options(body, request.headers.get(DEADLINE_HEADER))
         stream = body.get("stream") is True
         if options.algorithm is None:
@@ -165,6 +169,65 @@ async def _generate(service: ProxyService, kind: Kind, request: Request) -> Resp
     except ProxyError:
         service.counters.refused += 1
         raise
+
+
+async def _read_body(request: Request, limit: int, idle_s: float) -> bytes:
+    """The request body, at most ``limit`` bytes: 413 on a ``Content-Length`` above it (before
+    reading any of it), or as soon as a chunked body passes it (the rest is never read); 408 when
+    the client sends none of it for ``idle_s`` seconds."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    parts: list[bytes] = []
+    size = 0
+    pieces = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(pieces), idle_s)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise ProxyError(
+                f"the client sent no part of the request body for {idle_s:g} s (--header-timeout)",
+                status=408,
+                code="request_timeout",
+                headers={"connection": "close"},
+            ) from None
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _too_large(limit: int) -> ProxyError:
+    return ProxyError(
+        f"the request body is larger than this proxy's limit of {limit} bytes (--max-body-bytes)",
+        status=413,
+        code="request_too_large",
+        headers={"connection": "close"},  # the unread rest of the body is not read: close
+    )
+
+
+def _check_limits(body: Mapping[str, Any], config: ProxyConfig) -> None:
+    """400 for an ``n`` above ``max_n`` (or the runtime window) and a ``max_tokens`` above the
+    proxy's limit (docs/proxy.md, "Limits")."""
+    n = body.get("n")
+    most_n = min(config.max_n, config.max_in_flight)
+    if isinstance(n, int) and not isinstance(n, bool) and n > most_n:
+        raise ProxyError(
+            f"n is at most {most_n} on this proxy (--max-n), got {n}", param="n", code="n_too_large"
+        )
+    if config.max_tokens is None:
+        return
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > config.max_tokens:
+            raise ProxyError(
+                f"{name} is at most {config.max_tokens} on this proxy (--max-tokens), got {value}",
+                param=name,
+                code="max_tokens_too_large",
+            )
 
 
 def _passthrough(
@@ -181,7 +244,10 @@ def _passthrough(
     content, strip = prepare(body, raw, meter_streams=service.config.meter_streams)
     headers, own = service.upstream_headers(request.headers)
     n = body.get("n")
-    forward = Forward(kind, content, headers, stream, strip, n if isinstance(n, int) and n > 0 else 1, own)
+    forward = Forward(
+        kind, content, headers, stream, strip, n if isinstance(n, int) and n > 0 else 1, own,
+        error_bytes=service.config.max_error_body_bytes,
+    )  # fmt: skip
     program = PassThrough(service.http, service.upstream_display, forward)
     run = Run(
         service.runtime,
@@ -190,6 +256,8 @@ def _passthrough(
         token_cap=None,
         name=f"passthrough-{kind}",
         on_end=lambda r: service.ended(r, account, f"pass-through {kind}"),
+        buffer=service.config.stream_buffer,
+        stall_s=service.config.stall_timeout_s,
     )
     service.track(run)
     return RunResponse(run, _PassThroughChecked(run, service.error, forward), stream=stream)
@@ -239,6 +307,8 @@ def _dynasor(
         token_cap=service.token_cap(account, options.token_budget),
         name=f"{algorithm}-{kind}",
         on_end=lambda r: service.ended(r, account, f"{algorithm} {kind}"),
+        buffer=service.config.stream_buffer,
+        stall_s=service.config.stall_timeout_s,
     )
     service.track(run)
     return RunResponse(run, DynasorRenderer(run, program, service.error), stream=stream)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -40,6 +41,30 @@ class ProxyConfig:
             so that their tokens can be counted (the usage chunk is removed before the client sees
             it); False forwards such streams byte for byte and counts ~1 token per content event.
         extra_headers: sent upstream with every request.
+
+    Limits (docs/proxy.md, "Limits"; each one a flag of ``dynasor-client proxy``):
+
+    Args:
+        max_body_bytes: the largest request body accepted (413 above it, refused on its
+            ``Content-Length`` before reading, or as soon as a chunked body passes it).
+        max_error_body_bytes: how much of an upstream error body is read (the rest is never read;
+            the connection is closed).
+        max_n: the most sequences (``n``) one pass-through request may ask for (400 above it), and
+            never more than ``max_in_flight``: one request cannot take the whole runtime window.
+        max_tokens: the most ``max_tokens`` (or ``max_completion_tokens``) a request may ask for
+            (400 above it; None: no limit). A request without one is forwarded without one.
+        stream_buffer: events queued between the upstream reader and the client writer of one
+            stream; while that many are unread the proxy stops reading the upstream.
+        stall_timeout_s: seconds a client may leave a stream unread before the proxy gives up:
+            the upstream request is aborted and the client connection closed.
+        header_timeout_s: seconds a connection has to deliver a request's headers (after connecting,
+            or after its previous response); then it is closed.
+        max_header_bytes: the most bytes of request line and headers (the connection is closed
+            with 431 above it).
+        max_connections: connections and requests at once (uvicorn's ``limit_concurrency``): a
+            request beyond it gets 503 (None: no limit).
+        keep_alive_s: seconds an idle keep-alive connection is kept (uvicorn's
+            ``timeout_keep_alive``).
     """
 
     upstream: str
@@ -54,6 +79,16 @@ class ProxyConfig:
     reward: str = "judge"
     meter_streams: bool = True
     extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_error_body_bytes: int = 64 * 1024
+    max_n: int = 16
+    max_tokens: int | None = 65536
+    stream_buffer: int = 64
+    stall_timeout_s: float = 60.0
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 64 * 1024
+    max_connections: int | None = 1024
+    keep_alive_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.upstream.startswith(("http://", "https://")):
@@ -64,6 +99,16 @@ class ProxyConfig:
             raise ValueError("token_budget must be >= 1")
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
+        for name in ("max_body_bytes", "max_error_body_bytes", "max_n", "stream_buffer", "max_header_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("max_tokens", "max_connections"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None")
+        for name in ("stall_timeout_s", "header_timeout_s", "keep_alive_s"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a positive, finite number of seconds")
         object.__setattr__(self, "upstream", self.upstream.rstrip("/"))
 
     @property

@@ -46,6 +46,7 @@ class Forward:
     strip_usage: bool  # we added include_usage: remove the usage the client did not ask for
     n: int
     own_key: bool  # sent with the proxy's own upstream key (not the client's)
+    error_bytes: int = 64 * 1024  # how much of an upstream error body is read (ProxyConfig)
 
 
 def prepare(body: dict[str, Any], raw: bytes, *, meter_streams: bool) -> tuple[bytes, bool]:
@@ -62,6 +63,19 @@ def prepare(body: dict[str, Any], raw: bytes, *, meter_streams: bool) -> tuple[b
             }
             modified = strip = True
     return (json.dumps(body, ensure_ascii=False).encode("utf-8") if modified else raw), strip
+
+
+async def read_bounded(response: httpx.Response, limit: int) -> bytes:
+    """The first ``limit`` bytes of ``response``'s body (the rest is never read: close the response
+    after this)."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        parts.append(chunk[: limit - size])
+        size += len(parts[-1])
+        if size >= limit:
+            break
+    return b"".join(parts)
 
 
 def usage_of(data: Any) -> Usage | None:
@@ -102,7 +116,7 @@ class PassThrough:
                     raise transport_error(exc, self.upstream) from exc
                 try:
                     if response.status_code >= 400:
-                        content = await response.aread()
+                        content = await read_bounded(response, self.forward.error_bytes)
                         raise upstream_http_error(
                             response.status_code, content, response.headers, own_key=self.forward.own_key
                         )
@@ -152,9 +166,9 @@ class PassThrough:
                     if not data.get("choices"):
                         continue  # the usage chunk we asked for: not the client's
                     data.pop("usage")
-                    run.send(_sse.event(data))
+                    await run.relay(_sse.event(data))
                     continue
-            run.send(_sse.frame(sse))
+            await run.relay(_sse.frame(sse))
 
 
 class PassThroughRenderer:

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .._log import get_logger
 from ..program import ProgramContext, ProgramResult
 from . import _sse
 from ._errors import ProxyError
+
+log = get_logger("dynasor_client.proxy")
 
 ProgramBody = Callable[[ProgramContext, "Run"], Awaitable[ProgramResult]]
 
@@ -72,8 +75,11 @@ class Run:
         token_cap: int | None,
         name: str,
         on_end: Callable[[Run], None],
+        buffer: int = 64,
+        stall_s: float | None = None,
     ) -> None:
-        self.events: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.events = _Events(buffer)
+        self.stall_s = stall_s  # how long the client may leave the stream unread (None: for ever)
         self.context: ProgramContext | None = None
         self.started = time.monotonic()
         self.state: dict[str, Any] = {}  # what the program leaves for the renderer
@@ -96,6 +102,12 @@ class Run:
 
     def send(self, data: bytes) -> None:
         """Queue one SSE event for the client (called by the program)."""
+        self.events.put_nowait(data)
+
+    async def relay(self, data: bytes) -> None:
+        """Queue one SSE event for the client once fewer than ``buffer`` are unread (backpressure:
+        a program relaying an upstream stream stops reading it while the client does not read)."""
+        await self.events.room()
         self.events.put_nowait(data)
 
     def cancel(self) -> None:
@@ -129,12 +141,36 @@ class RunResponse(Response):
         listener = asyncio.ensure_future(_disconnect(receive))
         listener.add_done_callback(disconnected)
         try:
-            await self._serve(scope, receive, send, lambda: gone)
+            await self._serve(scope, receive, self._paced(send), lambda: gone)
         except OSError:  # the connection dropped while sending
+            self.run.cancel()
+        except _Stalled:  # the app returns with the response unfinished: uvicorn closes the connection
+            log.warning(
+                "a client left its stream unread for %.0f s: upstream request aborted, connection closed",
+                self.run.stall_s,
+            )
             self.run.cancel()
         finally:
             listener.cancel()
             self.run.cancel()
+
+    def _paced(self, send: Send) -> Send:
+        """``send``, failing with :class:`_Stalled` when a body message waits more than the run's
+        ``stall_s`` for the client to read (the transport stays paused)."""
+        stall_s = self.run.stall_s
+        if stall_s is None:
+            return send
+
+        async def paced(message: MutableMapping[str, Any]) -> None:
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            try:
+                await asyncio.wait_for(send(message), stall_s)
+            except TimeoutError:
+                raise _Stalled from None
+
+        return paced
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, gone: Callable[[], bool]) -> None:
         first = await self.run.events.get()
@@ -181,6 +217,37 @@ class RunResponse(Response):
             else (self.renderer.tail(outcome))
         )
         await send({"type": "http.response.body", "body": b"".join(tail), "more_body": False})
+
+
+class _Stalled(Exception):
+    """The client left its stream unread for the run's ``stall_s``."""
+
+
+class _Events(asyncio.Queue[bytes | None]):
+    """A run's event queue: :meth:`room` waits while ``bound`` events are unread (``put_nowait``
+    itself never refuses: the end marker and a dynasor program's own events always go in)."""
+
+    def __init__(self, bound: int) -> None:
+        super().__init__()
+        self.bound = bound
+        self.most = 0  # the most events ever queued at once
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def _put(self, item: bytes | None) -> None:
+        super()._put(item)
+        self.most = max(self.most, self.qsize())
+        if self.qsize() >= self.bound:
+            self._room.clear()
+
+    def _get(self) -> bytes | None:
+        item: bytes | None = super()._get()
+        if self.qsize() < self.bound:
+            self._room.set()
+        return item
+
+    async def room(self) -> None:
+        await self._room.wait()
 
 
 def _retrieve(task: asyncio.Task[ProgramResult]) -> None:
