@@ -209,7 +209,7 @@ async def test_half_open_connections_are_closed_after_the_header_timeout(faulty:
     config = ProxyConfig(upstream=faulty.base_url("ok"), header_timeout_s=0.5)
     async with ProxyServer(config) as proxy:
         assert ProxyConfig(upstream="http://x/v1").header_timeout_s == 10.0  # the default
-        connections = [await _connect(proxy) for _ in range(200)]
+        connections = [await _connect(proxy) for _ in range(1200)]  # as many as the issue held
         for i, (_, writer) in enumerate(connections):
             if i % 2:  # half send part of a request's headers, half nothing at all
                 writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: proxy\r\n")
