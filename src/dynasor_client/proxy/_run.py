@@ -166,7 +166,8 @@ class RunResponse(Response):
                 await send(message)
                 return
             try:
-                await asyncio.wait_for(send(message), stall_s)
+                async with asyncio.timeout(stall_s):  # no task per message, unlike wait_for
+                    await send(message)
             except TimeoutError:
                 raise _Stalled from None
 
