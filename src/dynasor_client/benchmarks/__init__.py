@@ -11,6 +11,10 @@
   arriving online (Poisson) through the real runtime against the replay engine's timing model on a
   virtual clock: naive, gang, certaindex, SRW, deadline-aware; :func:`online_config` (the
   command's settings), :func:`online_table`, :func:`plot_online` (``docs/online-benchmark.md``).
+- :func:`run_proxy_benchmark` (``dynasor-client bench proxy``): pass-through streaming through the
+  proxy against the replay server directly: requests/s, added latency p50/p99, client, proxy and
+  server CPU per request at 1/50/200/500 streams, the proxy's RSS after 1,000 aborted streams;
+  :func:`proxy_table` (``docs/proxy-benchmark.md``).
 - :func:`bench_replay` (``dynasor-client bench replay``): the concurrent streams and tokens/s the
   replay server sustains on one core; :func:`bench_replay_summary`.
 - Shared plumbing for every benchmark (:mod:`._common`): :func:`run_metadata` (versions, git commit,
@@ -46,6 +50,7 @@ from ._overhead import (
     overhead_table,
     run_overhead_benchmark,
 )
+from ._proxy import proxy_table, run_proxy_benchmark
 from ._replay import bench_replay
 from ._replay import bench_summary as bench_replay_summary
 
@@ -67,10 +72,12 @@ __all__ = [
     "overhead_table",
     "plot_batch",
     "plot_online",
+    "proxy_table",
     "replay_in_orders",
     "run_batch_benchmark",
     "run_online_benchmark",
     "run_overhead_benchmark",
+    "run_proxy_benchmark",
     "with_extracted_answers",
     "write_json",
 ]

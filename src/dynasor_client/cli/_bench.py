@@ -1,4 +1,4 @@
-"""``dynasor-client bench``: the benchmarks (certaindex, replay, batch, online, overhead).
+"""``dynasor-client bench``: the benchmarks (certaindex, replay, batch, online, overhead, proxy).
 
 Each subcommand runs one benchmark of :mod:`dynasor_client.benchmarks` (``bench certaindex``: of
 calibration), prints its table and writes its JSON (and plot).
@@ -26,9 +26,11 @@ from ..benchmarks import (
     overhead_table,
     plot_batch,
     plot_online,
+    proxy_table,
     run_batch_benchmark,
     run_online_benchmark,
     run_overhead_benchmark,
+    run_proxy_benchmark,
     write_json,
 )
 
@@ -47,6 +49,7 @@ def add_bench_parser(sub: Subparsers) -> None:
     _add_batch_parser(bench_sub)
     _add_online_parser(bench_sub)
     _add_overhead_parser(bench_sub)
+    _add_proxy_parser(bench_sub)
 
 
 def finish_command(
@@ -289,3 +292,48 @@ def _overhead(args: argparse.Namespace) -> int:
     except RuntimeError as exc:  # the replay server did not start
         raise ValueError(str(exc)) from exc
     return finish_command(result, overhead_table(result), args.json_out)
+
+
+# -- bench proxy -----------------------------------------------------------------------------------------
+
+
+def _add_proxy_parser(bench_sub: Subparsers) -> None:
+    parser = bench_sub.add_parser(
+        "proxy",
+        help="pass-through streaming through the proxy vs direct: requests/s, added latency, CPU, RSS",
+        description="See docs/proxy-benchmark.md for what is measured and the JSON. The replay server "
+        "(time scale 0), the proxy and the load generator on loopback.",
+    )
+    parser.add_argument("--json", dest="json_out", default=None, help="write the figures here (JSON)")
+    parser.add_argument(
+        "--streams", type=int, nargs="+", default=[1, 50, 200, 500], help="concurrent streams of each run"
+    )
+    parser.add_argument("--window", type=float, default=3.0, help="seconds measured per window")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each window")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved direct/proxy windows per N")
+    parser.add_argument("--max-tokens", type=int, default=32, help="tokens (= SSE events) per response")
+    parser.add_argument("--aborts", type=int, default=1000, help="streams dropped mid-way (the RSS check)")
+    parser.add_argument(
+        "--max-in-flight", type=int, default=None, help="the proxy's window (default: the most streams)"
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run of seconds: N = 1 and 8")
+    parser.set_defaults(func=_proxy)
+
+
+def _proxy(args: argparse.Namespace) -> int:
+    if args.max_in_flight is not None and args.max_in_flight < 1:
+        raise ValueError("--max-in-flight must be >= 1")
+    try:
+        result = run_proxy_benchmark(
+            streams=tuple(args.streams),
+            window_s=args.window,
+            warmup_s=args.warmup,
+            repeats=args.repeats,
+            max_tokens=args.max_tokens,
+            aborts=args.aborts,
+            max_in_flight=args.max_in_flight,
+            quick=args.quick,
+        )
+    except RuntimeError as exc:  # a server did not start
+        raise ValueError(str(exc)) from exc
+    return finish_command(result, proxy_table(result), args.json_out)

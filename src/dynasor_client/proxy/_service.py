@@ -20,6 +20,7 @@ from ..runtime import Runtime
 from ._config import ProxyConfig
 from ._errors import ProxyError, Redactor, endpoint_error, redact, transport_error
 from ._keys import Budget, KeyAccount, presented_key
+from ._pool import upstream_transport
 from ._responses import billed_tokens
 from ._run import Run
 
@@ -70,13 +71,13 @@ class ProxyService:
             default_headers=dict(config.extra_headers),
             name=config.upstream_display,
         )
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
         self.http = httpx.AsyncClient(
             base_url=config.upstream + "/",
             timeout=httpx.Timeout(config.timeout_s, connect=min(config.timeout_s, 10.0)),
-            # No Nagle: the body follows the headers in a second small write, which Nagle would
-            # hold until the upstream's delayed ACK (~40 ms on Linux) on every request.
-            transport=httpx.AsyncHTTPTransport(limits=limits, socket_options=[_NODELAY]),
+            # Small pools sized to the window (see ._pool). No Nagle: the body follows the headers
+            # in a second small write, which Nagle would hold until the upstream's delayed ACK
+            # (~40 ms on Linux) on every request.
+            transport=upstream_transport(config.max_in_flight, socket_options=[_NODELAY]),
         )
         self.runtime = Runtime(self.endpoint, token_budget=config.token_budget, window=config.max_in_flight)
         self._rewards: dict[str, RewardModel] = {}
