@@ -84,7 +84,10 @@ async def test_budget_stops_alone_as_under_the_runtime(svamp: list[TraceQuestion
     async with replay_endpoint(svamp[:5], seed=2) as endpoint, Runtime(endpoint, program_tokens=400) as rt:
         managed = await rt.submit(program)
     assert alone.stop_reason is managed.stop_reason is StopReason.BUDGET
-    assert alone.answers == managed.answers and 400 <= alone.tokens.total < 400 + 2 * 400
+    assert alone.answers == managed.answers
+    # Each request reserves its most tokens before it is sent: the budget holds (but for the prompt
+    # estimate's error of a request in flight), alone as under the runtime.
+    assert alone.tokens.total <= 400 + 32 and managed.tokens.total <= 400 + 32
 
 
 def test_each_rule_carries_its_reason() -> None:

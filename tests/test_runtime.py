@@ -122,7 +122,7 @@ def test_run_batch_sync_refuses_inside_a_loop() -> None:
 # ---------------------------------------------------------------------------- budget
 
 
-async def test_global_budget_never_exceeded_beyond_in_flight(questions: list[TraceQuestion]) -> None:
+async def test_global_budget_held_by_reservations(questions: list[TraceQuestion]) -> None:
     budget = 12_000
     async with (
         served(questions) as (_, endpoint),
@@ -130,8 +130,11 @@ async def test_global_budget_never_exceeded_beyond_in_flight(questions: list[Tra
     ):
         batch = await runtime.run_batch([sc(q) for q in questions], progress=False)
     spent = runtime.budget.spent
-    biggest_request = 30 * 512 + 200  # n samples x the largest chunk, plus the prompt
-    assert budget <= spent <= budget + biggest_request
+    # Each request reserves max_tokens x n plus its prompt's estimate before it is sent: the budget
+    # is overshot by no more than the prompt estimates' error of the (at most 8) requests in flight,
+    # and it is nearly used up (requests wait for others' reservations to settle, then shrink).
+    assert 0.95 * budget <= spent <= budget + 8 * 32
+    assert runtime.budget.reserved == 0
     reasons = [r.stop_reason for r in batch.results if r is not None]
     assert StopReason.BUDGET in reasons  # some programs were stopped by the budget
     assert batch.finished == len(questions)  # and every one of them still returned a result

@@ -429,7 +429,8 @@ async def test_token_budget_stops_the_program(replay: Endpoint, svamp: list[Trac
         replay, token_budget=150
     )
     assert result.stop_reason is StopReason.BUDGET
-    assert result.tokens.total >= 150 and len(result.answers) < 30
+    # Requests reserve their most tokens first: the budget holds (up to a prompt estimate's error).
+    assert 100 <= result.tokens.total <= 150 + 32 and len(result.answers) < 30
 
 
 async def test_runs_on_the_local_model(local_endpoint: Endpoint) -> None:

@@ -5,6 +5,9 @@ program is admitted at all.
 per-program allowances. When the budget runs low, programs whose certaindex is high stop first and
 return their answers; allowance left over by programs that finished early goes to uncertain ones
 (the paper's reallocation); programs that stay uncertain after many steps are cut as hopeless.
+Every request reserves its most tokens before it is sent (``max_tokens x n`` plus its prompt's
+estimate, against the global budget, the program's allowance and any :class:`Pool` such as a proxy
+key's), is shrunk or refused when they do not fit, and settles to what it used when it ends.
 Admission policies (:func:`reject_infeasible`, :func:`degrade_infeasible`) refuse or shrink a
 program that cannot meet its deadline under the current load.
 """
@@ -18,17 +21,29 @@ from ._admission import (
     degrade_infeasible,
     reject_infeasible,
 )
-from ._manager import ALL_KINDS, Account, BudgetManager
+from ._manager import (
+    ALL_KINDS,
+    DEFAULT_RESERVATION,
+    MIN_USEFUL_TOKENS,
+    Account,
+    BudgetManager,
+    Pool,
+    prompt_estimate,
+)
 
 __all__ = [
     "ALL_KINDS",
+    "DEFAULT_RESERVATION",
+    "MIN_USEFUL_TOKENS",
     "Account",
     "AdmissionPolicy",
     "AdmissionRequest",
     "BudgetManager",
     "Decision",
     "Load",
+    "Pool",
     "admit_all",
     "degrade_infeasible",
+    "prompt_estimate",
     "reject_infeasible",
 ]

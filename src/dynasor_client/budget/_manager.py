@@ -2,15 +2,48 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..certainty import Hopeless
-from ..endpoints import Usage
-from ..program import StopReason, TokenKind
+from ..endpoints import Usage, prompt_estimate
+from ..program import DEFAULT_RESERVATION, MIN_USEFUL_TOKENS, StopReason, TokenKind, fit_request
+
+__all__ = [
+    "ALL_KINDS",
+    "DEFAULT_RESERVATION",
+    "MIN_USEFUL_TOKENS",
+    "Account",
+    "BudgetManager",
+    "Pool",
+    "prompt_estimate",
+]
 
 ALL_KINDS = frozenset({"prompt", "generated", "probe", "reward"})
 """Token kinds counted by default: uncached prompt, generated, probe and reward tokens."""
+
+
+class Pool(Protocol):
+    """A budget beyond the runtime's (a proxy key's): a program's requests reserve and charge it too."""
+
+    def room(self) -> int | None:
+        """Tokens not spent yet (None: no limit)."""
+        ...
+
+    def held(self) -> int:
+        """Tokens reserved by requests in flight."""
+        ...
+
+    def hold(self, tokens: int) -> None:
+        """Reserve ``tokens`` (negative: release)."""
+        ...
+
+    def spend(self, tokens: int) -> None:
+        """Charge ``tokens`` (a response's ``total_tokens``: its prompt, cached or not, and what it
+        generated)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -22,14 +55,20 @@ class Account:
     certainty: float = 0.0
     steps: int = 0
     extended: int = 0  # allowance received from programs that finished early
+    reserved: int = 0  # held by its requests in flight (released when they settle)
+    pools: list[Pool] = field(default_factory=list)  # budgets beyond the runtime's (a proxy key)
 
 
 class BudgetManager:
     """The token budget of a runtime.
 
     Args:
-        total: tokens all programs together may spend (None: unlimited). Never exceeded by more
-            than the requests already in flight: no request is dispatched once it is spent.
+        total: tokens all programs together may spend (None: unlimited). Each request reserves
+            its most tokens (``max_tokens x n`` plus its prompt's estimate) before it is sent and
+            is shrunk or refused when they do not fit; it settles to what it used when it ends
+            (:meth:`fit`, :meth:`settle`). Overshoot is bounded by the prompt estimates' error of
+            the requests in flight and by requests sent through a bare request slot (chunks,
+            probes) beyond what was left.
         per_program: each program's allowance (None: none; a program's own ``token_cap`` wins).
         count: which kinds count: ``"prompt"`` (uncached prompt tokens), ``"generated"``,
             ``"probe"``, ``"reward"``.
@@ -69,6 +108,8 @@ class BudgetManager:
         self.hopeless_rule = hopeless or Hopeless(after=4, below=0.3)
         self.extension, self.reallocate = extension, reallocate
         self.spent = 0
+        self.reserved = 0  # held by requests in flight
+        self._waiters: list[asyncio.Future[None]] = []  # requests waiting for reservations to settle
         self.freed = 0  # allowance returned by programs that finished under it
 
     def __repr__(self) -> str:
@@ -93,7 +134,107 @@ class BudgetManager:
         tokens = self.counted(kind, usage)
         account.spent += tokens
         self.spent += tokens
+        if account.pools:
+            billed = usage.prompt_tokens + usage.completion_tokens  # a pool bills what was processed
+            for pool in account.pools:
+                pool.spend(billed)
         return tokens
+
+    # ---------------------------------------------------------------- reservations
+
+    def limited(self, account: Account) -> bool:
+        """Whether any budget applies to ``account`` (else nothing is reserved: the fast path)."""
+        return self.total is not None or account.allowance is not None or bool(account.pools)
+
+    def free(self, account: Account, *, settled: bool = False) -> int | None:
+        """Tokens ``account`` may still reserve: the least of the global budget, its allowance and
+        its pools, less what is spent and reserved (``settled``: as if every reservation in flight
+        settled to nothing); None: no limit."""
+        left: int | None = None
+        if self.total is not None:
+            left = self.total - self.spent - (0 if settled else self.reserved)
+        if account.allowance is not None:
+            own = account.allowance - account.spent - (0 if settled else account.reserved)
+            left = own if left is None else min(left, own)
+        for pool in account.pools:
+            room = pool.room()
+            if room is not None:
+                room -= 0 if settled else pool.held()
+                left = room if left is None else min(left, room)
+        return left
+
+    def fit(
+        self,
+        account: Account,
+        kind: TokenKind,
+        n: int,
+        max_tokens: int | None,
+        prompt_tokens: int,
+        *,
+        wait: bool = False,
+    ) -> tuple[int, int | None, int] | None:
+        """Reserve a request of ``n`` sequences of at most ``max_tokens`` (None: the server's
+        default, reserved as :data:`DEFAULT_RESERVATION`) after a prompt of about
+        ``prompt_tokens``: ``(n, max_tokens, held)`` to send it with, shrunk to what is left
+        (``max_tokens`` first, then ``n``); raises :class:`BudgetExhausted` when not even
+        :data:`MIN_USEFUL_TOKENS` per sequence fit. :meth:`release` ``held`` when it ends.
+
+        With ``wait``: None instead of shrinking or refusing while other requests' reservations
+        stand in the way (wait for :meth:`settled`, then ask again)."""
+        free = self.free(account)
+        if free is None:
+            return n, max_tokens, 0
+        if free <= 0 and account.allowance is not None and self._extend(account):
+            free = self.free(account)
+            assert free is not None
+        settled = self.free(account, settled=True) if wait else None
+        shape = fit_request(
+            free,
+            settled,
+            n,
+            max_tokens,
+            prompt_tokens if "prompt" in self.count else 0,
+            kind.value in self.count,
+        )
+        if shape is None:
+            return None
+        return self._hold(account, shape[2], shape[0], shape[1])
+
+    async def settled(self) -> None:
+        """Wait until a reservation is released."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def hold(self, account: Account, tokens: int) -> int:
+        """Reserve up to ``tokens`` for a request the runtime cannot shrink (a bare request slot):
+        what is left when less; returns what was held."""
+        free = self.free(account)
+        if free is None:
+            return 0
+        return self._hold(account, max(0, min(tokens, free)), 1, None)[2]
+
+    def _hold(
+        self, account: Account, tokens: int, n: int, max_tokens: int | None
+    ) -> tuple[int, int | None, int]:
+        self.reserved += tokens
+        account.reserved += tokens
+        for pool in account.pools:
+            pool.hold(tokens)
+        return n, max_tokens, tokens
+
+    def release(self, account: Account, tokens: int) -> None:
+        """Give back a reservation (the request ended: its tokens are charged instead, in the same
+        step of the event loop); wakes the requests waiting in :meth:`settled`."""
+        if tokens:
+            self.reserved -= tokens
+            account.reserved -= tokens
+            for pool in account.pools:
+                pool.hold(-tokens)
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def close(self, account: Account) -> None:
         """A program finished: what it did not spend of its allowance goes to the freed pool."""
@@ -128,6 +269,10 @@ class BudgetManager:
         own = _own_left(account)
         if own is not None and own <= 0 and not self._extend(account):
             return StopReason.HOPELESS if self.hopeless(account) else StopReason.BUDGET
+        for pool in account.pools:
+            room = pool.room()
+            if room is not None and room <= 0:
+                return StopReason.BUDGET  # a proxy key's budget is spent
         return None
 
     def stop_reason(self, account: Account) -> StopReason | None:

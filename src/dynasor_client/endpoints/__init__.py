@@ -8,6 +8,7 @@
 from ._capabilities import Capabilities, detect
 from ._endpoint import Endpoint
 from ._errors import ConnectFailed, TLSVerificationFailed
+from ._meter import Meter, chunk_tokens, estimate_tokens, prompt_estimate
 from ._parse import split_reasoning
 from ._pool import EndpointPool
 from ._retry import RetryPolicy
@@ -34,6 +35,7 @@ __all__ = [
     "EndpointPool",
     "Generation",
     "Message",
+    "Meter",
     "PrefillContinuation",
     "Prompt",
     "RetryPolicy",
@@ -44,7 +46,10 @@ __all__ = [
     "TokenLogprob",
     "Trajectory",
     "Usage",
+    "chunk_tokens",
     "detect",
+    "estimate_tokens",
+    "prompt_estimate",
     "split_reasoning",
     "start_trajectories",
 ]

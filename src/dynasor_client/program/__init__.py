@@ -8,11 +8,13 @@
   :class:`CertaindexPoint`, :class:`ProgramResult`.
 """
 
-from ._context import ProgramContext, StandaloneContext
+from ._context import DEFAULT_RESERVATION, MIN_USEFUL_TOKENS, ProgramContext, StandaloneContext, fit_request
 from ._run import BoundProgram, Program, algorithm, as_program, only_budget, run, run_program
 from ._types import CertaindexPoint, ProgramResult, StopReason, TokenKind, TokenUsage
 
 __all__ = [
+    "DEFAULT_RESERVATION",
+    "MIN_USEFUL_TOKENS",
     "BoundProgram",
     "CertaindexPoint",
     "Program",
@@ -24,6 +26,7 @@ __all__ = [
     "TokenUsage",
     "algorithm",
     "as_program",
+    "fit_request",
     "only_budget",
     "run",
     "run_program",

@@ -16,14 +16,70 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from .._exceptions import BudgetExhausted
 from .._log import new_id, program_scope
 from ..certainty import Observations, StopRule
-from ..endpoints import Endpoint, EndpointPool, Generation, Message, Prompt, SamplingParams, Usage
+from ..endpoints import (
+    Endpoint,
+    EndpointPool,
+    Generation,
+    Message,
+    Prompt,
+    SamplingParams,
+    Usage,
+    prompt_estimate,
+)
 from ._types import CertaindexPoint, ProgramResult, StopReason, TokenKind, TokenUsage
+
+DEFAULT_RESERVATION = 1024
+"""Tokens per sequence reserved for a request that names no ``max_tokens`` (and for a request sent
+through a bare request slot, whose size the budget does not see): when fewer are left, a request
+with no ``max_tokens`` is sent with ``max_tokens`` set to what fits."""
+
+MIN_USEFUL_TOKENS = 16
+"""A request is shrunk no further than this many tokens per sequence (or its own ``max_tokens``
+when smaller): when not even that fits, it is refused (:class:`BudgetExhausted`)."""
+
+
+def fit_request(
+    free: int, settled: int | None, n: int, max_tokens: int | None, prompt: int, counted: bool
+) -> tuple[int, int | None, int] | None:
+    """The shape of a request under a budget with ``free`` tokens left to reserve (``settled``:
+    left once the reservations in flight settle; None: do not wait for them): ``(n, max_tokens,
+    tokens to reserve)``, ``max_tokens`` then ``n`` shrunk to what fits; None to wait for the
+    reservations in flight to settle first (they stand in the way); raises
+    :class:`BudgetExhausted` when not even :data:`MIN_USEFUL_TOKENS` per sequence fit.
+    ``counted``: whether the request's generated tokens count (else only its ``prompt``)."""
+    per = max_tokens or DEFAULT_RESERVATION
+    want = prompt + (per * n if counted else 0)
+    if want <= free:
+        return n, max_tokens, want
+    if settled is not None and settled > free:
+        return None
+    if not counted:  # only the prompt counts: nothing to shrink
+        if free <= 0:
+            raise _exhausted(free)
+        return n, max_tokens, free
+    room = free - prompt
+    least = min(MIN_USEFUL_TOKENS, per)
+    if room // n >= least:
+        per = room // n
+    else:
+        n = room // least
+        if n < 1:
+            raise _exhausted(free)
+        per = min(per, room // n)
+    return n, per, prompt + per * n
+
+
+def _exhausted(free: int) -> BudgetExhausted:
+    return BudgetExhausted(f"only {max(free, 0)} tokens of the budget are left: the request does not fit")
+
 
 GenerationListener = Callable[[TokenKind, Generation], None]
 ReportListener = Callable[[CertaindexPoint], None]
@@ -66,6 +122,8 @@ class ProgramContext:
         self._on_generation: list[GenerationListener] = []
         self._on_report: list[ReportListener] = []
         self._rewrite: RequestRewrite | None = None
+        self._reserved = 0  # standalone: held by this program's requests in flight
+        self._settle_waiters: list[asyncio.Future[None]] = []
 
     # ---------------------------------------------------------------- what a program calls
 
@@ -84,14 +142,22 @@ class ProgramContext:
         if (prompt is None) == (messages is None):
             raise ValueError("give exactly one of prompt= or messages=")
         params = self.request_params(params)
-        async with self.request_slot(n):
+        async with self.request_slot(n, tokens=0):
+            # Reserved once the slot is granted (the budget may have moved while it waited), and
+            # given back in the same step of the loop as the tokens are charged.
+            held = 0
+            if self.budgeted():
+                n, params, held = await self.reserve(kind, n, params, prompt, messages)
             started = self.clock()
-            with program_scope(self.program_id):  # sent as X-Program-Id: one program, one replica
-                if messages is not None:
-                    generation = await self._backend.chat(messages, n=n, params=params)
-                else:
-                    assert prompt is not None
-                    generation = await self._backend.complete(prompt, n=n, params=params)
+            try:
+                with program_scope(self.program_id):  # sent as X-Program-Id: one program, one replica
+                    if messages is not None:
+                        generation = await self._backend.chat(messages, n=n, params=params)
+                    else:
+                        assert prompt is not None
+                        generation = await self._backend.complete(prompt, n=n, params=params)
+            finally:
+                self.release(held)
             elapsed = self.clock() - started
         self.charge(kind, generation.usage)
         self.observed(generation, elapsed)
@@ -100,9 +166,11 @@ class ProgramContext:
         return generation
 
     @contextlib.asynccontextmanager
-    async def request_slot(self, n: int = 1) -> AsyncIterator[None]:
+    async def request_slot(self, n: int = 1, *, tokens: int | None = None) -> AsyncIterator[None]:
         """Wait for the right to send a request of ``n`` sequences, and hold it while inside: for
-        calls made outside :meth:`generate` (chunked decoding) that scheduling must see."""
+        calls made outside :meth:`generate` (chunked decoding) that scheduling must see. Under a
+        budget the slot also reserves ``tokens`` (None: the default reservation per sequence, or
+        what is left when less; 0: nothing, the caller reserves) until it is left."""
         if n < 1:
             raise ValueError(f"a request has at least one sequence, got n={n}")
         yield  # one program alone: nothing to wait for
@@ -204,6 +272,59 @@ class ProgramContext:
 
     def reported(self, point: CertaindexPoint) -> None:
         """The program reported a certaindex point."""
+
+    async def reserve(
+        self,
+        kind: TokenKind,
+        n: int,
+        params: SamplingParams | None,
+        prompt: Prompt | None,
+        messages: Sequence[Message] | None,
+    ) -> tuple[int, SamplingParams | None, int]:
+        """Reserve a request's most tokens before it is sent: ``(n, params, held)`` to send it
+        with, shrunk to what the budget has left (the runtime's; a standalone program reserves
+        nothing). :meth:`release` ``held`` when the request ends."""
+        max_tokens = params.max_tokens if params is not None else None
+        fitted_n, fitted, held = await self.fit(kind, n, max_tokens, prompt_estimate(prompt, messages))
+        if fitted != max_tokens:
+            params = dataclasses.replace(params or SamplingParams(), max_tokens=fitted)
+        return fitted_n, params, held
+
+    def budgeted(self) -> bool:
+        """Whether a budget applies to this program's requests (else nothing is reserved)."""
+        return self.token_budget is not None
+
+    async def fit(
+        self, kind: TokenKind, n: int, max_tokens: int | None, prompt_tokens: int
+    ) -> tuple[int, int | None, int]:
+        """Reserve a request of ``n`` sequences of at most ``max_tokens`` after a prompt of about
+        ``prompt_tokens``: ``(n, max_tokens, held)`` shrunk to what is left, after waiting for
+        other requests' reservations to settle when they stand in the way (raises
+        :class:`~dynasor_client.BudgetExhausted` when nothing useful fits)."""
+        if self.token_budget is None:
+            return n, max_tokens, 0
+        while True:  # a standalone program's own budget: all its tokens count
+            settled = self.token_budget - self.usage.total
+            shape = fit_request(settled - self._reserved, settled, n, max_tokens, prompt_tokens, True)
+            if shape is not None:
+                self._reserved += shape[2]
+                return shape
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._settle_waiters.append(waiter)
+            await waiter
+
+    def release(self, held: int) -> None:
+        """Give back what :meth:`reserve` held (the request ended; its tokens are charged)."""
+        if held:
+            self._reserved -= held
+            waiters, self._settle_waiters = self._settle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def share(self, pool: Any) -> None:
+        """Reserve and charge this program's tokens against ``pool`` too (a proxy key's budget,
+        :class:`dynasor_client.budget.Pool`); a standalone program has no reservations."""
 
     def budget_stop(self) -> StopReason | None:
         """Why the budget says stop, or None."""

@@ -256,6 +256,7 @@ def _passthrough(
         token_cap=None,
         name=f"passthrough-{kind}",
         on_end=lambda r: service.ended(r, account, f"pass-through {kind}"),
+        budget=account.budget if account is not None else None,
         buffer=service.config.stream_buffer,
         stall_s=service.config.stall_timeout_s,
     )
@@ -307,6 +308,7 @@ def _dynasor(
         token_cap=service.token_cap(account, options.token_budget),
         name=f"{algorithm}-{kind}",
         on_end=lambda r: service.ended(r, account, f"{algorithm} {kind}"),
+        budget=account.budget if account is not None else None,
         buffer=service.config.stream_buffer,
         stall_s=service.config.stall_timeout_s,
     )

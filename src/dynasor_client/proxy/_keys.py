@@ -17,10 +17,12 @@ byte-order mark is skipped and a key listed twice is an error::
     sk-ci-0b19...
     sk-ops-88d1...            admin
 
-A request's tokens are charged when it ends (its ``usage.total_tokens``: prompt plus everything
-generated, probes and extra samples included). A key whose budget is spent gets 429
-``insufficient_quota``; requests already running are not cut, so a key can overshoot its budget by
-what its concurrent requests spend (dynasor programs are capped at what is left when they start).
+A key's budget is held like the runtime's (docs/proxy.md, "Budgets and billing"): every upstream
+request of the key's programs reserves its most tokens (``max_tokens x n`` plus its prompt's
+estimate) against what the key has left before it is sent, shrunk (``max_tokens``, then ``n``) or
+refused when they do not fit, and settles to what it used when it ends. A request is billed its
+``usage.total_tokens`` (prompt plus everything generated, probes and extra samples included), or,
+when it did not complete, what it streamed. A key with nothing left gets 429 ``insufficient_quota``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Budget:
 
     limit: int | None = None
     spent: int = 0
+    reserved: int = 0  # held by requests in flight
 
     @property
     def remaining(self) -> int | None:
@@ -59,6 +62,43 @@ class Budget:
 
     def charge(self, tokens: int) -> None:
         self.spent += max(tokens, 0)
+
+    # The runtime's Pool protocol (dynasor_client.budget.Pool).
+
+    def room(self) -> int | None:
+        return None if self.limit is None else self.limit - self.spent
+
+    def held(self) -> int:
+        return self.reserved
+
+    def hold(self, tokens: int) -> None:
+        self.reserved += tokens
+
+    def spend(self, tokens: int) -> None:
+        self.charge(tokens)
+
+
+class Share:
+    """One run's part of a budget: reservations and charges go through to the budget, and the
+    tokens charged through it are counted (so that the run's final bill tops up only the rest)."""
+
+    __slots__ = ("budget", "charged")
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget, self.charged = budget, 0
+
+    def room(self) -> int | None:
+        return self.budget.room()
+
+    def held(self) -> int:
+        return self.budget.held()
+
+    def hold(self, tokens: int) -> None:
+        self.budget.hold(tokens)
+
+    def spend(self, tokens: int) -> None:
+        self.budget.charge(tokens)
+        self.charged += max(tokens, 0)
 
 
 @dataclass

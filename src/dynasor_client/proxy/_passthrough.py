@@ -8,9 +8,13 @@ its body (non-streaming) or its SSE events (parsed by ``httpx-sse``, re-framed a
 says), each forwarded the moment it arrives (no buffering), with upstream errors mapped to HTTP
 errors (:mod:`._errors`).
 
-The program holds one runtime request slot (``n`` sequences) while the upstream works, and charges
-the tokens upstream reports (``usage``), or, for a stream without usage, one token per content
-event. Cancelling it (client disconnect) closes the upstream connection, so the upstream aborts.
+The program holds one runtime request slot (``n`` sequences) while the upstream works. Under a
+budget (the proxy's, the key's) it first reserves ``max_tokens x n`` plus the prompt's estimate,
+sending ``max_tokens`` (then ``n``) shrunk to what is left, or failing with 429 when not even a few
+tokens fit. It charges the tokens upstream reports (``usage``); without them (a stream cut short,
+an upstream that reports none), once the upstream accepted the request, the prompt's estimate and
+the tokens counted in what it streamed or answered (:mod:`dynasor_client.endpoints._meter`).
+Cancelling it (client disconnect) closes the upstream connection, so the upstream aborts.
 A deadline that passes first aborts it too: 504 ``deadline_exceeded`` (an error event if the stream
 had started); a spent global budget: 429 ``insufficient_quota``.
 """
@@ -26,7 +30,8 @@ from typing import Any
 import httpx
 from starlette.responses import Response
 
-from ..endpoints import Usage
+from .._exceptions import BudgetExhausted
+from ..endpoints import Usage, chunk_tokens, prompt_estimate
 from ..program import ProgramContext, ProgramResult, StopReason, TokenKind
 from . import _sse
 from ._errors import ProxyError, transport_error, upstream_http_error
@@ -78,6 +83,23 @@ async def read_bounded(response: httpx.Response, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def request_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """The estimated prompt tokens of a pass-through body (``messages`` or ``prompt``)."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        return prompt_estimate(None, [m for m in messages if isinstance(m, Mapping)])
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return prompt_estimate(prompt)
+    if isinstance(prompt, list):
+        if all(isinstance(p, int) for p in prompt):
+            return len(prompt)
+        return sum(
+            prompt_estimate(p) if isinstance(p, str) else len(p) if isinstance(p, list) else 0 for p in prompt
+        )
+    return 0
+
+
 def usage_of(data: Any) -> Usage | None:
     """A response's or chunk's ``usage`` as :class:`Usage` (None when absent)."""
     usage = data.get("usage") if isinstance(data, Mapping) else None
@@ -100,14 +122,32 @@ class PassThrough:
         self.http, self.upstream, self.forward = http, upstream, forward
         self.usage: Usage | None = None
         self.content_events = 0
+        self.streamed = 0  # tokens counted in the content events (billing::chunk_tokens)
+        self.accepted = False  # the upstream answered 2xx: the prompt is billed
+        self.whole: Any = None  # a non-streaming answer, parsed
 
     async def __call__(self, context: ProgramContext, run: Run) -> ProgramResult:
         try:
-            async with context.request_slot(self.forward.n):
+            return await self._call(context, run)
+        except BudgetExhausted as exc:  # refused before anything was sent: the client gets a 429
+            raise ProxyError(
+                f"the token budget (the API key's or the proxy's) does not cover this request: {exc}",
+                status=429,
+                type="insufficient_quota",
+                code="insufficient_quota",
+            ) from exc
+
+    async def _call(self, context: ProgramContext, run: Run) -> ProgramResult:
+        held = 0
+        try:
+            async with context.request_slot(self.forward.n, tokens=0):
+                content = self.forward.content
+                if context.budgeted():
+                    content, held = await self._reserve(context)
                 request = self.http.build_request(
                     "POST",
                     PATHS[self.forward.kind],
-                    content=self.forward.content,
+                    content=content,
                     headers=self.forward.headers,
                 )
                 try:
@@ -115,6 +155,7 @@ class PassThrough:
                 except httpx.HTTPError as exc:
                     raise transport_error(exc, self.upstream) from exc
                 try:
+                    self.accepted = response.status_code < 400
                     if response.status_code >= 400:
                         content = await read_bounded(response, self.forward.error_bytes)
                         raise upstream_http_error(
@@ -131,8 +172,8 @@ class PassThrough:
                 finally:
                     await response.aclose()
         finally:
-            usage = self.usage or Usage(0, self.content_events)  # estimate: 1 token per content event
-            context.charge(TokenKind.GENERATED, usage)
+            context.release(held)
+            context.charge(TokenKind.GENERATED, self.billed())
         return ProgramResult(
             answer=None,
             confidence=0.0,
@@ -143,10 +184,48 @@ class PassThrough:
             program_id=context.program_id,
         )
 
+    async def _reserve(self, context: ProgramContext) -> tuple[bytes, int]:
+        """Reserve ``max_tokens x n`` plus the prompt's estimate; the body to send, shrunk to what
+        fits (``max_tokens``, then ``n``), and what was held. Raises BudgetExhausted."""
+        content, n = self.forward.content, self.forward.n
+        try:
+            body = json.loads(content)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return content, (await context.fit(TokenKind.GENERATED, n, None, 0))[2]
+        key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        most = body.get(key)
+        most = most if isinstance(most, int) and not isinstance(most, bool) and most > 0 else None
+        fitted_n, fitted, held = await context.fit(TokenKind.GENERATED, n, most, request_prompt_tokens(body))
+        if fitted_n != n or fitted != most:
+            if fitted_n != n:
+                body["n"] = fitted_n
+            body[key] = fitted
+            content = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        return content, held
+
+    def billed(self) -> Usage:
+        """What the request costs: the upstream's ``usage``; else, once the upstream accepted it,
+        the prompt's estimate and the tokens counted in what streamed (or in the whole answer)."""
+        if self.usage is not None:
+            return self.usage
+        if not self.accepted:
+            return Usage()
+        completion = self.streamed if self.whole is None else chunk_tokens(self.whole)
+        try:
+            body = json.loads(self.forward.content)
+        except ValueError:
+            body = None
+        return Usage(request_prompt_tokens(body) if isinstance(body, dict) else 0, completion)
+
     async def _whole(self, response: httpx.Response, run: Run) -> None:
         content = await response.aread()
         with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
-            self.usage = usage_of(json.loads(content))
+            self.whole = json.loads(content)
+            self.usage = usage_of(self.whole)
+            if not isinstance(self.whole, Mapping):
+                self.whole = None
         run.state["response"] = Response(
             content,
             status_code=response.status_code,
@@ -162,6 +241,7 @@ class PassThrough:
                     self.usage = usage_of(data)
                 if data.get("choices"):
                     self.content_events += 1
+                    self.streamed += chunk_tokens(data)
                 if strip and "usage" in data:
                     if not data.get("choices"):
                         continue  # the usage chunk we asked for: not the client's

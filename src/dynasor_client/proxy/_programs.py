@@ -141,6 +141,14 @@ class DynasorProgram:
             )
         except BudgetExhausted:
             result = ProgramResult.best_so_far(context, StopReason.BUDGET)
+        if result.stop_reason is StopReason.BUDGET and context.usage.total == 0:
+            raise ProxyError(  # refused before anything was generated: the client gets a 429
+                "the token budget (the API key's, the proxy's or dynasor.token_budget) does not cover "
+                "a single request of this program",
+                status=429,
+                type="insufficient_quota",
+                code="insufficient_quota",
+            )
         run.state["final"] = await asyncio.to_thread(self.finish, result)
         return result
 

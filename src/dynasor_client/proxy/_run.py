@@ -27,6 +27,7 @@ from .._log import get_logger
 from ..program import ProgramContext, ProgramResult
 from . import _sse
 from ._errors import ProxyError
+from ._keys import Budget, Share
 
 log = get_logger("dynasor_client.proxy")
 
@@ -77,15 +78,20 @@ class Run:
         on_end: Callable[[Run], None],
         buffer: int = 64,
         stall_s: float | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.events = _Events(buffer)
         self.stall_s = stall_s  # how long the client may leave the stream unread (None: for ever)
         self.context: ProgramContext | None = None
         self.started = time.monotonic()
         self.state: dict[str, Any] = {}  # what the program leaves for the renderer
+        #: The run's part of its key's budget: its requests reserve and charge it as they go.
+        self.share = Share(budget) if budget is not None and budget.limit is not None else None
 
         async def program(context: ProgramContext) -> ProgramResult:
             self.context = context
+            if self.share is not None:
+                context.share(self.share)
             return await body(context, self)
 
         self.handle = runtime.submit(program, deadline_s=deadline_s, token_cap=token_cap, name=name)

@@ -171,7 +171,9 @@ class ProxyService:
         self.budget.charge(tokens)
         self.counters.tokens += tokens
         if account is not None:
-            account.budget.charge(tokens)
+            # What the run's requests charged as they settled is already on the key: the rest
+            # (cached prompt tokens, which the runtime's budget does not count) is added now.
+            account.budget.charge(tokens - (run.share.charged if run.share is not None else 0))
             account.requests += 1
         final = run.state.get("final")
         if final is not None:

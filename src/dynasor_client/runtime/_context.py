@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from ..budget import DEFAULT_RESERVATION, Pool
 from ..endpoints import Endpoint, EndpointPool, Generation, SamplingParams, Usage
 from ..program import CertaindexPoint, ProgramContext, StopReason, TokenKind
 from ._states import ProgramRecord
@@ -40,7 +41,7 @@ class RuntimeContext(ProgramContext):
         return dataclasses.replace(params, extra_body={**params.extra_body, "priority": hint})
 
     @contextlib.asynccontextmanager
-    async def request_slot(self, n: int = 1) -> AsyncIterator[None]:
+    async def request_slot(self, n: int = 1, *, tokens: int | None = None) -> AsyncIterator[None]:
         if n < 1:
             raise ValueError(f"a request has at least one sequence, got n={n}")
         scheduler, record = self._runtime.scheduler, self.record
@@ -53,9 +54,15 @@ class RuntimeContext(ProgramContext):
                 scheduler.release(n)  # granted just as it was cancelled: give the slot back
             raise
         record.requests += 1
+        budget, account = self._runtime.budget, record.account
+        held = 0
+        if tokens != 0 and budget.limited(account):
+            held = budget.hold(account, DEFAULT_RESERVATION * n if tokens is None else tokens)
         try:
             yield
         finally:
+            if held:
+                budget.release(account, held)
             scheduler.release(n)
 
     def observed(self, generation: Generation, elapsed_s: float) -> None:
@@ -66,6 +73,25 @@ class RuntimeContext(ProgramContext):
     def charge(self, kind: TokenKind, usage: Usage) -> None:
         super().charge(kind, usage)
         self._runtime.charge(self.record, kind, usage)
+
+    def budgeted(self) -> bool:
+        return self._runtime.budget.limited(self.record.account)
+
+    async def fit(
+        self, kind: TokenKind, n: int, max_tokens: int | None, prompt_tokens: int
+    ) -> tuple[int, int | None, int]:
+        budget, account = self._runtime.budget, self.record.account
+        while (fitted := budget.fit(account, kind, n, max_tokens, prompt_tokens, wait=True)) is None:
+            await budget.settled()
+        return fitted
+
+    def release(self, held: int) -> None:
+        if held:
+            self._runtime.budget.release(self.record.account, held)
+
+    def share(self, pool: Pool) -> None:
+        """Reserve and charge this program's tokens against ``pool`` too (a proxy key's budget)."""
+        self.record.account.pools.append(pool)
 
     def tokens_left(self) -> int | None:
         return self._runtime.budget.tokens_left(self.record.account)

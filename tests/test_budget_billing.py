@@ -1,0 +1,245 @@
+"""Budgets that hold (reserve before generating, settle after) and billing of work that does not
+complete (issue 17, parts 2 and 3), over real HTTP on 127.0.0.1: the replay engine and the
+fault-injection server.
+
+The documented bound (docs/proxy.md, "Budgets and billing"): a budget is overshot by no more than
+the prompt estimates' error of the requests in flight (plus, for chunked decoding, one chunk). The
+replay engine counts prompt tokens about as the estimate does, so the tests allow ``SLACK`` tokens
+per request in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from dynasor_client import BudgetExhausted, Endpoint
+from dynasor_client.algorithms import self_consistency
+from dynasor_client.budget import DEFAULT_RESERVATION, BudgetManager
+from dynasor_client.program import TokenKind, as_program, fit_request
+from dynasor_client.proxy import KeyStore, ProxyConfig, ProxyServer
+from dynasor_client.replay import ReplayServer
+from dynasor_client.runtime import Runtime
+from dynasor_client.traces import TraceQuestion
+from tests.support.replay import traces_or_skip
+
+SLACK = 32  # tokens of prompt-estimate error allowed per request in flight
+
+
+@pytest.fixture(scope="module")
+def svamp() -> list[TraceQuestion]:
+    return traces_or_skip("svamp-codex-sc30.jsonl")[:40]
+
+
+@pytest.fixture
+async def replay(svamp: list[TraceQuestion]) -> AsyncIterator[ReplayServer]:
+    async with ReplayServer(svamp, profile="llama3-8b-h100-80gb", time_scale=0.0, seed=3) as server:
+        yield server
+
+
+def _messages(question: TraceQuestion) -> list[dict[str, str]]:
+    return [{"role": "user", "content": question.question}]
+
+
+# ---------------------------------------------------------------------------- the arithmetic
+
+
+def test_fit_request_shrinks_max_tokens_then_n_then_refuses() -> None:
+    assert fit_request(1000, None, 4, 100, 50, True) == (4, 100, 450)  # fits as asked
+    assert fit_request(250, None, 4, 100, 50, True) == (4, 50, 250)  # max_tokens shrunk
+    assert fit_request(80, None, 4, 100, 50, True) == (1, 30, 80)  # then n
+    with pytest.raises(BudgetExhausted):
+        fit_request(60, None, 4, 100, 50, True)  # not even 16 tokens of one sequence
+    assert fit_request(250, 900, 4, 100, 50, True) is None  # wait: reservations stand in the way
+    assert fit_request(10_000, None, 2, None, 10, True) == (2, None, 10 + 2 * DEFAULT_RESERVATION)
+    assert fit_request(500, None, 2, None, 10, True) == (2, 245, 500)  # no max_tokens: set to fit
+    assert fit_request(100, None, 8, 100, 40, False) == (8, 100, 40)  # only the prompt counts
+
+
+def test_manager_reserves_against_global_allowance_and_pool() -> None:
+    class Pool:
+        def __init__(self, limit: int) -> None:
+            self.limit, self.spent, self.reserved = limit, 0, 0
+
+        def room(self) -> int | None:
+            return self.limit - self.spent
+
+        def held(self) -> int:
+            return self.reserved
+
+        def hold(self, tokens: int) -> None:
+            self.reserved += tokens
+
+        def spend(self, tokens: int) -> None:
+            self.spent += tokens
+
+    manager = BudgetManager(total=1000, per_program=600)
+    a, b = manager.open(), manager.open()
+    pool = Pool(300)
+    b.pools.append(pool)
+    assert manager.fit(a, TokenKind.GENERATED, 2, 250, 50) == (2, 250, 550)
+    assert manager.free(a) == 50  # its allowance: 600 - 550
+    assert manager.free(b) == min(1000 - 550, 600, 300)
+    shape = manager.fit(b, TokenKind.GENERATED, 4, 200, 20)
+    assert shape == (4, 70, 300) and pool.reserved == 300
+    assert manager.fit(b, TokenKind.GENERATED, 1, 10, 10, wait=True) is None  # wait for b's own
+    manager.release(b, 300)
+    assert pool.reserved == 0 and manager.reserved == 550
+
+
+# ---------------------------------------------------------------------------- the runtime
+
+
+async def test_many_concurrent_programs_hold_a_small_global_budget(svamp: list[TraceQuestion]) -> None:
+    budget = 2000
+    async with (
+        ReplayServer(svamp, profile="llama3-8b-h100-80gb", time_scale=0.0, seed=1) as server,
+        Endpoint(server.base_url, capabilities=server.capabilities) as endpoint,
+        Runtime(endpoint, token_budget=budget, window=None) as runtime,
+    ):
+        programs = [as_program(self_consistency, q.question, n=8, rounds="one") for q in svamp[:20]]
+        results = await asyncio.gather(*(runtime.run(p) for p in programs))
+    spent = runtime.budget.spent
+    assert spent == sum(r.tokens.total for r in results)
+    assert 0.9 * budget <= spent <= budget + SLACK  # before: 2,000 -> 6,454
+    assert runtime.budget.reserved == 0
+
+
+async def test_program_allowances_hold_with_n_above_one(svamp: list[TraceQuestion]) -> None:
+    async with (
+        ReplayServer(svamp, profile="llama3-8b-h100-80gb", time_scale=0.0, seed=2) as server,
+        Endpoint(server.base_url, capabilities=server.capabilities) as endpoint,
+        Runtime(endpoint, program_tokens=300) as runtime,
+    ):
+        programs = [as_program(self_consistency, q.question, n=30, rounds="one") for q in svamp[:10]]
+        results = await asyncio.gather(*(runtime.run(p) for p in programs))
+    for result in results:
+        assert result.tokens.total <= 300 + SLACK
+
+
+# ---------------------------------------------------------------------------- the proxy
+
+
+def _client(proxy: ProxyServer, key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=proxy.base_url, api_key=key, max_retries=0, timeout=60)
+
+
+async def _settle(proxy: ProxyServer) -> None:
+    """Wait until every run ended (their bills are final)."""
+    for _ in range(10_000):
+        if proxy.service.counters.running == 0:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("runs did not end")
+
+
+async def test_one_sc_request_holds_the_key_budget(replay: ReplayServer, svamp: list[TraceQuestion]) -> None:
+    keys = KeyStore({"sk-small-budget-0001": 1000})
+    config = ProxyConfig(upstream=replay.base_url, capabilities=replay.capabilities, keys=keys)
+    async with ProxyServer(config) as proxy, _client(proxy, "sk-small-budget-0001") as client:
+        answer = await client.chat.completions.create(
+            model="replay+sc30", messages=_messages(svamp[3]), extra_body={"dynasor": {"detect": 30}}
+        )
+        await _settle(proxy)
+        assert answer.usage is not None
+        (account,) = keys.accounts()
+        assert account.budget.spent == answer.usage.total_tokens <= 1000 + SLACK
+        assert account.budget.reserved == 0
+
+
+@pytest.mark.parametrize("budget", [50, 200, 1000])
+async def test_dynasor_token_budget_holds(
+    replay: ReplayServer, svamp: list[TraceQuestion], budget: int
+) -> None:
+    config = ProxyConfig(upstream=replay.base_url, capabilities=replay.capabilities)
+    async with ProxyServer(config) as proxy, _client(proxy, "none") as client:
+        if budget == 50:  # the prompt (~40 tokens) and 16 tokens of a sample do not fit: refused
+            with pytest.raises(openai.RateLimitError) as refused:
+                await client.chat.completions.create(
+                    model="replay+sc16",
+                    messages=_messages(svamp[5]),
+                    extra_body={"dynasor": {"token_budget": 50}},
+                )
+            assert refused.value.code == "insufficient_quota"
+            return
+        answer = await client.chat.completions.create(
+            model="replay+sc16",
+            messages=_messages(svamp[5]),
+            extra_body={"dynasor": {"token_budget": budget}},
+        )
+        assert answer.usage is not None and answer.usage.total_tokens <= budget + SLACK  # before: 1,445
+
+
+async def test_concurrent_requests_hold_the_key_budget(
+    replay: ReplayServer, svamp: list[TraceQuestion]
+) -> None:
+    """40 pass-through streams (no max_tokens: the default reservation, shrunk to fit), 10 with n=4,
+    and 10 sc requests, all at once, on a key with 3,000 tokens."""
+    key, budget = "sk-shared-budget-0002", 3000
+    keys = KeyStore({key: budget})
+    config = ProxyConfig(upstream=replay.base_url, capabilities=replay.capabilities, keys=keys)
+    statuses: list[int] = []
+
+    async def stream(i: int, n: int) -> None:
+        body: dict[str, Any] = {
+            "model": "replay",
+            "messages": _messages(svamp[i % 40]),
+            "stream": True,
+            "n": n,
+        }
+        async with (
+            httpx.AsyncClient(timeout=60) as http,
+            http.stream(
+                "POST",
+                f"{proxy.base_url}/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {key}"},
+            ) as response,
+        ):
+            await response.aread()
+            statuses.append(response.status_code)
+
+    async def sc(i: int) -> None:
+        try:
+            await client.chat.completions.create(model="replay+sc8", messages=_messages(svamp[i]))
+            statuses.append(200)
+        except openai.RateLimitError as exc:
+            statuses.append(exc.status_code)
+
+    async with ProxyServer(config) as proxy, _client(proxy, key) as client:
+        await asyncio.gather(
+            *(stream(i, 1) for i in range(40)),
+            *(stream(i, 4) for i in range(10)),
+            *(sc(i) for i in range(10)),
+        )
+        await _settle(proxy)
+        (account,) = keys.accounts()
+        in_flight = config.max_in_flight
+        assert account.budget.spent <= budget + SLACK * in_flight  # before: x6.5 (40 streams), x29.6 (20 sc)
+        assert account.budget.spent >= 0.8 * budget and account.budget.reserved == 0
+        print(f"key budget {budget}: spent {account.budget.spent}, statuses {sorted(statuses)}")
+        assert set(statuses) == {200, 429}  # what no longer fits is refused with 429
+
+
+async def test_passthrough_n_is_capped(replay: ReplayServer, svamp: list[TraceQuestion]) -> None:
+    key = "sk-capped-n-0003"
+    keys = KeyStore({key: 200})
+    config = ProxyConfig(upstream=replay.base_url, capabilities=replay.capabilities, keys=keys)
+    async with ProxyServer(config) as proxy, _client(proxy, key) as client:
+        answer = await client.chat.completions.create(
+            model="replay", messages=_messages(svamp[0]), n=16, max_tokens=200
+        )
+        await _settle(proxy)
+        assert answer.usage is not None and answer.usage.total_tokens <= 200 + SLACK  # before: n=64 -> x5.7
+        # ~160 tokens after the prompt: max_tokens first (not under 16 each), then n.
+        assert len(answer.choices) < 16 and all(c.finish_reason == "length" for c in answer.choices)
+        (account,) = keys.accounts()
+        assert account.budget.spent == answer.usage.total_tokens
+        with pytest.raises(openai.RateLimitError) as refused:  # nothing useful is left
+            await client.chat.completions.create(model="replay", messages=_messages(svamp[0]), max_tokens=50)
+        assert refused.value.code == "insufficient_quota"
