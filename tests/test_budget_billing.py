@@ -11,21 +11,30 @@ per request in flight.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from dynasor_client import BudgetExhausted, Endpoint
+from dynasor_client import BudgetExhausted, Capabilities, Endpoint, EndpointError, RetryPolicy
 from dynasor_client.algorithms import self_consistency
 from dynasor_client.budget import DEFAULT_RESERVATION, BudgetManager
-from dynasor_client.program import TokenKind, as_program, fit_request
+from dynasor_client.endpoints import estimate_tokens, prompt_estimate
+from dynasor_client.program import (
+    ProgramContext,
+    ProgramResult,
+    StopReason,
+    TokenKind,
+    as_program,
+    fit_request,
+)
 from dynasor_client.proxy import KeyStore, ProxyConfig, ProxyServer
 from dynasor_client.replay import ReplayServer
 from dynasor_client.runtime import Runtime
 from dynasor_client.traces import TraceQuestion
+from tests.support.faulty_server import MODEL_ID, FaultyServer
 from tests.support.replay import traces_or_skip
 
 SLACK = 32  # tokens of prompt-estimate error allowed per request in flight
@@ -243,3 +252,142 @@ async def test_passthrough_n_is_capped(replay: ReplayServer, svamp: list[TraceQu
         with pytest.raises(openai.RateLimitError) as refused:  # nothing useful is left
             await client.chat.completions.create(model="replay", messages=_messages(svamp[0]), max_tokens=50)
         assert refused.value.code == "insufficient_quota"
+
+
+# ---------------------------------------------------------------------------- billing what streamed
+
+MESSAGES = [{"role": "user", "content": "what is forty two"}]
+PROMPT_ESTIMATE = prompt_estimate(None, MESSAGES)  # 17 characters: 5 tokens, plus 4 for the message
+FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.1, jitter_s=0.0, max_total_s=10)
+
+
+@pytest.fixture(scope="module")
+def faulty_module() -> Iterator[FaultyServer]:
+    with FaultyServer() as server:
+        yield server
+
+
+@pytest.fixture
+def faulty(faulty_module: FaultyServer) -> FaultyServer:
+    faulty_module.reset()  # each test's faults fire afresh
+    return faulty_module
+
+
+def _faulty_endpoint(server: FaultyServer, scenario: str, retry: RetryPolicy = FAST) -> Endpoint:
+    return Endpoint(
+        server.base_url(scenario), model=MODEL_ID, retry=retry, capabilities=Capabilities(), timeout=5.0
+    )
+
+
+async def _until(check: Any, what: str) -> None:
+    for _ in range(2000):  # polled, up to ~20 s: the check, not the clock, decides
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{what}: did not happen")
+
+
+async def _generate_once(context: ProgramContext) -> ProgramResult:
+    generation = await context.generate(messages=MESSAGES)
+    return context.result(generation.choices[0].text, None)
+
+
+async def test_a_stream_dropped_mid_way_is_billed_what_it_streamed(faulty: FaultyServer) -> None:
+    # The first attempt streams 20 of its 40 tokens and is cut; the retry completes.
+    async with (
+        _faulty_endpoint(faulty, "cut-20-1") as endpoint,
+        Runtime(endpoint, token_budget=100_000) as runtime,
+    ):
+        result = await runtime.run(_generate_once)
+    completed = result.tokens.total - (PROMPT_ESTIMATE + 20)
+    assert completed == 4 + 40  # the retry's usage: 4 prompt words, 40 tokens
+    assert runtime.budget.spent == result.tokens.total  # before: the cut attempt was free
+
+    # Without a retry the request fails: still billed its prompt and the 20 tokens it streamed.
+    async with (
+        _faulty_endpoint(faulty, "cut-20-5", RetryPolicy(max_attempts=1)) as endpoint,
+        Runtime(endpoint, token_budget=100_000) as runtime,
+    ):
+        handle = runtime.submit(_generate_once)
+        with pytest.raises(EndpointError):
+            await handle
+    assert runtime.budget.spent == PROMPT_ESTIMATE + 20  # before: 0
+
+
+async def test_a_program_cut_by_its_deadline_is_billed_what_its_requests_streamed(
+    faulty: FaultyServer,
+) -> None:
+    # The upstream streams 10 tokens, then stalls: the deadline aborts the request.
+    async with (
+        _faulty_endpoint(faulty, "stall-10") as endpoint,
+        Runtime(endpoint, token_budget=100_000) as runtime,
+    ):
+        result = await runtime.run(_generate_once, deadline_s=1.0)
+    assert result.stop_reason is StopReason.DEADLINE and result.partial
+    assert result.tokens.total == runtime.budget.spent == PROMPT_ESTIMATE + 10  # before: 0
+    assert await asyncio.to_thread(faulty.wait_ended, "stall-10", 10.0)  # and the upstream was aborted
+
+
+async def test_an_abandoned_passthrough_stream_bills_prompt_and_streamed(faulty: FaultyServer) -> None:
+    key = "sk-abandons-streams-0004"
+    keys = KeyStore({key: 100_000})
+    config = ProxyConfig(upstream=faulty.root_url + "/stall-12/v1", capabilities=Capabilities(), keys=keys)
+    body = {"model": MODEL_ID, "messages": MESSAGES, "stream": True}
+    async with ProxyServer(config) as proxy, httpx.AsyncClient(timeout=10) as http:
+        async with http.stream(
+            "POST",
+            f"{proxy.base_url}/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+        ) as response:
+            seen = 0
+            async for line in response.aiter_lines():
+                seen += line.startswith("data:")
+                if seen == 12:
+                    break  # the client leaves mid-stream
+        await _until(lambda: proxy.service.counters.running == 0, "the run ended")
+        (account,) = keys.accounts()
+        assert account.budget.spent == PROMPT_ESTIMATE + 12  # before: 12 (the prompt was never billed)
+        assert account.budget.reserved == 0
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+async def test_an_upstream_without_usage_is_billed_an_estimate(faulty: FaultyServer, stream: bool) -> None:
+    key = "sk-no-usage-upstream-0005"
+    keys = KeyStore({key: None})
+    config = ProxyConfig(upstream=faulty.root_url + "/no-usage/v1", capabilities=Capabilities(), keys=keys)
+    async with ProxyServer(config) as proxy, _client(proxy, key) as client:
+        if stream:
+            chunks = [
+                c
+                async for c in await client.chat.completions.create(
+                    model=MODEL_ID, messages=MESSAGES, stream=True
+                )
+            ]
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            generated = sum(  # each content event: its characters / 4, at least 1
+                max(1, estimate_tokens(c.choices[0].delta.content))
+                for c in chunks
+                if c.choices and c.choices[0].delta.content
+            )
+        else:
+            answer = await client.chat.completions.create(model=MODEL_ID, messages=MESSAGES)
+            assert answer.usage is None
+            text = answer.choices[0].message.content or ""
+            generated = estimate_tokens(text)
+        await _until(lambda: proxy.service.counters.running == 0, "the run ended")
+        (account,) = keys.accounts()
+        assert text and account.budget.spent == PROMPT_ESTIMATE + generated > 0  # before: 0
+
+
+async def test_sc_after_a_mid_stream_drop_bills_the_dropped_attempt(faulty: FaultyServer) -> None:
+    key = "sk-sc-after-drop-0006"
+    keys = KeyStore({key: None})
+    config = ProxyConfig(upstream=faulty.root_url + "/cut-20-1/v1", capabilities=Capabilities(), keys=keys)
+    async with ProxyServer(config, retry=FAST) as proxy, _client(proxy, key) as client:
+        answer = await client.chat.completions.create(model=f"{MODEL_ID}+sc4", messages=MESSAGES)
+        await _until(lambda: proxy.service.counters.running == 0, "the run ended")
+        (account,) = keys.accounts()
+        assert answer.usage is not None and account.budget.spent == answer.usage.total_tokens
+        # 4 samples of 40 tokens, plus the 20 the cut attempt streamed (before: 0 for it)
+        assert answer.usage.completion_tokens == 4 * 40 + 20

@@ -29,10 +29,17 @@ Scenarios (numbers are parameters; decimals allowed for seconds):
 - ``endless``: a stream request is answered with an SSE stream that never ends (events of ~8 KiB,
   as fast as the peer reads them); a request without ``stream`` as ``ok``.
 - ``huge-error-{mib}``: HTTP 500 with a JSON error body of {mib} MiB (sent 1 MiB at a time).
+- ``cut-{m}-{k}``: the first k are answered with ``2m`` tokens (`` w0 w1 ...``, one per event)
+  of which the first m are streamed before the connection is dropped (no finish, usage or
+  ``[DONE]``; a request without ``stream``: half the body, as ``drop``); then ``ok``-like answers
+  of ``2m`` tokens.
+- ``stall-{m}``: a stream request is answered with m tokens, then nothing but SSE comments every
+  50 ms until the peer leaves (:meth:`FaultyServer.wait_ended`); without ``stream`` as ``ok``.
+- ``no-usage``: as ``ok``, but no ``usage`` anywhere (not even with ``include_usage``).
 
 For ``endless`` and ``huge-error-*``, :meth:`FaultyServer.sent_bytes` counts the body bytes handed
-to the socket (it stops growing while the peer does not read) and :meth:`FaultyServer.wait_ended`
-waits until such a response ended (finished, or the peer closed the connection).
+to the socket (it stops growing while the peer does not read); for them and ``stall-*``,
+:meth:`FaultyServer.wait_ended` waits until such a response ended (finished, or the peer left).
 
 Only generation requests (completions and chat) count towards a scenario's fault budget; ``/health``
 and ``/v1/models`` always answer normally (``auth`` aside).
@@ -96,6 +103,9 @@ _SCENARIOS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("json-for-stream", re.compile(r"json-for-stream")),
     ("endless", re.compile(r"endless")),
     ("huge-error", re.compile(r"huge-error-(?P<k>\d+)")),
+    ("cut", re.compile(r"cut-(?P<max_n>\d+)-(?P<k>\d+)")),
+    ("stall", re.compile(r"stall-(?P<max_n>\d+)")),
+    ("no-usage", re.compile(r"no-usage")),
 )
 _MIB = 1024 * 1024
 
@@ -487,6 +497,17 @@ class FaultyServer:
         finally:
             self._ended_event(scenario).set()
 
+    async def _stall(self, scenario: str, responder: _Responder) -> None:
+        """SSE comments (which clients skip) every 50 ms until the peer leaves."""
+        try:
+            while True:
+                await responder.send_chunk(b": stalled\n\n")
+                await asyncio.sleep(0.05)
+        except ConnectionError:
+            pass
+        finally:
+            self._ended_event(scenario).set()
+
     # -- event-loop side ----------------------------------------------------------------------------
 
     def _run(self, ready: threading.Event) -> None:
@@ -728,6 +749,9 @@ class FaultyServer:
             prompt_tokens = _count_words(body.get("prompt"))
 
         choices = _build_choices(n, max_tokens, reasoning=scenario.kind == "reasoning" and endpoint == "chat")
+        if scenario.kind in ("cut", "stall"):  # long answers: m tokens are streamed before the fault
+            length = 2 * scenario.max_n if max_tokens is None else min(2 * scenario.max_n, max_tokens)
+            choices = [_Choice(c.index, [], [f" w{j}" for j in range(length)], "stop") for c in choices]
         if k is not None:
             for choice in choices:
                 choice.logprob_entries = _chat_logprob_entries(choice.tokens, k)
@@ -739,7 +763,10 @@ class FaultyServer:
         }
         legacy = scenario.kind == "legacy-logprobs" and endpoint == "completions"
         model = body.get("model") or MODEL_ID
-        drop = scenario.kind == "drop" and in_fault_budget
+        drop = scenario.kind in ("drop", "cut") and in_fault_budget
+        cut_at = 2 if scenario.kind == "drop" else scenario.max_n  # events streamed before a drop
+        if scenario.kind == "no-usage":
+            include_usage = False
 
         if scenario.kind == "endless" and stream:
             await responder.send_head(200, [("Content-Type", "text/event-stream")])  # close-delimited
@@ -763,8 +790,11 @@ class FaultyServer:
                 ],
             )
             for number, event in enumerate(events):
-                if drop and number == 2:
+                if drop and number == cut_at:
                     return  # _on_connection closes the socket: no terminating chunk, no [DONE]
+                if scenario.kind == "stall" and number == scenario.max_n:
+                    await self._stall(scenario_name, responder)
+                    return
                 if number:
                     await asyncio.sleep(CHUNK_DELAY_S)
                 data = _sse(event)
@@ -775,6 +805,8 @@ class FaultyServer:
             return
 
         payload = self._full_response(endpoint, response_id, model, choices, k, legacy, usage)
+        if scenario.kind == "no-usage":
+            payload.pop("usage", None)
         data = json.dumps(payload).encode()
         if scenario.kind == "bad-utf8":
             data = data.replace(b'"content": "', b'"content": "\xff', 1).replace(

@@ -8,7 +8,7 @@
 from ._capabilities import Capabilities, detect
 from ._endpoint import Endpoint
 from ._errors import ConnectFailed, TLSVerificationFailed
-from ._meter import Meter, chunk_tokens, estimate_tokens, prompt_estimate
+from ._meter import Meter, chunk_tokens, estimate_tokens, meter_var, prompt_estimate
 from ._parse import split_reasoning
 from ._pool import EndpointPool
 from ._retry import RetryPolicy
@@ -49,6 +49,7 @@ __all__ = [
     "chunk_tokens",
     "detect",
     "estimate_tokens",
+    "meter_var",
     "prompt_estimate",
     "split_reasoning",
     "start_trajectories",

@@ -31,6 +31,7 @@ from .._exceptions import BadRequest, EndpointError, EndpointUnavailable, Malfor
 from .._log import get_logger, new_id, program_id_var, request_id_var, request_scope
 from ._capabilities import Capabilities, Reprobe, probe
 from ._errors import n_limit_from, translate
+from ._meter import meter_var
 from ._parse import ChoiceAccumulator
 from ._retry import RetryPolicy
 from ._types import Generation, Kind, Message, Prompt, SamplingParams, Usage
@@ -394,6 +395,8 @@ class Endpoint:
             headers["X-Program-Id"] = program
         resource: Any = self._client.chat.completions if kind == "chat" else self._client.completions
         where = f"{self.name} {'chat/completions' if kind == 'chat' else 'completions'}"
+        meter = meter_var.get()  # set by whoever bills requests that do not complete
+        attempt = meter.attempt(body) if meter is not None else None
         async with self._slot():
             try:
                 if not stream:
@@ -402,9 +405,14 @@ class Endpoint:
                     async with resource.with_streaming_response.create(
                         model=model, extra_body=extra or None, extra_headers=headers, **args
                     ) as response:
+                        if attempt is not None:
+                            attempt.reached()
                         data = await response.read()  # bytes: JSON is UTF-8, no charset sniffing
                     try:
-                        return [json.loads(data)]
+                        answer = json.loads(data)
+                        if attempt is not None:
+                            attempt.done = True
+                        return [answer]
                     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
                         text = data.decode("utf-8", errors="replace")
                         raise MalformedResponse(
@@ -415,11 +423,17 @@ class Endpoint:
                 response = await resource.create(
                     model=model, stream=True, extra_body=extra or None, extra_headers=headers, **args
                 )
+                if attempt is not None:
+                    attempt.reached()
                 async with contextlib.aclosing(_iterate(response)) as events:
                     async for chunk in events:
                         if ttft is not None and not ttft and _has_content(chunk):
                             ttft.append(time.perf_counter())
                         chunks.append(chunk)
+                        if attempt is not None:
+                            attempt.streamed(chunk)
+                if attempt is not None:
+                    attempt.done = True
                 return chunks
             except EndpointError:
                 raise

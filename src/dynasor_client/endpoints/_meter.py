@@ -76,30 +76,61 @@ def chunk_tokens(chunk: Mapping[str, Any]) -> int:
     return total
 
 
-class Meter:
-    """What requests sent under it cost so far, for billing the ones that do not complete.
+class Attempt:
+    """One HTTP request under a :class:`Meter`: its prompt's estimate once it reached the server,
+    the tokens counted in what it streamed, and whether it completed (then its ``usage`` counts)."""
 
-    ``prompt`` is the estimate billed once a request reached the server; every chunk adds its
-    tokens to ``completion``. :meth:`usage` is what an aborted request is billed."""
+    __slots__ = ("body", "completion", "done", "prompt")
 
-    __slots__ = ("completion", "prompt", "prompt_tokens", "sent")
-
-    def __init__(self, prompt_tokens: int = 0) -> None:
-        self.prompt_tokens = prompt_tokens
-        self.sent = 0  # requests that reached the server
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        self.body = body
         self.prompt = 0
         self.completion = 0
+        self.done = False
 
     def reached(self) -> None:
-        """A request reached the server: its prompt is billed."""
-        self.sent += 1
-        self.prompt += self.prompt_tokens
+        """The server accepted the request: its prompt is billed."""
+        messages = self.body.get("messages")
+        prompt = self.body.get("prompt")
+        self.prompt = prompt_estimate(
+            prompt if isinstance(prompt, str | list) else None,
+            messages if isinstance(messages, list) else None,
+        )
 
     def streamed(self, chunk: Mapping[str, Any]) -> None:
         self.completion += chunk_tokens(chunk)
 
+
+class Meter:
+    """What the HTTP requests sent under it (:data:`meter_var`) cost, for billing the ones that did
+    not complete: cancelled, timed out, dropped mid-stream, failed, retried."""
+
+    __slots__ = ("attempts",)
+
+    def __init__(self) -> None:
+        self.attempts: list[Attempt] = []
+
+    def attempt(self, body: Mapping[str, Any]) -> Attempt:
+        attempt = Attempt(body)
+        self.attempts.append(attempt)
+        return attempt
+
+    def unfinished(self) -> Usage:
+        """The estimate of the requests that did not complete (their usage was never reported)."""
+        return self._sum(a for a in self.attempts if not a.done)
+
     def usage(self) -> Usage:
-        return Usage(self.prompt, self.completion)
+        """The estimate of every request (when the call failed as a whole, completed parts' usage
+        is lost with it)."""
+        return self._sum(self.attempts)
+
+    @staticmethod
+    def _sum(attempts: Any) -> Usage:
+        prompt = completion = 0
+        for attempt in attempts:
+            prompt += attempt.prompt
+            completion += attempt.completion
+        return Usage(prompt, completion)
 
 
 meter_var: contextvars.ContextVar[Meter | None] = contextvars.ContextVar("dynasor_meter", default=None)

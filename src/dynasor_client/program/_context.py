@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from .._exceptions import BudgetExhausted
@@ -29,9 +29,11 @@ from ..endpoints import (
     EndpointPool,
     Generation,
     Message,
+    Meter,
     Prompt,
     SamplingParams,
     Usage,
+    meter_var,
     prompt_estimate,
 )
 from ._types import CertaindexPoint, ProgramResult, StopReason, TokenKind, TokenUsage
@@ -123,6 +125,8 @@ class ProgramContext:
         self._on_report: list[ReportListener] = []
         self._rewrite: RequestRewrite | None = None
         self._reserved = 0  # standalone: held by this program's requests in flight
+        #: Bill the requests that do not complete even without a budget (the proxy bills its keys).
+        self.bill_aborted = False
         self._settle_waiters: list[asyncio.Future[None]] = []
 
     # ---------------------------------------------------------------- what a program calls
@@ -150,7 +154,7 @@ class ProgramContext:
                 n, params, held = await self.reserve(kind, n, params, prompt, messages)
             started = self.clock()
             try:
-                with program_scope(self.program_id):  # sent as X-Program-Id: one program, one replica
+                with program_scope(self.program_id), self.metered(kind):  # X-Program-Id: one replica
                     if messages is not None:
                         generation = await self._backend.chat(messages, n=n, params=params)
                     else:
@@ -173,7 +177,42 @@ class ProgramContext:
         what is left when less; 0: nothing, the caller reserves) until it is left."""
         if n < 1:
             raise ValueError(f"a request has at least one sequence, got n={n}")
-        yield  # one program alone: nothing to wait for
+        if tokens == 0:  # generate(): it meters its own request
+            yield  # one program alone: nothing to wait for
+            return
+        with self.metered(TokenKind.GENERATED):
+            yield
+
+    @contextlib.contextmanager
+    def metered(self, kind: TokenKind) -> Iterator[None]:
+        """Bill the HTTP requests sent inside that do not complete (cancelled, dropped mid-stream,
+        timed out, failed, retried): their prompt's estimate once the server accepted them and the
+        tokens counted in what they streamed (:class:`~dynasor_client.endpoints.Meter`), charged
+        as ``kind``. Completed requests are charged by the caller, from their ``usage``. Only
+        while :meth:`metering` (no budget, not under the proxy: nothing changes)."""
+        if not self.metering():
+            yield
+            return
+        meter = Meter()
+        token = meter_var.set(meter)
+        try:
+            yield
+        except BaseException:
+            self._bill(kind, meter.usage())
+            raise
+        else:
+            self._bill(kind, meter.unfinished())
+        finally:
+            meter_var.reset(token)
+
+    def _bill(self, kind: TokenKind, usage: Usage) -> None:
+        if usage.prompt_tokens or usage.completion_tokens:
+            self.charge(kind, usage)
+
+    def metering(self) -> bool:
+        """Whether requests that do not complete are billed: under a budget, or when asked
+        (:attr:`bill_aborted`, the proxy)."""
+        return self.bill_aborted or self.budgeted()
 
     def charge(self, kind: TokenKind, usage: Usage) -> None:
         """Count tokens spent (also those spent outside :meth:`generate`)."""

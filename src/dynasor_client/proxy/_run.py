@@ -90,6 +90,7 @@ class Run:
 
         async def program(context: ProgramContext) -> ProgramResult:
             self.context = context
+            context.bill_aborted = True  # a key is billed for what its aborted requests streamed
             if self.share is not None:
                 context.share(self.share)
             return await body(context, self)

@@ -59,7 +59,11 @@ class RuntimeContext(ProgramContext):
         if tokens != 0 and budget.limited(account):
             held = budget.hold(account, DEFAULT_RESERVATION * n if tokens is None else tokens)
         try:
-            yield
+            if tokens == 0:  # generate(): it meters its own request
+                yield
+            else:
+                with self.metered(TokenKind.GENERATED):
+                    yield
         finally:
             if held:
                 budget.release(account, held)
