@@ -83,6 +83,8 @@ def _exhausted(free: int) -> BudgetExhausted:
     return BudgetExhausted(f"only {max(free, 0)} tokens of the budget are left: the request does not fit")
 
 
+_UNMETERED = contextlib.nullcontext()
+
 GenerationListener = Callable[[TokenKind, Generation], None]
 ReportListener = Callable[[CertaindexPoint], None]
 RequestRewrite = Callable[
@@ -150,11 +152,13 @@ class ProgramContext:
             # Reserved once the slot is granted (the budget may have moved while it waited), and
             # given back in the same step of the loop as the tokens are charged.
             held = 0
-            if self.budgeted():
+            budgeted = self.budgeted()
+            if budgeted:
                 n, params, held = await self.reserve(kind, n, params, prompt, messages)
+            metered = self.metered(kind) if budgeted or self.bill_aborted else _UNMETERED
             started = self.clock()
             try:
-                with program_scope(self.program_id), self.metered(kind):  # X-Program-Id: one replica
+                with program_scope(self.program_id), metered:  # X-Program-Id: one program, one replica
                     if messages is not None:
                         generation = await self._backend.chat(messages, n=n, params=params)
                     else:
@@ -177,7 +181,7 @@ class ProgramContext:
         what is left when less; 0: nothing, the caller reserves) until it is left."""
         if n < 1:
             raise ValueError(f"a request has at least one sequence, got n={n}")
-        if tokens == 0:  # generate(): it meters its own request
+        if tokens == 0 or not self.metering():  # generate() meters its own request
             yield  # one program alone: nothing to wait for
             return
         with self.metered(TokenKind.GENERATED):

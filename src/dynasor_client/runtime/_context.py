@@ -59,7 +59,7 @@ class RuntimeContext(ProgramContext):
         if tokens != 0 and budget.limited(account):
             held = budget.hold(account, DEFAULT_RESERVATION * n if tokens is None else tokens)
         try:
-            if tokens == 0:  # generate(): it meters its own request
+            if tokens == 0 or not self.metering():  # generate() meters its own request
                 yield
             else:
                 with self.metered(TokenKind.GENERATED):
