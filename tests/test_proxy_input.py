@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynasor_client.proxy import KeyStore, ProxyConfig, ProxyServer
-from dynasor_client.proxy._app import MAX_NESTING
+from dynasor_client.proxy._body import MAX_NESTING
 from dynasor_client.proxy._sse import events_of_body
 from dynasor_client.replay import ReplayServer
 from dynasor_client.traces import TraceQuestion

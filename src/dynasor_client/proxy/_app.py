@@ -14,7 +14,7 @@ Every response, error or stream goes through :class:`~._errors.RedactingMiddlewa
 the proxy's secrets (upstream key, upstream URL credentials, client keys) reaches a client.
 
 A generation request's body must be one JSON object (RFC 8259), else 400 ``invalid_request_error``
-before anything else runs: at most :data:`MAX_NESTING` (128) arrays and objects deep (checked on
+before anything else runs: at most :data:`._body.MAX_NESTING` (128) arrays and objects deep (checked on
 the bytes, before parsing), no ``NaN``/``Infinity`` and no number too large for a float (Python's
 ``json`` would accept both), valid UTF-8, and no lone UTF-16 surrogate (``"\\ud800"``) in any
 string or key (such text cannot be sent upstream). A dynasor request's sampling fields are checked
@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
-import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal
 
@@ -40,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..endpoints import Message, RetryPolicy, SamplingParams
 from ..program import ProgramResult
 from . import _sse
+from ._body import json_object, shown
 from ._config import ProxyConfig
 from ._errors import ProxyError, RedactingMiddleware, transport_error, upstream_http_error
 from ._keys import KeyAccount
@@ -52,7 +51,6 @@ from ._service import ProxyService
 Kind = Literal["completions", "chat"]
 
 #: The most arrays and objects a request body may nest (module docs).
-MAX_NESTING = 128
 
 #: Body fields a dynasor request reads itself; every other field goes upstream as an extra field.
 _HANDLED = frozenset(
@@ -159,7 +157,7 @@ async def _generate(service: ProxyService, kind: Kind, request: Request) -> Resp
         account = service.authenticate(request.headers)
         service.check_budget(account)
         raw = await _read_body(request, service.config.max_body_bytes, service.config.header_timeout_s)
-        body = _json_object(raw)
+        body = json_object(raw)
         _check_limits(body, service.config)
         options = parse_options(body, request.headers.get(DEADLINE_HEADER))
         stream = body.get("stream") is True
@@ -366,16 +364,16 @@ def dynasor_request(
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
         ):
-            raise ProxyError(f"{name} must be a number, got {_shown(value)}", param=name)
+            raise ProxyError(f"{name} must be a number, got {shown(value)}", param=name)
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ProxyError(f"seed must be an integer, got {_shown(seed)}", param="seed")
+        raise ProxyError(f"seed must be an integer, got {shown(seed)}", param="seed")
     if stop is not None and not (
         isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
     ):
-        raise ProxyError(f"stop must be a string or a list of strings, got {_shown(stop)}", param="stop")
+        raise ProxyError(f"stop must be a string or a list of strings, got {shown(stop)}", param="stop")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
-        raise ProxyError(f"max_tokens must be an integer, got {_shown(max_tokens)}", param="max_tokens")
+        raise ProxyError(f"max_tokens must be an integer, got {shown(max_tokens)}", param="max_tokens")
     try:
         params = SamplingParams(
             max_tokens=max_tokens,
@@ -417,88 +415,3 @@ def _question(messages: list[Message]) -> str:
                     str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
                 )
     return ""
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object; 400 for anything else (module docs)."""
-    if _nesting_exceeds(raw, MAX_NESTING):
-        raise ProxyError(f"the request body nests arrays and objects more than {MAX_NESTING} deep")
-    try:
-        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
-    except _NotJson as exc:
-        raise ProxyError(f"the request body is not valid JSON: {exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise ProxyError("the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ProxyError("the request body must be a JSON object")
-    if _SURROGATE_ESCAPE.search(raw):  # only an escape can make one: raw UTF-8 cannot hold it
-        where = _lone_surrogate(body)
-        if where is not None:
-            raise ProxyError(
-                "the request body holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff "
-                f"escape) in {where or 'a key'}: text must be valid Unicode",
-                param=where or None,
-            )
-    return body
-
-
-class _NotJson(ValueError):
-    """A number that JSON does not have (``NaN``, ``Infinity``, a float overflowing to infinity)."""
-
-
-def _no_constant(name: str) -> Any:
-    raise _NotJson(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _NotJson(f"{_shown(text)} is too large for a number")
-    return value
-
-
-#: A JSON string (an unterminated one runs to the end: linear, no backtracking) or a bracket.
-_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.?)*(?:"|\Z)|[\[\]{}]', re.DOTALL)
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _nesting_exceeds(raw: bytes, limit: int) -> bool:
-    """Whether the JSON text ``raw`` nests arrays and objects more than ``limit`` deep."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return False
-    depth = 0
-    for match in _JSON_TOKENS.finditer(raw):
-        token = match[0]
-        if token in (b"[", b"{"):
-            depth += 1
-            if depth > limit:
-                return True
-        elif token in (b"]", b"}"):
-            depth -= 1
-    return False
-
-
-def _lone_surrogate(body: Any) -> str | None:
-    """Where (``messages[0].content``; ``""``: a top-level key) a string or key of ``body`` holds a
-    lone surrogate; None if none does."""
-    stack: list[tuple[Any, str]] = [(body, "")]
-    while stack:
-        value, path = stack.pop()
-        if isinstance(value, str):
-            if _SURROGATE.search(value):
-                return path
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if _SURROGATE.search(key):
-                    return path
-                stack.append((item, f"{path}.{key}" if path else key))
-        elif isinstance(value, list):
-            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(value))
-    return None
-
-
-def _shown(value: Any, most: int = 100) -> str:
-    """``repr(value)`` for a message, cut to ``most`` characters."""
-    text = repr(value)
-    return text if len(text) <= most else f"{text[:most]}... ({len(text)} characters)"
