@@ -172,3 +172,19 @@ def test_proxy_refuses_a_key_listed_twice(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err
     assert f"{path}:4: duplicate key (first on line 2)" in err
     assert "sk-dup-key-77" not in err and "Traceback" not in err
+
+
+def test_version_and_help_name_the_package_and_show_defaults() -> None:
+    from dynasor_client import __version__
+
+    version = subprocess.run([*CLI, "--version"], capture_output=True, text=True, env=_env(), check=True)
+    assert version.stdout.strip() == f"dynasor-client {__version__}"
+    top = subprocess.run([*CLI, "--help"], capture_output=True, text=True, env=_env(), check=True)
+    assert "OpenAI-compatible server" in top.stdout
+    assert "The ``dynasor-client`` command" not in top.stdout
+    batch = subprocess.run(
+        [*CLI, "bench", "batch", "--help"], capture_output=True, text=True, env=_env(), check=True
+    )
+    # Nested subcommands get the formatter too, and a default of 0 is shown (0 == False in Python).
+    assert re.search(r"--seed SEED\s+.*\(default: 0\)", " ".join(batch.stdout.split()))
+    assert "dynasor_client." not in batch.stdout, "help points users at private modules"

@@ -19,6 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from .. import __version__
 from .._exceptions import DynasorError
 from ._bench import add_bench_parser
 from ._calibrate import add_calibrate_parser
@@ -32,8 +33,39 @@ from ._replay import add_serve_replay_parser
 __all__ = ["build_parser", "main"]
 
 
+DESCRIPTION = (
+    "Certaindex-driven reasoning programs over any OpenAI-compatible server: run the demo, serve the "
+    "embedded model or recorded traces, record and calibrate, benchmark, or put the proxy in front of "
+    "an agent pipeline."
+)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless its help already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        # Identity, not ==: a default of 0 is worth showing, False (a flag) is not.
+        if "default" in text or default is None or default is False or default == argparse.SUPPRESS:
+            return text
+        if isinstance(default, list | tuple) and not default:
+            return text
+        return super()._get_help_string(action)
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Gives every (sub)command the formatter, so each module need not pass it."""
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dynasor-client", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dynasor-client", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     add_demo_parser(sub)
@@ -45,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_serve_replay_parser(sub)
     add_proxy_parser(sub)
+    _show_defaults(parser)
     return parser
 
 
