@@ -74,6 +74,7 @@ def test_quick_run_writes_the_documented_json(quick: dict[str, Any]) -> None:
         "dynasor-dynamic-curvefit",
         "adaptive-consistency",
         "esc",
+        "its-hub-adaptive",
         "ours",
         "oracle",
     }

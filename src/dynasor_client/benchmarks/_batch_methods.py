@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..traces import TEST_FRACTION, split_of
+from ._peer_rules import ITS_HUB_THRESHOLD, its_hub_adaptive
 
 if TYPE_CHECKING:
     from ..calibration import LabelledTraces, Replay
@@ -132,6 +133,14 @@ def reference_methods(
         methods.append(
             Method("esc", published["esc"], f"ESC: stop after the first unanimous window of {ESC_WINDOW}")
         )
+    methods.append(
+        Method(
+            "its-hub-adaptive",
+            its_hub_adaptive(cap),
+            f"its-hub 1.2.0 adaptive self-consistency: at 2, 4, 8, ... samples stop if the leader holds "
+            f">= {ITS_HUB_THRESHOLD:g} of them (_peer_rules.py)",
+        )
+    )
     if logprobs:
         methods.append(
             Method(
