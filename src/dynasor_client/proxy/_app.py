@@ -34,6 +34,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..endpoints import Message, RetryPolicy, SamplingParams
 from ..program import ProgramResult
@@ -92,11 +93,12 @@ def create_proxy_app(config: ProxyConfig, *, retry: RetryPolicy | None = None) -
         finally:
             await service.aclose()
 
-    app = FastAPI(
+    app = _ProxyApp(
         title="dynasor-client proxy", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
     app.state.service = service
     app.add_middleware(RedactingMiddleware, redactor=service.redactor)
+    app.generation = RedactingMiddleware(_generation_app(service), redactor=service.redactor)
 
     @app.exception_handler(ProxyError)
     async def proxy_error(request: Request, exc: ProxyError) -> Response:
@@ -151,6 +153,42 @@ def create_proxy_app(config: ProxyConfig, *, retry: RetryPolicy | None = None) -
     return app
 
 
+#: The generation routes, which :class:`_ProxyApp` serves without FastAPI's routing.
+_GENERATION: dict[str, Kind] = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+
+
+class _ProxyApp(FastAPI):
+    """The proxy's FastAPI app, whose generation routes (``POST`` on :data:`_GENERATION`) skip
+    FastAPI's middleware stack, routing and endpoint machinery: that is most of the proxy's fixed
+    cost per pass-through request (issue 17, part 8). They go through the same
+    :class:`~._errors.RedactingMiddleware`, and answer errors the way the routes do."""
+
+    generation: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.generation is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in _GENERATION
+            and not self.root_path
+        ):
+            await self.generation(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def _generation_app(service: ProxyService) -> ASGIApp:
+    async def generation(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            response = await _generate(service, _GENERATION[scope["path"]], Request(scope, receive))
+        except Exception as exc:  # a ProxyError as its answer; anything else: a logged 500
+            response = service.error(exc).response()
+        await response(scope, receive, send)
+
+    return generation
+
+
 async def _generate(service: ProxyService, kind: Kind, request: Request) -> Response:
     service.counters.requests += 1
     try:
@@ -181,7 +219,8 @@ async def _read_body(request: Request, limit: int, idle_s: float) -> bytes:
     pieces = request.stream()
     while True:
         try:
-            chunk = await asyncio.wait_for(anext(pieces), idle_s)
+            async with asyncio.timeout(idle_s):  # no task per piece, unlike wait_for
+                chunk = await anext(pieces)
         except StopAsyncIteration:
             break
         except TimeoutError:
@@ -295,6 +334,7 @@ def _dynasor(
     stream: bool,
     account: KeyAccount | None,
 ) -> Response:
+    service.check_options(options)
     request = dynasor_request(kind, body, options, stream)
     algorithm = str(options.algorithm)
     service.counters.programs[algorithm] = service.counters.programs.get(algorithm, 0) + 1

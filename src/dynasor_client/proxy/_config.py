@@ -52,7 +52,10 @@ class ProxyConfig:
         max_n: the most sequences (``n``) one pass-through request may ask for (400 above it), and
             never more than ``max_in_flight``: one request cannot take the whole runtime window.
         max_tokens: the most ``max_tokens`` (or ``max_completion_tokens``) a request may ask for
-            (400 above it; None: no limit). A request without one is forwarded without one.
+            (400 above it; None: no limit). A request without one is forwarded without one. A
+            technique's ``dynasor.chunk_tokens`` and ``dynasor.step_tokens`` are held to it too.
+        max_samples: the most samples a dynasor technique may draw: ``dynasor.n`` (sc, best-of-N)
+            and ``dynasor.width`` (rebase); 400 above it.
         stream_buffer: events queued between the upstream reader and the client writer of one
             stream; while that many are unread the proxy stops reading the upstream.
         stall_timeout_s: seconds a client may leave a stream unread before the proxy gives up:
@@ -83,6 +86,7 @@ class ProxyConfig:
     max_error_body_bytes: int = 64 * 1024
     max_n: int = 16
     max_tokens: int | None = 65536
+    max_samples: int = 64
     stream_buffer: int = 64
     stall_timeout_s: float = 60.0
     header_timeout_s: float = 10.0
@@ -99,7 +103,8 @@ class ProxyConfig:
             raise ValueError("token_budget must be >= 1")
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
-        for name in ("max_body_bytes", "max_error_body_bytes", "max_n", "stream_buffer", "max_header_bytes"):
+        positive = ("max_body_bytes", "max_error_body_bytes", "max_n", "max_samples", "stream_buffer")
+        for name in (*positive, "max_header_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         for name in ("max_tokens", "max_connections"):

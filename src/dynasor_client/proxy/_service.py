@@ -20,6 +20,7 @@ from ..runtime import Runtime
 from ._config import ProxyConfig
 from ._errors import ProxyError, Redactor, endpoint_error, redact, transport_error
 from ._keys import Budget, KeyAccount, presented_key
+from ._options import DynasorOptions
 from ._pool import upstream_transport
 from ._responses import billed_tokens
 from ._run import Run
@@ -149,6 +150,34 @@ class ProxyService:
                 type="insufficient_quota",
                 code="insufficient_quota",
             )
+
+    def check_options(self, options: DynasorOptions) -> None:
+        """400 for a technique that asks for more than the proxy's limits (docs/proxy.md,
+        "Limits"): more samples than ``max_samples`` (``dynasor.n``, ``dynasor.width``), or a
+        chunk or step above ``max_tokens``."""
+        settings, config = options.settings, self.config
+        if settings is None:
+            return
+        for name in ("n", "width"):
+            value = getattr(settings, name, None)
+            if isinstance(value, int) and value > config.max_samples:
+                raise ProxyError(
+                    f"dynasor.{name} is at most {config.max_samples} on this proxy (--max-samples), "
+                    f"got {value}",
+                    param=f"dynasor.{name}",
+                    code="too_many_samples",
+                )
+        if config.max_tokens is None:
+            return
+        for name in ("chunk_tokens", "step_tokens"):
+            value = getattr(settings, name, None)
+            if isinstance(value, int) and value > config.max_tokens:
+                raise ProxyError(
+                    f"dynasor.{name} is at most {config.max_tokens} on this proxy (--max-tokens), "
+                    f"got {value}",
+                    param=f"dynasor.{name}",
+                    code="max_tokens_too_large",
+                )
 
     def token_cap(self, account: KeyAccount | None, requested: int | None) -> int | None:
         """The most tokens a new program may spend: its own budget, the key's and the proxy's left."""
