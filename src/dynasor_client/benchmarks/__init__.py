@@ -7,6 +7,10 @@
 - :func:`run_overhead_benchmark` (``dynasor-client bench overhead``): the runtime's client CPU per
   request against a plain AsyncOpenAI loop, the scheduler's decision time with 10,000 programs
   queued, memory per waiting program; :func:`overhead_table` (``docs/overhead-benchmark.md``).
+- :func:`run_peers_benchmark` (``dynasor-client bench peers``): self-consistency against its-hub's
+  adaptive self-consistency over HTTP against the replay server, several seeds; :func:`peers_table`,
+  ``PEER_METHODS`` (``docs/peers.md``; needs the ``[peers]`` extra). its-hub's rule as a stop rule for
+  ``bench batch``: :func:`its_hub_adaptive` (:class:`DoublingSupermajority`).
 - :func:`run_online_benchmark` (``dynasor-client bench online``): deadline attainment of programs
   arriving online (Poisson) through the real runtime against the replay engine's timing model on a
   virtual clock: naive, gang, certaindex, SRW, deadline-aware; :func:`online_config` (the
@@ -50,6 +54,8 @@ from ._overhead import (
     overhead_table,
     run_overhead_benchmark,
 )
+from ._peer_rules import DoublingSupermajority, its_hub_adaptive
+from ._peers import PEER_METHODS, peers_table, run_peers_benchmark
 from ._proxy import proxy_table, run_proxy_benchmark
 from ._replay import bench_replay
 from ._replay import bench_summary as bench_replay_summary
@@ -57,6 +63,8 @@ from ._replay import bench_summary as bench_replay_summary
 __all__ = [
     "ALGORITHMS",
     "ANSWER_SOURCES",
+    "DoublingSupermajority",
+    "PEER_METHODS",
     "Method",
     "OnlineConfig",
     "OnlineRunError",
@@ -64,12 +72,14 @@ __all__ = [
     "bench_replay",
     "bench_replay_summary",
     "calibration_overlap",
+    "its_hub_adaptive",
     "measure_scheduler",
     "measure_waiting_memory",
     "method_stops",
     "online_config",
     "online_table",
     "overhead_table",
+    "peers_table",
     "plot_batch",
     "plot_online",
     "proxy_table",
@@ -77,6 +87,7 @@ __all__ = [
     "run_batch_benchmark",
     "run_online_benchmark",
     "run_overhead_benchmark",
+    "run_peers_benchmark",
     "run_proxy_benchmark",
     "with_extracted_answers",
     "write_json",

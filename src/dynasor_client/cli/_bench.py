@@ -1,4 +1,4 @@
-"""``dynasor-client bench``: the benchmarks (certaindex, replay, batch, online, overhead, proxy).
+"""``dynasor-client bench``: the benchmarks (certaindex, replay, batch, peers, online, overhead, proxy).
 
 Each subcommand runs one benchmark of :mod:`dynasor_client.benchmarks` (``bench certaindex``: of
 calibration), prints its table and writes its JSON (and plot).
@@ -24,12 +24,14 @@ from ..benchmarks import (
     online_config,
     online_table,
     overhead_table,
+    peers_table,
     plot_batch,
     plot_online,
     proxy_table,
     run_batch_benchmark,
     run_online_benchmark,
     run_overhead_benchmark,
+    run_peers_benchmark,
     run_proxy_benchmark,
     write_json,
 )
@@ -47,6 +49,7 @@ def add_bench_parser(sub: Subparsers) -> None:
     _add_certaindex_parser(bench_sub)
     _add_replay_parser(bench_sub)
     _add_batch_parser(bench_sub)
+    _add_peers_parser(bench_sub)
     _add_online_parser(bench_sub)
     _add_overhead_parser(bench_sub)
     _add_proxy_parser(bench_sub)
@@ -161,6 +164,28 @@ def _add_batch_parser(bench_sub: Subparsers) -> None:
         default="recorded",
         help="vote with the recorded answers, or with those the library extracts from each text",
     )
+    parser.add_argument(
+        "--unseen",
+        action="store_true",
+        help="also calibrate afresh and report the loss on questions the calibration never saw "
+        "(train->test, k-fold, cross-dataset), with intervals over questions",
+    )
+    parser.add_argument("--folds", type=int, default=5, help="with --unseen: k of the k-fold (0: skip)")
+    parser.add_argument(
+        "--cross",
+        action="append",
+        default=[],
+        metavar="TRACES",
+        help="with --unseen: another traces file; every ordered pair of files is fitted on one, judged on "
+        "the other (at the common cap); repeat for more files",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=0.9,
+        help="with --unseen: level of the bootstrap upper bound on the loss the calibration must keep "
+        "within epsilon (0: the normal margin of one standard error instead)",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer orders and questions (a smoke run)")
     parser.set_defaults(func=_batch)
 
@@ -176,8 +201,53 @@ def _batch(args: argparse.Namespace) -> int:
         quick=args.quick,
         seed=args.seed,
         answers=args.answers,
+        unseen=args.unseen,
+        folds=args.folds,
+        cross=args.cross,
+        confidence=args.confidence or None,
     )
     return finish_command(result, batch_table(result), args.json_out, plot=plot_batch, plot_path=args.plot)
+
+
+# -- bench peers -----------------------------------------------------------------------------------------
+
+
+def _add_peers_parser(bench_sub: Subparsers) -> None:
+    parser = bench_sub.add_parser(
+        "peers",
+        help="self-consistency against its-hub's adaptive self-consistency, over HTTP (replay server)",
+        description="See docs/peers.md. Needs the [peers] and [server] extras. Full budget, its-hub's "
+        "AdaptiveSelfConsistency through its own API, and self_consistency with default_rule() and "
+        'rule="adaptive", against a replay server on loopback, for several seeds.',
+    )
+    parser.add_argument("--traces", required=True, help="traces file (JSON lines, shared/data/traces format)")
+    parser.add_argument("--questions", type=int, default=100, help="the first N questions of the split")
+    parser.add_argument(
+        "--split", choices=["train", "test", "all"], default="test", help="test: unseen by default_rule()"
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="replay-server seeds (sample sequences)")
+    parser.add_argument("--seed", type=int, default=0, help="the first seed")
+    parser.add_argument("--cap", type=int, default=30, help="most samples per question (the full budget)")
+    parser.add_argument("--concurrency", type=int, default=16, help="programs in flight at once")
+    parser.add_argument("--outcomes", action="store_true", help="keep every question's outcome in the JSON")
+    parser.add_argument("--json", dest="json_out", default=None, help="write the figures here (JSON)")
+    parser.add_argument("--quick", action="store_true", help="6 questions, 2 seeds (a smoke run)")
+    parser.set_defaults(func=_peers)
+
+
+def _peers(args: argparse.Namespace) -> int:
+    result = run_peers_benchmark(
+        args.traces,
+        questions=args.questions,
+        seeds=args.seeds,
+        seed=args.seed,
+        cap=args.cap,
+        split=args.split,
+        concurrency=args.concurrency,
+        quick=args.quick,
+        keep_outcomes=args.outcomes,
+    )
+    return finish_command(result, peers_table(result), args.json_out)
 
 
 # -- bench online ----------------------------------------------------------------------------------------
