@@ -310,10 +310,37 @@ async def test_n_and_max_tokens_are_capped(faulty: FaultyServer) -> None:
         assert (await http.post(url, json={**body, "n": 4, "max_tokens": 10**6})).status_code == 200
 
 
+async def test_a_techniques_samples_and_steps_are_capped(faulty: FaultyServer) -> None:
+    """dynasor.n (sc, bon) and dynasor.width (rebase) against --max-samples, a technique's chunk and
+    step sizes against --max-tokens: 400 before anything is sent upstream."""
+    config = ProxyConfig(upstream=faulty.base_url("ok"), max_samples=8, max_tokens=512)
+    too_large = "max_tokens_too_large"
+    async with ProxyServer(config) as proxy, httpx.AsyncClient(timeout=SAFETY_S) as http:
+        url = f"{proxy.base_url}/chat/completions"
+        refused = [
+            ({"model": "faulty-model+sc9"}, "dynasor.n", "too_many_samples"),
+            ({"dynasor": {"algorithm": "best_of_n", "n": 256}}, "dynasor.n", "too_many_samples"),
+            ({"dynasor": {"algorithm": "rebase", "width": 9}}, "dynasor.width", "too_many_samples"),
+            ({"dynasor": {"algorithm": "cot", "chunk_tokens": 513}}, "dynasor.chunk_tokens", too_large),
+            ({"dynasor": {"algorithm": "mcts", "step_tokens": 4096}}, "dynasor.step_tokens", too_large),
+        ]  # fmt: skip
+        for extra, param, code in refused:
+            error = _error(await http.post(url, json={**CHAT, **extra}), 400)
+            assert (error["param"], error["code"]) == (param, code), error
+            assert "on this proxy" in error["message"]
+        assert faulty.generation_count("ok") == 0  # refused before anything went upstream
+        answer = await http.post(url, json={**CHAT, "model": "faulty-model+sc8"})  # at the limit
+        assert answer.status_code == 200 and answer.json()["dynasor"]["max_samples"] == 8
+        assert proxy.service.counters.refused == len(refused)
+    # The default: 64 samples, whatever the option's own range (256).
+    assert ProxyConfig(upstream="http://x/v1").max_samples == 64
+
+
 def test_limits_are_validated() -> None:
     for field, value in (
         ("max_body_bytes", 0),
         ("max_n", 0),
+        ("max_samples", 0),
         ("stream_buffer", 0),
         ("max_tokens", 0),
         ("stall_timeout_s", 0.0),
@@ -334,13 +361,15 @@ def test_cli_flags_set_the_limits() -> None:
             "--max-error-body-bytes", "2000", "--max-n", "3", "--max-tokens", "none",
             "--stream-buffer", "5", "--stall-timeout", "6", "--header-timeout", "7",
             "--max-header-bytes", "8000", "--max-connections", "none", "--keep-alive", "9",
+            "--max-samples", "12",
         ]
     )  # fmt: skip
     config = build_config(args)
     assert (config.max_body_bytes, config.max_error_body_bytes, config.max_n) == (1000, 2000, 3)
     assert (config.max_tokens, config.stream_buffer, config.stall_timeout_s) == (None, 5, 6.0)
     assert (config.header_timeout_s, config.max_header_bytes) == (7.0, 8000)
-    assert (config.max_connections, config.keep_alive_s) == (None, 9.0)
+    assert (config.max_connections, config.keep_alive_s, config.max_samples) == (None, 9.0, 12)
     defaults = build_config(build_parser().parse_args(["proxy", "--upstream", "http://127.0.0.1:1/v1"]))
     assert defaults.max_tokens == ProxyConfig(upstream="http://x/v1").max_tokens == 65536
     assert defaults.max_connections == 1024 and defaults.stall_timeout_s == 60.0
+    assert defaults.max_samples == 64

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import signal
 import subprocess
@@ -279,3 +280,68 @@ async def test_only_allow_listed_headers_go_upstream(faulty: FaultyServer) -> No
                 assert seen.headers["authorization"] == "Bearer good-key"
                 assert seen.headers["openai-organization"] == "org-of-the-proxy"
                 assert seen.headers["openai-project"] == "proj-of-the-proxy"
+
+
+# ---------------------------------------------------------------------------------------- logs
+
+
+async def test_log_records_carry_no_echoed_key(
+    faulty: FaultyServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upstream that echoes the key it got makes the library log it (the retry warning quotes the
+    error); while the proxy runs, every record is redacted: message, arguments and traceback."""
+    config = ProxyConfig(
+        upstream=faulty.base_url("echo-key-500"), upstream_api_key=UPSTREAM_KEY, capabilities=Capabilities()
+    )
+    retry = RetryPolicy(max_attempts=2, initial_backoff_s=0.01, max_backoff_s=0.01, jitter_s=0.0)
+    caplog.set_level(logging.DEBUG)
+    async with ProxyServer(config, retry=retry) as proxy, httpx.AsyncClient(timeout=30) as http:
+        answer = await http.post(
+            f"{proxy.base_url}/chat/completions", json={"model": "faulty-model+sc2", "messages": MESSAGES}
+        )
+        assert answer.status_code == 500
+        logging.getLogger("dynasor_client.test").error(
+            "by hand: %s", UPSTREAM_KEY, exc_info=ValueError(UPSTREAM_KEY)
+        )
+    retried = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert retried and all("Incorrect API key provided: Bearer ***" in r.getMessage() for r in retried)
+    assert UPSTREAM_KEY not in caplog.text and "by hand: ***" in caplog.text
+    for record in caplog.records:
+        assert UPSTREAM_KEY not in record.getMessage() and UPSTREAM_KEY not in (record.exc_text or "")
+    # Once the proxy is closed, its secrets are no longer redacted (nothing global stays behind).
+    caplog.clear()
+    logging.getLogger("dynasor_client.test").warning("after: %s", UPSTREAM_KEY)
+    assert f"after: {UPSTREAM_KEY}" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------- --admin-key
+
+
+async def test_admin_key_option_makes_a_key_admin(faulty: FaultyServer) -> None:
+    from dynasor_client.cli import build_parser
+    from dynasor_client.cli._proxy import build_config
+
+    upstream = ["proxy", "--upstream", faulty.base_url("ok")]
+    # Alone: the admin key is the only key. With --api-key: it is marked (its budget kept) or added.
+    alone = build_config(build_parser().parse_args([*upstream, "--admin-key", ADMIN])).keys
+    assert alone is not None and len(alone) == 1 and alone.authenticate(ADMIN).admin  # type: ignore[union-attr]
+    args = build_parser().parse_args(
+        [*upstream, "--api-key", TENANT_A, "--api-key", TENANT_B, "--key-token-budget", "500",
+         "--admin-key", TENANT_B, "--admin-key", ADMIN]
+    )  # fmt: skip
+    keys = build_config(args).keys
+    assert keys is not None and len(keys) == 3
+    a, b, admin = (keys.authenticate(k) for k in (TENANT_A, TENANT_B, ADMIN))
+    assert a is not None and b is not None and admin is not None
+    assert (a.admin, b.admin, admin.admin) == (False, True, True)
+    assert (a.budget.limit, b.budget.limit, admin.budget.limit) == (500, 500, None)
+    with pytest.raises(ValueError, match="whitespace"):
+        build_config(build_parser().parse_args([*upstream, "--admin-key", "two words"]))
+    config = build_config(args)
+    async with ProxyServer(config) as proxy, httpx.AsyncClient(timeout=30) as http:
+        full = await http.get(f"{proxy.root_url}/dynasor/stats", headers={"authorization": f"Bearer {ADMIN}"})
+        assert full.status_code == 200 and len(full.json()["keys"]) == 3 and "upstream" in full.json()
+        own = await http.get(
+            f"{proxy.root_url}/dynasor/stats", headers={"authorization": f"Bearer {TENANT_A}"}
+        )
+        assert own.status_code == 200 and list(own.json()) == ["keys"] and len(own.json()["keys"]) == 1

@@ -27,9 +27,11 @@ untouched (streamed as upstream streams them). A request picks a technique with
 extra_body={{"dynasor": {{"algorithm": "sc", "n": 8}}}} or a model suffix (model="qwen+sc8", "+bon16",
 "+cot-high"); see dynasor_client.proxy for every option and extension field.
 
-Keys: --api-key (repeatable), --api-keys-file (lines 'KEY [TOKEN_BUDGET]') or ${PROXY_KEYS_ENV}
-(comma-separated) make the proxy require one of them; none of these: no key required. The upstream
-key comes from --upstream-api-key or ${UPSTREAM_KEY_ENV}; keys are never logged.
+Keys: --api-key (repeatable), --api-keys-file (lines 'KEY [TOKEN_BUDGET] [admin]') or
+${PROXY_KEYS_ENV} (comma-separated) make the proxy require one of them; none of these: no key
+required. --admin-key (repeatable) names a key that may read every key's /dynasor/stats (added,
+without a budget, when no other option lists it). The upstream key comes from --upstream-api-key
+or ${UPSTREAM_KEY_ENV}; keys are never logged.
 """
 
 
@@ -56,7 +58,15 @@ def add_proxy_parser(sub: Subparsers) -> None:
         help="send the client's own key upstream on pass-through requests",
     )
     p.add_argument("--api-key", action="append", default=[], help="a key clients must present (repeatable)")
-    p.add_argument("--api-keys-file", default=None, help="keys file: one 'KEY [TOKEN_BUDGET]' per line")
+    p.add_argument(
+        "--api-keys-file", default=None, help="keys file: one 'KEY [TOKEN_BUDGET] [admin]' per line"
+    )
+    p.add_argument(
+        "--admin-key",
+        action="append",
+        default=[],
+        help="a key that may read every key's /dynasor/stats (repeatable; added if not listed)",
+    )
     p.add_argument(
         "--key-token-budget", type=_positive_int, default=None, help="token budget of keys without their own"
     )
@@ -108,7 +118,15 @@ def add_proxy_parser(sub: Subparsers) -> None:
         "--max-tokens",
         type=_optional_positive_int,
         default=65536,
-        help="most max_tokens of a request (400 above it; 'none': no limit; default 65536)",
+        help="most max_tokens of a request, and of a technique's chunk or step (400 above it; "
+        "'none': no limit; default 65536)",
+    )
+    limits.add_argument(
+        "--max-samples",
+        type=_positive_int,
+        default=64,
+        help="most samples of a technique: dynasor.n (sc, bon) and dynasor.width (rebase) "
+        "(400 above it; default 64)",
     )
     limits.add_argument(
         "--stream-buffer",
@@ -168,6 +186,8 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
         except OSError as exc:
             raise ValueError(f"cannot read the keys file: {exc}") from exc
         keys = from_file if keys is None else keys.merged(from_file)
+    if args.admin_key:
+        keys = KeyStore([], admins=args.admin_key) if keys is None else keys.with_admins(args.admin_key)
     return ProxyConfig(
         upstream=args.upstream,
         model=args.model,
@@ -184,6 +204,7 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
         max_error_body_bytes=args.max_error_body_bytes,
         max_n=args.max_n,
         max_tokens=args.max_tokens,
+        max_samples=args.max_samples,
         stream_buffer=args.stream_buffer,
         stall_timeout_s=args.stall_timeout,
         header_timeout_s=args.header_timeout,

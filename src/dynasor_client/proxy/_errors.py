@@ -14,14 +14,18 @@ Mapping (upstream = the server behind the proxy):
 
 Whatever the path, the client never sees a secret of the proxy: :class:`RedactingMiddleware`
 passes every response byte through one :class:`Redactor` (upstream key, upstream URL credentials,
-client keys), and messages name the upstream with its credentials masked.
+client keys), and messages name the upstream with its credentials masked. Log records made while a
+proxy runs go through the same redactor (:func:`redact_logs`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -247,3 +251,60 @@ class RedactingMiddleware:
             await send(message)
 
         await self.app(scope, receive, redacting)
+
+
+# ------------------------------------------------------------------------------- logs
+
+#: The redactors of the proxies running in this process (:func:`redact_logs`).
+_log_redactors: list[Redactor] = []
+_factory_lock = threading.Lock()
+_installed = False
+
+
+def redact_logs(redactor: Redactor) -> Callable[[], None]:
+    """Redact ``redactor``'s secrets from every log record made in this process until the returned
+    function is called: messages, their arguments and tracebacks (an upstream's error text can
+    echo the key it got, and the library logs it in retry and decoding warnings).
+
+    Done in the log record factory, because a record's own logger (``dynasor_client.*``,
+    ``httpx``, ``uvicorn.error``) decides nothing else that every handler sees."""
+    global _installed
+    if not redactor:
+        return lambda: None
+    with _factory_lock:
+        _log_redactors.append(redactor)
+        if not _installed:
+            previous = logging.getLogRecordFactory()
+
+            def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+                record = previous(*args, **kwargs)
+                if _log_redactors:
+                    _redact_record(record, tuple(_log_redactors))
+                return record
+
+            logging.setLogRecordFactory(factory)
+            _installed = True
+
+    def remove() -> None:
+        with _factory_lock, contextlib.suppress(ValueError):
+            _log_redactors.remove(redactor)
+
+    return remove
+
+
+def _redact_record(record: logging.LogRecord, redactors: Iterable[Redactor]) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed record: logging reports it when it formats it
+        return
+    clean = message
+    for redactor in redactors:
+        clean = redactor.text(clean)
+    if clean != message:
+        record.msg, record.args = clean, None
+    if record.exc_info and record.exc_info[1] is not None:
+        trace = logging.Formatter().formatException(record.exc_info)
+        clean = trace
+        for redactor in redactors:
+            clean = redactor.text(clean)
+        record.exc_text = clean  # what formatters print instead of formatting the exception again

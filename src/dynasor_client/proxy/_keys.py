@@ -27,6 +27,7 @@ when it did not complete, what it streamed. A key with nothing left gets 429 ``i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -179,6 +180,17 @@ class KeyStore:
         store = object.__new__(KeyStore)
         store._accounts = {**self._accounts, **other._accounts}
         store._secrets = self._secrets | other._secrets
+        return store
+
+    def with_admins(self, admins: Iterable[str]) -> KeyStore:
+        """This store with ``admins`` made admin keys (added, without a budget, when not listed)."""
+        added = KeyStore([], admins=admins)
+        store = object.__new__(KeyStore)
+        store._accounts = dict(self._accounts)
+        for digest, account in added._accounts.items():
+            mine = store._accounts.get(digest)
+            store._accounts[digest] = account if mine is None else dataclasses.replace(mine, admin=True)
+        store._secrets = self._secrets | added._secrets
         return store
 
     def authenticate(self, key: str | None) -> KeyAccount | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from ..algorithms import JudgeRewardModel, PoolingRewardModel, RewardModel
 from ..endpoints import Endpoint, RetryPolicy
 from ..runtime import Runtime
 from ._config import ProxyConfig
-from ._errors import ProxyError, Redactor, endpoint_error, redact, transport_error
+from ._errors import ProxyError, Redactor, endpoint_error, redact, redact_logs, transport_error
 from ._keys import Budget, KeyAccount, presented_key
 from ._options import DynasorOptions
 from ._pool import upstream_transport
@@ -84,6 +84,7 @@ class ProxyService:
         self._rewards: dict[str, RewardModel] = {}
         self._reward_endpoint: Endpoint | None = None
         self._runs: set[Run] = set()
+        self._unredact_logs: Callable[[], None] = lambda: None
         self.started = time.time()
         self.secrets = [*config.secrets(), *(config.keys.secrets() if config.keys is not None else ())]
         #: What every response byte goes through (``RedactingMiddleware``).
@@ -102,9 +103,17 @@ class ProxyService:
         return self.config.upstream_display
 
     async def start(self) -> None:
+        # Log records carry upstream error text, which may echo the proxy's key: redacted from now.
+        self._unredact_logs = redact_logs(self.redactor)
         await self.runtime.__aenter__()
 
     async def aclose(self) -> None:
+        try:
+            await self._close()
+        finally:
+            self._unredact_logs()
+
+    async def _close(self) -> None:
         for run in list(self._runs):
             run.cancel()
         self.runtime.cancel_all()
