@@ -1,5 +1,6 @@
 """``dynasor-client bench proxy``: a quick run writes the JSON schema with finite figures; the
-proxy's upstream pools (``proxy._pool``).
+proxy's upstream transport is sized to its window (``proxy._pool``; its behaviour:
+tests/test_proxy_relay.py).
 
 Nothing here is timed against a goal: the machines running tests are too noisy for that.
 """
@@ -11,11 +12,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from dynasor_client.cli import main
-from dynasor_client.proxy._pool import SHARD_SIZE, ShardedTransport, upstream_transport
+from dynasor_client.proxy._pool import upstream_transport
 
 
 def _finite(value: Any) -> bool:
@@ -66,27 +66,6 @@ def test_bad_arguments_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> N
     assert "must be >= 1" in capsys.readouterr().err
 
 
-def test_upstream_pools_are_sized_to_the_window() -> None:
-    one = upstream_transport(SHARD_SIZE)
-    assert isinstance(one, httpx.AsyncHTTPTransport)
-    sharded = upstream_transport(10 * SHARD_SIZE + 1)
-    assert isinstance(sharded, ShardedTransport) and len(sharded.transports) == 11
-    with pytest.raises(ValueError):
-        ShardedTransport([])
-
-
-async def test_requests_go_round_robin_over_the_pools() -> None:
-    seen: list[int] = []
-
-    def handler(index: int) -> httpx.MockTransport:
-        def answer(request: httpx.Request) -> httpx.Response:
-            seen.append(index)
-            return httpx.Response(200, json={"pool": index})
-
-        return httpx.MockTransport(answer)
-
-    transport = ShardedTransport([handler(i) for i in range(3)])
-    async with httpx.AsyncClient(transport=transport, base_url="http://upstream") as client:
-        for _ in range(6):
-            assert (await client.get("/v1/models")).status_code == 200
-    assert seen == [0, 1, 2, 0, 1, 2]
+def test_the_upstream_transport_keeps_a_window_of_connections() -> None:
+    assert upstream_transport(8).keep_alive == 16
+    assert upstream_transport(500).keep_alive == 500

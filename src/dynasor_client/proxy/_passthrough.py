@@ -4,9 +4,9 @@ The body is forwarded byte for byte (tool calls, unknown fields and all) with tw
 ``dynasor`` field is removed, and a stream that does not ask for usage gets
 ``stream_options.include_usage`` (``ProxyConfig.meter_streams``) so that its tokens can be counted;
 the usage chunk this adds is removed before the client sees it. The response is the upstream's:
-its body (non-streaming) or its SSE events (parsed by ``httpx-sse``, re-framed as :mod:`._sse`
-says), each forwarded the moment it arrives (no buffering), with upstream errors mapped to HTTP
-errors (:mod:`._errors`).
+its body (non-streaming) or its SSE events (split on the bytes as :mod:`._sse` says: a plain
+``data:`` event goes as the upstream's own bytes), forwarded the moment they arrive (no buffering),
+with upstream errors mapped to HTTP errors (:mod:`._errors`).
 
 The program holds one runtime request slot (``n`` sequences) while the upstream works. Under a
 budget (the proxy's, the key's) it first reserves ``max_tokens x n`` plus the prompt's estimate,
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from httpx_sse import ServerSentEvent
 from starlette.responses import Response
 
 from .._exceptions import BudgetExhausted
@@ -52,6 +53,7 @@ class Forward:
     n: int
     own_key: bool  # sent with the proxy's own upstream key (not the client's)
     error_bytes: int = 64 * 1024  # how much of an upstream error body is read (ProxyConfig)
+    event_bytes: int = _sse.MAX_EVENT_BYTES  # the longest upstream stream event
 
 
 def prepare(body: dict[str, Any], raw: bytes, *, meter_streams: bool) -> tuple[bytes, bool]:
@@ -121,8 +123,7 @@ class PassThrough:
     def __init__(self, http: httpx.AsyncClient, upstream: str, forward: Forward) -> None:
         self.http, self.upstream, self.forward = http, upstream, forward
         self.usage: Usage | None = None
-        self.content_events = 0
-        self.streamed = 0  # tokens counted in the content events (billing::chunk_tokens)
+        self.tally = _Tally()  # the content events streamed (billing: chunk_tokens)
         self.accepted = False  # the upstream answered 2xx: the prompt is billed
         self.whole: Any = None  # a non-streaming answer, parsed
 
@@ -212,7 +213,7 @@ class PassThrough:
             return self.usage
         if not self.accepted:
             return Usage()
-        completion = self.streamed if self.whole is None else chunk_tokens(self.whole)
+        completion = self.tally.settle() if self.whole is None else chunk_tokens(self.whole)
         try:
             body = json.loads(self.forward.content)
         except ValueError:
@@ -233,22 +234,82 @@ class PassThrough:
         )
 
     async def _relay(self, response: httpx.Response, run: Run) -> None:
-        strip = self.forward.strip_usage
-        async for sse in _sse.upstream_events(response):
-            data = _sse.payload(sse)
+        """Forward the upstream's events as they arrive: each read's whole events go to the client
+        as one piece, plain ``data:`` events as the upstream's own bytes (:class:`._sse.EventSplitter`).
+        Only an event that mentions ``"usage"`` is parsed here (the usage chunk: metered, and
+        removed when the proxy asked for it); the content events are tallied (:class:`_Tally`)."""
+        splitter = _sse.EventSplitter(self.forward.event_bytes)
+        async for data in response.aiter_bytes():
+            out = self._pass(splitter.feed(data))
+            if out:
+                await run.relay(out)
+        out = self._pass(splitter.close())
+        if out:
+            await run.relay(out)
+
+    def _pass(self, events: list[bytes | ServerSentEvent]) -> bytes:
+        """What the client gets of ``events``, metered (:meth:`_relay`)."""
+        out: list[bytes] = []
+        for item in events:
+            if isinstance(item, bytes):
+                payload = item[6:-2]  # b"data: " ... b"\n\n"
+                if b'"usage"' not in payload:
+                    if payload != b"[DONE]":
+                        self.tally.add(payload)
+                    out.append(item)
+                    continue
+                data = _sse.loads(payload)
+            else:
+                data = _sse.payload(item)
             if isinstance(data, dict):
                 if isinstance(data.get("usage"), dict):
                     self.usage = usage_of(data)
-                if data.get("choices"):
-                    self.content_events += 1
-                    self.streamed += chunk_tokens(data)
-                if strip and "usage" in data:
+                self.tally.count(data)
+                if self.forward.strip_usage and "usage" in data:
                     if not data.get("choices"):
                         continue  # the usage chunk we asked for: not the client's
                     data.pop("usage")
-                    await run.relay(_sse.event(data))
+                    out.append(_sse.event(data))
                     continue
-            await run.relay(_sse.frame(sse))
+            out.append(item if isinstance(item, bytes) else _sse.frame(item))
+        return b"".join(out)
+
+
+class _Tally:
+    """The content events a stream forwarded, counted for billing (``chunk_tokens``) only when it
+    is needed: their payloads are kept unparsed, and parsed when the upstream reported no usage
+    (:meth:`PassThrough.billed`) or once they pass :attr:`HOLD` bytes (so a long stream holds
+    little). An upstream that reports usage at the end (the proxy asks for it) is never parsed."""
+
+    HOLD = 64 * 1024
+
+    __slots__ = ("content_events", "held", "size", "tokens")
+
+    def __init__(self) -> None:
+        self.content_events = 0
+        self.tokens = 0  # tokens counted in the content events parsed so far
+        self.held: list[bytes] = []
+        self.size = 0
+
+    def add(self, payload: bytes) -> None:
+        self.held.append(payload)
+        self.size += len(payload)
+        if self.size > self.HOLD:
+            self.settle()
+
+    def count(self, data: Mapping[str, Any]) -> None:
+        if data.get("choices"):
+            self.content_events += 1
+            self.tokens += chunk_tokens(data)
+
+    def settle(self) -> int:
+        """Count what is held; the tokens of every content event so far."""
+        for payload in self.held:
+            data = _sse.loads(payload)
+            if isinstance(data, dict):
+                self.count(data)
+        self.held, self.size = [], 0
+        return self.tokens
 
 
 class PassThroughRenderer:

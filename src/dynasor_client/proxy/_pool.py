@@ -1,58 +1,287 @@
-"""The proxy's upstream connections: several small httpcore pools instead of one large one.
+"""The proxy's upstream connections: a lean HTTP/1.1 transport for its ``httpx`` client.
 
-httpcore's pool re-examines every one of its connections whenever a request enters or leaves it
-(expiry, idleness, and for each idle connection a count of all of them: quadratic in the pool's
-size), so one pool holding hundreds of streams spends most of the proxy's CPU there (issue 17,
-part 8: 38% of CPU samples at 200 streams). :class:`ShardedTransport` spreads requests round-robin
-over ``ceil(max_in_flight / SHARD_SIZE)`` pools, each scanning only its own few connections, and
-lets each keep as many idle connections as it holds in flight (with slack), so a closed loop of
-requests reuses its connections instead of reconnecting.
+The pass-through path relays every upstream stream, so what reading a stream costs per event is
+the proxy's throughput (issue 17, part 8; docs/proxy-benchmark.md). ``httpx``'s default transport
+(httpcore + h11) wakes half a dozen layers of Python per HTTP chunk, and an OpenAI-compatible
+server sends one chunk per event; its pool also re-examines every connection whenever a request
+enters or leaves it. :class:`UpstreamTransport` is an :class:`httpx.AsyncBaseTransport` on
+asyncio's protocols and ``httptools`` (uvicorn's C parser): a response's body is handed over as
+whatever one socket read brought (many events at once), connections are kept alive in a plain
+list per host, and a stream the client stops reading pauses the socket (backpressure).
+
+What ``httpx`` sees is unchanged: the same request and response objects, and its own errors
+(``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``RemoteProtocolError``, ``ReadError``),
+so the proxy's error mapping is the one of :mod:`._errors`. A response closed before its end
+closes its connection (the upstream sees the disconnect and stops generating); one read to its end
+returns the connection to the pool when the upstream allows keep-alive. Timeouts are ``httpx``'s:
+connect, and read (the longest wait for any byte). ``http://`` and ``https://`` (TLS with
+``httpx``'s default verification) upstreams; a proxy from the environment is ``httpx``'s own
+transport (``httpx`` mounts it before this one).
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Sequence
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
+import httptools
 import httpx
 
-__all__ = ["SHARD_SIZE", "ShardedTransport", "upstream_transport"]
-
-#: Streams one pool is sized for: its scans stay short (``bench proxy``, docs/proxy-benchmark.md).
-SHARD_SIZE = 16
+__all__ = ["UpstreamTransport", "upstream_transport"]
 
 SocketOption = tuple[int, int, int]
 
+#: Body bytes a connection buffers for a reader that is not reading before it stops reading the socket.
+HIGH_WATER = 256 * 1024
 
-class ShardedTransport(httpx.AsyncBaseTransport):
-    """Requests spread round-robin over ``transports`` (connection pools to the same upstream)."""
 
-    def __init__(self, transports: Sequence[httpx.AsyncBaseTransport]) -> None:
-        if not transports:
-            raise ValueError("at least one transport")
-        self.transports = tuple(transports)
-        self._next = itertools.cycle(self.transports)
+class _Connection(asyncio.Protocol):
+    """One upstream HTTP/1.1 connection: one response at a time, parsed by ``httptools``."""
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await next(self._next).handle_async_request(request)
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.lost = False  # the connection is gone
+        self.busy = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._new_response()
+
+    def _new_response(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.complete = False
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.paused = False
+        self.error: httpx.HTTPError | None = None
+        self.until_close = False  # the body ends when the connection does (no length, not chunked)
+        self.keep = False  # the upstream allows another request on this connection
+
+    # -------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:  # bytes nobody asked for: the connection cannot be trusted
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.error = httpx.RemoteProtocolError(f"malformed HTTP answer from the upstream: {exc}")
+            self.close()
+        if self.size > HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.busy and not self.complete and self.error is None:
+            if self.head_done and self.until_close:
+                self.complete = True
+            elif self.head_done:
+                self.error = httpx.RemoteProtocolError(
+                    "peer closed connection without sending complete message body"
+                )
+            else:
+                self.error = httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        self._wake()
+
+    # -------------------------------------------------------------- httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.head_done = True
+        names = {name.lower() for name, _ in self.headers}
+        self.until_close = (
+            b"content-length" not in names
+            and b"transfer-encoding" not in names
+            and self.status >= 200
+            and self.status not in (204, 304)
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.size += len(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self.keep = self.parser.should_keep_alive()  # read now: the parser resets after this
+
+    # -------------------------------------------------------------- for the transport
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self, read_s: float | None) -> None:
+        """Until the parser has more (or the connection ended); ReadTimeout after ``read_s`` s."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(read_s):
+                await self._waiter
+        except TimeoutError:
+            raise httpx.ReadTimeout(f"no byte from the upstream for {read_s:g} s") from None
+        finally:
+            self._waiter = None
+
+    def take(self) -> bytes:
+        chunks, self.chunks, self.size = self.chunks, [], 0
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def begin(self, data: bytes) -> None:
+        self._new_response()
+        self.busy = True
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def reusable(self) -> bool:
+        return self.complete and self.keep and not self.lost and self.error is None
+
+    def close(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response's body: each piece is what the socket delivered since the last one."""
+
+    def __init__(
+        self, pool: UpstreamTransport, key: tuple[str, str, int], conn: _Connection, read_s: float | None
+    ) -> None:
+        self.pool, self.key, self.conn, self.read_s = pool, key, conn, read_s
+        self.done = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn = self.conn
+        while True:
+            if conn.chunks:
+                yield conn.take()
+            elif conn.complete:
+                break
+            elif conn.error is not None:
+                raise conn.error
+            else:
+                await conn.wait(self.read_s)
+        self.done = True
 
     async def aclose(self) -> None:
-        for transport in self.transports:
-            await transport.aclose()
+        conn = self.conn
+        conn.busy = False
+        if self.done and conn.reusable():
+            self.pool.release(self.key, conn)
+        else:
+            conn.close()  # unread: the upstream sees the disconnect (an abort)
+
+
+class UpstreamTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 to the upstream on asyncio protocols (module docs); up to ``keep_alive`` idle
+    connections kept per host."""
+
+    def __init__(
+        self,
+        keep_alive: int = 64,
+        *,
+        tls: ssl.SSLContext | None = None,
+        socket_options: Sequence[SocketOption] = (),
+    ) -> None:
+        self.keep_alive = keep_alive
+        self.socket_options = tuple(socket_options)
+        self._tls = tls
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+
+    def _context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()
+        return self._tls
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if url.scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"the upstream URL's scheme must be http or https: {url}")
+        timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        body = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
+        head = [request.method.encode("ascii"), b" ", url.raw_path, b" HTTP/1.1\r\n"]
+        chunked = False
+        for name, value in request.headers.raw:
+            chunked = chunked or (name.lower() == b"transfer-encoding" and b"chunked" in value.lower())
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        if chunked:  # a streamed request body (the pass-through sends bytes: never)
+            body = (b"%x\r\n" % len(body) + body + b"\r\n" if body else b"") + b"0\r\n\r\n"
+        key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        conn = await self._connection(key, timeouts.get("connect"))
+        read_s = timeouts.get("read")
+        try:
+            conn.begin(b"".join(head) + body)
+            while not conn.head_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(read_s)
+        except BaseException:
+            conn.close()
+            raise
+        return httpx.Response(
+            conn.status,
+            headers=conn.headers,
+            stream=_Body(self, key, conn, read_s),
+            extensions={"http_version": b"HTTP/" + conn.parser.get_http_version().encode("ascii")},
+        )
+
+    async def _connection(self, key: tuple[str, str, int], connect_s: float | None) -> _Connection:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if not conn.lost:
+                return conn
+        scheme, host, port = key
+        tls = self._context() if scheme == "https" else None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(connect_s):
+                _, conn = await loop.create_connection(
+                    _Connection, host, port, ssl=tls, server_hostname=host if tls else None
+                )
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {connect_s:g} s") from None
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
+        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+        if sock is not None:
+            for option in self.socket_options:
+                sock.setsockopt(*option)
+        return conn
+
+    def release(self, key: tuple[str, str, int], conn: _Connection) -> None:
+        idle = self._idle.setdefault(key, [])
+        if len(idle) < self.keep_alive:
+            idle.append(conn)
+        else:
+            conn.close()
+
+    async def aclose(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
 
 
 def upstream_transport(
     max_in_flight: int, *, socket_options: Sequence[SocketOption] = ()
-) -> httpx.AsyncBaseTransport:
-    """The transport of the proxy's upstream client for ``max_in_flight`` concurrent requests:
-    pools of :data:`SHARD_SIZE` streams, no cap on connections (the runtime's window caps them),
-    twice that many kept alive per pool, one TLS context (the default verification) for all."""
-    shards = max(1, math.ceil(max_in_flight / SHARD_SIZE))
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=2 * SHARD_SIZE)
-    tls = httpx.create_ssl_context()  # one for all pools (each would load the CA bundle: ~20 ms)
-    pools = [
-        httpx.AsyncHTTPTransport(verify=tls, limits=limits, socket_options=list(socket_options))
-        for _ in range(shards)
-    ]
-    return pools[0] if shards == 1 else ShardedTransport(pools)
+) -> UpstreamTransport:
+    """The transport of the proxy's upstream client for ``max_in_flight`` concurrent requests: as
+    many idle connections kept as can be in flight (a closed loop of requests reuses them)."""
+    return UpstreamTransport(keep_alive=max(16, max_in_flight), socket_options=socket_options)

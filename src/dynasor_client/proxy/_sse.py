@@ -5,15 +5,20 @@ convention, which the openai SDK expects). An error after the stream started is 
 ``data: {"error": {...}}`` (the SDK raises it as an ``APIError``) and the stream ends without
 ``[DONE]``.
 
-Upstream streams are parsed by ``httpx-sse`` (:func:`upstream_events`); each event is forwarded
-re-framed by :func:`frame` (its ``event``, ``id``, ``retry`` and ``data`` fields; comment lines
-such as keep-alives are dropped; an ``id`` holds for the events after it, as the SSE spec says,
-and is sent with each of them). An event the upstream never ended with its blank line (the
-connection closed mid-event) is not an event and is not forwarded; a connection that drops
+Upstream streams are split into events by :class:`EventSplitter`, on the bytes as they arrive.
+An event that is one ``data: ...`` line (what OpenAI-compatible servers send) is forwarded as its
+own bytes, undecoded; any other event is parsed as ``httpx-sse`` parses it and forwarded re-framed
+by :func:`frame` (its ``event``, ``id``, ``retry`` and ``data`` fields; comment lines such as
+keep-alives are dropped; an ``id`` holds for the events after it, as the SSE spec says, and is sent
+with each of them). Either way the client gets the same bytes (:func:`upstream_events`, the
+parsing reader, is kept as the reference). An event the upstream never ended with its blank line
+(the connection closed mid-event) is not an event and is not forwarded; a connection that drops
 mid-stream raises ``httpx``'s error, which the pass-through reports as an upstream failure.
-Upstream bytes are decoded as strict UTF-8: an invalid byte ends the stream with a 502
+Upstream bytes must be strict UTF-8: an invalid byte ends the stream with a 502
 ``upstream_invalid_utf8`` error (an error event once the stream has started), never a silently
-replaced character.
+replaced character. One event may be at most :data:`MAX_EVENT_BYTES`; a longer one (an upstream
+that never ends its event) ends the stream with a 502 ``upstream_event_too_large`` as soon as it
+passes the limit, and the upstream request is aborted.
 
 A stream request the upstream answers with one whole JSON body instead of events (a server that
 ignores ``stream``) is converted by :func:`events_of_body`: a chat completion or legacy completion
@@ -31,12 +36,16 @@ from typing import Any, cast
 
 import httpx
 from httpx_sse import EventSource, ServerSentEvent
+from httpx_sse._decoders import SSEDecoder
 
 from ._errors import ProxyError
 
 DONE = b"data: [DONE]\n\n"
 HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 MEDIA_TYPE = "text/event-stream"
+
+#: The most bytes one upstream event may hold (module docs): it bounds what a stream buffers.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -54,6 +63,79 @@ def invalid_utf8(where: str) -> ProxyError:
         type="upstream_error",
         code="upstream_invalid_utf8",
     )
+
+
+def event_too_large(limit: int) -> ProxyError:
+    """The error of an upstream event longer than ``limit`` bytes (502: the upstream is at fault)."""
+    return ProxyError(
+        f"the upstream sent one stream event longer than the proxy's limit of {limit} bytes",
+        status=502,
+        type="upstream_error",
+        code="upstream_event_too_large",
+    )
+
+
+class EventSplitter:
+    """An upstream's ``text/event-stream`` bytes, fed as they arrive, split into whole events (module
+    docs): each one either the bytes to forward (a plain ``data:`` event, exactly as the upstream
+    framed it: ``data: ...\n\n``) or a parsed :class:`ServerSentEvent` (any other event).
+
+    Raises ProxyError 502 on bytes that are not UTF-8 and on an event longer than ``limit`` bytes.
+    """
+
+    __slots__ = ("_decoder", "_id", "_rest", "limit")
+
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
+        self.limit = limit
+        self._rest = b""  # the start of an event not yet ended by its blank line
+        self._decoder = SSEDecoder()  # events that are not one data line
+        self._id = False  # an event id was seen: it holds for (and is re-sent with) what follows
+
+    def feed(self, data: bytes) -> list[bytes | ServerSentEvent]:
+        buffer = self._rest + data if self._rest else data
+        if b"\r" in buffer:  # CRLF or CR line ends: to LF (a last CR may start a CRLF: kept)
+            cr = buffer.endswith(b"\r")
+            buffer = (buffer[:-1] if cr else buffer).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            buffer += b"\r" if cr else b""
+        blocks = buffer.split(b"\n\n")
+        self._rest = blocks.pop()
+        if len(self._rest) > self.limit:
+            raise event_too_large(self.limit)
+        if not blocks:
+            return []
+        try:  # one check of every whole event (a block never ends inside a character)
+            buffer[: len(buffer) - len(self._rest)].decode("utf-8")
+        except UnicodeDecodeError:
+            raise invalid_utf8("a stream") from None
+        out: list[bytes | ServerSentEvent] = []
+        for block in blocks:
+            if len(block) > self.limit:
+                raise event_too_large(self.limit)
+            if not self._id and block.startswith(b"data: ") and b"\n" not in block:
+                out.append(block + b"\n\n")
+                continue
+            for line in [*block.decode("utf-8").split("\n"), ""]:  # the blank line ends it
+                sse = self._decoder.decode(line)
+                if sse is not None:
+                    self._id = self._id or bool(sse.id)
+                    out.append(sse)
+        return out
+
+    def close(self) -> list[bytes | ServerSentEvent]:
+        """The stream ended: the events its last bytes complete (a last CR ends a line); an event
+        left unfinished is dropped (it is not one), but must be UTF-8 up to where it was cut."""
+        rest, self._rest = self._rest, b""
+        out = self.feed(rest[:-1] + b"\n" if rest.endswith(b"\r") else rest)
+        rest, self._rest = self._rest, b""
+        try:
+            lines = rest.decode("utf-8").split("\n")[:-1]
+        except UnicodeDecodeError:
+            raise invalid_utf8("a stream") from None
+        for line in lines:  # the unfinished event's complete lines: a blank one may end an event
+            sse = self._decoder.decode(line)
+            if sse is not None:
+                out.append(sse)
+        return out
 
 
 class _StrictText:
@@ -132,6 +214,14 @@ def events_of_body(content: bytes, *, usage: bool) -> list[bytes]:
 def is_done(sse: ServerSentEvent) -> bool:
     """Whether ``sse`` is OpenAI's end marker ``[DONE]``."""
     return sse.data.strip() == "[DONE]"
+
+
+def loads(data: bytes | str) -> Any:
+    """An event's data as JSON (None when it is not JSON)."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
 
 
 def payload(sse: ServerSentEvent) -> Any:
