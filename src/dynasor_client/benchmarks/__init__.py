@@ -14,7 +14,10 @@
 - :func:`run_online_benchmark` (``dynasor-client bench online``): deadline attainment of programs
   arriving online (Poisson) through the real runtime against the replay engine's timing model on a
   virtual clock: naive, gang, certaindex, SRW, deadline-aware; :func:`online_config` (the
-  command's settings), :func:`online_table`, :func:`plot_online` (``docs/online-benchmark.md``).
+  command's settings), :func:`online_table`, :func:`plot_online` (``docs/online-benchmark.md``);
+  :func:`run_real_online_benchmark` (``bench online --local`` / ``--endpoint URL``): the same
+  comparison on a real server beside the replay engine's prediction (:class:`RealOnlineConfig`,
+  :func:`real_online_table`).
 - :func:`run_proxy_benchmark` (``dynasor-client bench proxy``): pass-through streaming through the
   proxy against the replay server directly: requests/s, added latency p50/p99, client, proxy and
   server CPU per request at 1/50/200/500 streams, the proxy's RSS after 1,000 aborted streams;
@@ -48,6 +51,7 @@ from ._online import (
     plot_online,
     run_online_benchmark,
 )
+from ._online_real import RealOnlineConfig, real_online_table, run_real_online_benchmark
 from ._overhead import (
     measure_scheduler,
     measure_waiting_memory,
@@ -63,11 +67,12 @@ from ._replay import bench_summary as bench_replay_summary
 __all__ = [
     "ALGORITHMS",
     "ANSWER_SOURCES",
-    "DoublingSupermajority",
     "PEER_METHODS",
+    "DoublingSupermajority",
     "Method",
     "OnlineConfig",
     "OnlineRunError",
+    "RealOnlineConfig",
     "batch_table",
     "bench_replay",
     "bench_replay_summary",
@@ -83,12 +88,14 @@ __all__ = [
     "plot_batch",
     "plot_online",
     "proxy_table",
+    "real_online_table",
     "replay_in_orders",
     "run_batch_benchmark",
     "run_online_benchmark",
     "run_overhead_benchmark",
     "run_peers_benchmark",
     "run_proxy_benchmark",
+    "run_real_online_benchmark",
     "with_extracted_answers",
     "write_json",
 ]

@@ -18,6 +18,7 @@ from ..benchmarks import (
     ALGORITHMS,
     ANSWER_SOURCES,
     OnlineRunError,
+    RealOnlineConfig,
     batch_table,
     bench_replay,
     bench_replay_summary,
@@ -28,11 +29,13 @@ from ..benchmarks import (
     plot_batch,
     plot_online,
     proxy_table,
+    real_online_table,
     run_batch_benchmark,
     run_online_benchmark,
     run_overhead_benchmark,
     run_peers_benchmark,
     run_proxy_benchmark,
+    run_real_online_benchmark,
     write_json,
 )
 
@@ -271,7 +274,11 @@ def _add_online_parser(bench_sub: Subparsers) -> None:
         "self-consistency programs through the real runtime against the replay engine's timing model on a "
         "virtual clock.",
     )
-    parser.add_argument("--traces", required=True, help="traces file (JSON lines, shared/data/traces format)")
+    parser.add_argument(
+        "--traces",
+        default=None,
+        help="traces file (JSON lines, shared/data/traces format); not with a real server",
+    )
     parser.add_argument("--profile", default="llama3-8b-h100-80gb", help="GPU profile name or JSON file")
     parser.add_argument("--json", dest="json_out", required=True, help="write the figures here (JSON)")
     parser.add_argument("--plot", default=None, help="draw attainment curves here (PNG; needs matplotlib)")
@@ -280,7 +287,12 @@ def _add_online_parser(bench_sub: Subparsers) -> None:
     parser.add_argument(
         "--rule", default="default", help="certaindex stop rule: default, paper or a calibration JSON file"
     )
-    parser.add_argument("-n", type=int, default=30, help="samples per program at most (full budget)")
+    parser.add_argument(
+        "-n",
+        type=int,
+        default=None,
+        help="samples per program at most (full budget; default 30, 8 on a real server)",
+    )
     parser.add_argument("--window", type=int, default=None, help="sequences in flight (default: max_batch)")
     parser.add_argument("--duration", type=float, default=None, help="modelled seconds of arrivals per run")
     parser.add_argument("--slo-scale", type=float, default=3.0, help="SLO scale of the rate sweep")
@@ -298,10 +310,38 @@ def _add_online_parser(bench_sub: Subparsers) -> None:
     parser.add_argument(
         "--jobs", type=int, default=None, help="worker processes (default: the available CPUs, at most 2)"
     )
+    _add_online_real_arguments(parser)
     parser.set_defaults(func=_online)
 
 
+def _add_online_real_arguments(parser: argparse.ArgumentParser) -> None:
+    """The real-server mode (docs/online-benchmark.md, *On a real server*): the same comparison on a
+    live server, beside the replay engine's prediction on a profile fitted to it."""
+    real = parser.add_argument_group(
+        "on a real server (--local or --endpoint; --rates, --slo-scales, --seeds, --jobs, --profile, "
+        "--split and --plot do not apply)"
+    )
+    where = real.add_mutually_exclusive_group()
+    where.add_argument("--local", action="store_true", help="the embedded llama.cpp server with SmolLM2-135M")
+    where.add_argument("--endpoint", default=None, help="an OpenAI-compatible base URL (vLLM, SGLang, ...)")
+    real.add_argument("--model", default=None, help="model name at --endpoint (default: the server's first)")
+    real.add_argument("--api-key", default=None, help="API key for --endpoint")
+    real.add_argument(
+        "--questions", default=None, help="dataset file asked (JSON lines, e.g. svamp/test.jsonl)"
+    )
+    real.add_argument("--question-count", type=int, default=8, help="questions drawn from the dataset")
+    real.add_argument("--programs", type=int, default=20, help="programs arriving (Poisson)")
+    real.add_argument("--max-tokens", type=int, default=128, help="tokens per sample at most")
+    real.add_argument(
+        "--slots", type=int, default=8, help="the embedded server's slots; for --endpoint, its batch size"
+    )
+
+
 def _online(args: argparse.Namespace) -> int:
+    if args.local or args.endpoint is not None:
+        return _online_real(args)
+    if args.traces is None:
+        raise ValueError("bench online needs --traces (the timing model), or --local / --endpoint URL")
     config = online_config(
         args.traces,
         quick=bool(args.quick),
@@ -311,7 +351,7 @@ def _online(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         profile=args.profile,
         split=args.split,
-        n=args.n,
+        n=30 if args.n is None else args.n,
         rule=args.rule,
         window=args.window,
         slo_scale=args.slo_scale,
@@ -325,6 +365,24 @@ def _online(args: argparse.Namespace) -> int:
     except OnlineRunError as exc:
         raise ValueError(f"a benchmark run failed: {exc}") from exc
     return finish_command(result, online_table(result), args.json_out, plot=plot_online, plot_path=args.plot)
+
+
+def _online_real(args: argparse.Namespace) -> int:
+    if args.questions is None:
+        raise ValueError("a real-server run needs --questions (a dataset file, e.g. svamp/test.jsonl)")
+    config = RealOnlineConfig(
+        args.questions, endpoint=args.endpoint, model=args.model, api_key=args.api_key,
+        count=args.question_count, programs=args.programs, n=8 if args.n is None else args.n,
+        max_tokens=args.max_tokens, rule=args.rule, rate_x=args.ref_rate, slo_scale=args.slo_scale,
+        seed=args.seed, slots=args.slots, window=args.window,
+    )  # fmt: skip
+    try:
+        result = run_real_online_benchmark(
+            config, progress=lambda line: print(line, file=sys.stderr, flush=True)
+        )
+    except OnlineRunError as exc:
+        raise ValueError(f"a benchmark run failed: {exc}") from exc
+    return finish_command(result, real_online_table(result), args.json_out)
 
 
 # -- bench overhead --------------------------------------------------------------------------------------

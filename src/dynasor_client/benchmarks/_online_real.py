@@ -1,0 +1,394 @@
+"""``dynasor-client bench online --local`` / ``--endpoint URL``: the online comparison on a real server,
+beside the replay engine's prediction of the same workload (``docs/online-benchmark.md``, *On a real
+server*).
+
+Steps: (1) time the idle server (:func:`probe_timings`) and fit a GPU profile to it (``fit_profile``);
+(2) ask each question alone, all ``n`` samples in one request: its latency alone (the deadline's
+base) and ``n`` recorded samples (the deadline's difficulty, and what the replay serves); (3) run the
+same Poisson programs under each policy on the server, in real time, reading the server's own
+generated-token counter around each run; (4) run them again through the replay engine on the fitted
+profile, on a virtual clock, with the same deadlines; (5) report both side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._common import format_table, run_metadata
+from ._online_simulate import OnlineRunError, ProgramOutcome, stop_rule
+from ._online_stats import percentile, run_figures
+from ._online_workload import POLICIES, OnlinePolicy, ProgramSpec, build_workload
+
+if TYPE_CHECKING:
+    from ..algorithms import Prompting
+    from ..endpoints import Endpoint, Message, SamplingParams
+    from ..program import Program
+    from ..replay import GPUProfile, TimingSample
+    from ..traces import DatasetItem, TraceQuestion
+
+__all__ = ["RealOnlineConfig", "real_online_table", "run_real_online_benchmark"]
+
+REAL_POLICIES = ("naive", "gang", "+certaindex", "+srw", "ours")  # those this module builds programs for
+
+# Two solved examples: a 135M model copies the format, so its answers are short and boxed (as the demo).
+FEW_SHOT: tuple[Message, ...] = (
+    {"role": "user", "content": "Ann has 4 cups and buys 3 more. How many cups does she have now?"},
+    {"role": "assistant", "content": "4 + 3 = 7. The answer is \\boxed{7}."},
+    {
+        "role": "user",
+        "content": "Ben had 9 stamps and gave 5 of them away. How many stamps does he have left?",
+    },
+    {"role": "assistant", "content": "9 - 5 = 4. The answer is \\boxed{4}."},
+)
+
+
+@dataclass(frozen=True)
+class RealOnlineConfig:
+    """The settings of one real-server comparison (the CLI's help and the docs)."""
+
+    questions: str  # a dataset file (JSON lines, ``load_dataset``)
+    endpoint: str | None = None  # an OpenAI-compatible base URL; None: the embedded llama.cpp server
+    model: str | None = None
+    api_key: str | None = None
+    count: int = 8  # questions drawn from the dataset
+    programs: int = 20
+    n: int = 8
+    max_tokens: int = 128
+    rule: str = "default"
+    rate_x: float = 0.75  # arrival rate, a multiple of the fitted profile's capacity at full n
+    slo_scale: float = 3.0
+    policies: tuple[str, ...] = ("naive", "ours")
+    seed: int = 0
+    slots: int = 8  # the embedded server's parallel sequences; for a URL, the server's batch size
+    window: int | None = None  # None: ``slots``
+    few_shot: bool = True
+    probe_batches: tuple[int, ...] = (1, 2, 4, 8)
+    probe_contexts: tuple[int, ...] = (30, 150)
+    probe_prefills: tuple[int, ...] = (64, 256)
+
+    def check(self) -> None:
+        bad = [p for p in self.policies if p not in REAL_POLICIES]
+        if bad or "naive" not in self.policies:
+            raise ValueError(f"policies must include 'naive' and be among {list(REAL_POLICIES)}, got {bad}")
+        positive = {
+            "questions": self.count, "programs": self.programs, "n": self.n,
+            "max tokens": self.max_tokens, "slots": self.slots, "window": self.window or 1,
+        }  # fmt: skip
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not (self.rate_x > 0 and self.slo_scale > 0):
+            raise ValueError("the rate multiple and the SLO scale must be positive")
+        if not Path(self.questions).is_file():
+            raise ValueError(f"questions file {self.questions!r} does not exist (a dataset, JSON lines)")
+        stop_rule(self.rule)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What both runs share: the questions as asked and recorded, the programs, the sampling."""
+
+    questions: list[TraceQuestion]
+    programs: list[ProgramSpec]
+    rate: float
+    params: SamplingParams
+    prompting: dict[str, Prompting]  # by question id
+
+
+def _prompting(question: str, few_shot: bool) -> Prompting:
+    from ..algorithms import Prompting
+
+    if not few_shot:
+        return Prompting()
+    return Prompting(messages=(*FEW_SHOT, {"role": "user", "content": question}))
+
+
+def _program(spec: ProgramSpec, policy: OnlinePolicy, setup: _Setup, n: int, rule: str) -> Program:
+    from ..algorithms import self_consistency
+    from ..certainty import cap
+    from ..program import as_program
+
+    extra: dict[str, Any] = {"params": setup.params, "prompting": setup.prompting[spec.question.id]}
+    if policy.certaindex:
+        return as_program(
+            self_consistency, spec.question.question, n=n, rule=stop_rule(rule), rounds="auto", **extra
+        )
+    return as_program(self_consistency, spec.question.question, n=n, rule=cap(n), rounds=[n], **extra)
+
+
+async def _drive(
+    endpoint: Endpoint, setup: _Setup, policy: OnlinePolicy, config: RealOnlineConfig, window: int
+) -> list[ProgramOutcome]:
+    """The programs submitted at their arrival times (seconds of the loop's clock: wall time on a real
+    server, modelled time on the virtual clock) to a fresh runtime under ``policy``."""
+    loop = asyncio.get_running_loop()
+    handles = []
+    async with policy.runtime(endpoint, window) as runtime:
+        start = loop.time()
+        for spec in setup.programs:
+            delay = start + spec.arrival(setup.rate) - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            deadline = spec.deadline(config.slo_scale) if policy.deadlines else None
+            program = _program(spec, policy, setup, config.n, config.rule)
+            handles.append((spec, runtime.submit(program, program_id=spec.program_id, deadline_s=deadline)))
+        out = []
+        for spec, handle in handles:
+            try:
+                result = await handle
+            except Exception as exc:
+                raise OnlineRunError(
+                    f"{policy.name}: program {spec.program_id} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            latency = handle.record.latency()
+            assert latency is not None
+            out.append(ProgramOutcome(spec.index, latency, result.stop_reason.value, result.answer,
+                                      result.tokens.generated, len(result.answers)))  # fmt: skip
+    return out
+
+
+async def _record_alone(
+    endpoint: Endpoint, items: Sequence[DatasetItem], config: RealOnlineConfig, params: SamplingParams,
+    say: Callable[[str], None],
+) -> tuple[list[TraceQuestion], dict[str, float]]:  # fmt: skip
+    """Each question alone on the idle server, all ``n`` samples in one request (naive's program):
+    its samples as a recorded question and its latency alone."""
+    from ..traces import TraceQuestion, TraceSample
+
+    questions, base = [], {}
+    for item in items:
+        prompting = _prompting(item.question, config.few_shot)
+        extract = prompting.extractor()
+        started = time.perf_counter()
+        generation = await endpoint.chat(prompting.chat(item.question), n=config.n, params=params)
+        base[item.id] = time.perf_counter() - started
+        samples = tuple(
+            TraceSample(extract(c.text), c.num_tokens, text=c.text, finish_reason=c.finish_reason)
+            for c in generation.choices
+        )
+        prompt_tokens = generation.usage.prompt_tokens // max(len(samples), 1) or None
+        questions.append(TraceQuestion(item.id, item.question, item.gold, samples, prompt_tokens))
+        say(f"  alone: {item.id} {base[item.id]:.2f} s, {sum(s.num_tokens for s in samples)} tokens")
+    return questions, base
+
+
+def _fit(samples: Sequence[TimingSample], name: str, description: str) -> GPUProfile:
+    """``fit_profile``; when noise leaves no time per iteration (a CPU server's context cost is small
+    and the fit may give it all), again without the context term (taken from the base profile)."""
+    from ..replay import fit_profile
+
+    try:
+        return fit_profile(samples, name=name, description=description)
+    except ValueError:
+        flat = [replace(s, kv_tokens=0) for s in samples]
+        return fit_profile(flat, name=name, description=f"{description}; context term not fitted")
+
+
+def _capacity(profile: GPUProfile, questions: Sequence[TraceQuestion], n: int) -> float:
+    """Programs per second the profile serves at full ``n`` with a full batch (as ``capacity_rate``)."""
+    lengths = [s.num_tokens for q in questions for s in q.samples]
+    mean_len = sum(lengths) / len(lengths)
+    prompt = sum(q.prompt_tokens or len(q.question) // 4 for q in questions) / len(questions)
+    return profile.decode_tokens_per_s(profile.max_batch, prompt + mean_len / 2) / (n * mean_len)
+
+
+def _workload(
+    questions: list[TraceQuestion], base: dict[str, float], config: RealOnlineConfig
+) -> list[ProgramSpec]:
+    programs = build_workload(questions, config.programs + 100, seed=config.seed)[: config.programs]
+    return [
+        replace(p, program_id=f"real-{config.seed}-{p.index}", base_s=base[p.question.id]) for p in programs
+    ]
+
+
+@contextlib.asynccontextmanager
+async def _server(config: RealOnlineConfig) -> AsyncIterator[tuple[str, str | None]]:
+    """The base URL to use and the embedded server's description (None for a URL)."""
+    if config.endpoint is not None:
+        yield config.endpoint, None
+        return
+    from ..local import LocalLlamaServer
+
+    ctx = 512 + config.max_tokens  # the few-shot prompt, the question and the answer
+    async with LocalLlamaServer(n_parallel=config.slots, n_ctx_per_slot=ctx) as local:
+        yield local.base_url, f"embedded llama.cpp, {local.model}, {config.slots} slots, {ctx} tokens each"
+
+
+async def _real(
+    config: RealOnlineConfig, say: Callable[[str], None]
+) -> tuple[dict[str, Any], _Setup, GPUProfile, list[float]]:
+    """The real runs: the figures, the workload and the fitted profile (for :func:`_predict`), and
+    each question's latency alone."""
+    import httpx
+
+    from ..endpoints import Endpoint, SamplingParams
+    from ..traces import load_dataset
+    from ._online_real_probe import ServerCounters, probe_timings, root_url
+
+    items = load_dataset(config.questions)
+    items = random.Random(config.seed).sample(items, min(config.count, len(items)))
+    params = SamplingParams(temperature=0.7, max_tokens=config.max_tokens)
+    window = config.window or config.slots
+    async with (
+        _server(config) as (base_url, embedded),
+        Endpoint(base_url, model=config.model, api_key=config.api_key, timeout=600, stream=False) as endpoint,
+        httpx.AsyncClient(timeout=30, trust_env=False) as http,
+    ):
+        counters = ServerCounters(http, root_url(base_url))
+        model = await endpoint.model_name()
+        await endpoint.capabilities()  # detected now, outside the counted runs
+        say(f"{embedded or base_url}: model {model}; timing the idle server")
+        samples = await probe_timings(
+            base_url, model, api_key=config.api_key,
+            batches=sorted({b for b in config.probe_batches if b <= config.slots} | {1}),
+            contexts=config.probe_contexts, prefills=config.probe_prefills,
+        )  # fmt: skip
+        profile = _fit(samples, f"fitted-{model}", f"{model} at {embedded or base_url}")
+        profile = replace(
+            profile, max_batch=config.slots, kv_capacity_tokens=config.slots * (512 + config.max_tokens)
+        )
+        say(f"fitted: {profile.description}")
+        questions, base = await _record_alone(endpoint, items, config, params, say)
+        capacity = _capacity(profile, questions, config.n)
+        prompting = {q.id: _prompting(q.question, config.few_shot) for q in questions}
+        setup = _Setup(
+            questions, _workload(questions, base, config), config.rate_x * capacity, params, prompting
+        )
+        real: dict[str, Any] = {}
+        for name in config.policies:
+            before = await counters.settled()
+            started = time.perf_counter()
+            outcomes = await _drive(endpoint, setup, POLICIES[name], config, window)
+            after = await counters.settled()
+            server_tokens = None if before is None or after is None else after - before
+            real[name] = {
+                **run_figures(setup.programs, outcomes, config.slo_scale),
+                "server_tokens": server_tokens,
+                "client_tokens": sum(o.tokens for o in outcomes),
+                "wall_s": time.perf_counter() - started,
+            }
+            say(f"  real {name}: attainment {real[name]['attainment']:.0%}, "
+                f"{real[name]['wall_s']:.0f} s, server tokens {server_tokens}")  # fmt: skip
+    figures = {
+        "server": {"url": config.endpoint, "embedded": embedded, "model": model, "slots": config.slots},
+        "profile": {**asdict(profile), "timing_samples": [asdict(s) for s in samples]},
+        "capacity_rate": capacity,
+        "rate": setup.rate,
+        "window": window,
+        "questions_asked": [q.id for q in questions],
+        "real": real,
+    }
+    return figures, setup, profile, [base[q.id] for q in questions]
+
+
+def _predict(
+    setup: _Setup, config: RealOnlineConfig, profile: GPUProfile, window: int
+) -> tuple[dict[str, Any], list[float]]:
+    """The same programs and deadlines on the replay engine (the fitted profile, the recorded samples),
+    and each question's modelled latency alone."""
+    from ..replay import InProcessReplay, run_virtual
+
+    async def main() -> tuple[dict[str, Any], list[float]]:
+        out: dict[str, Any] = {}
+        loop = asyncio.get_running_loop()
+        alone = []
+        async with InProcessReplay(setup.questions, profile=profile, seed=config.seed) as replay:
+            async with replay.endpoint(max_in_flight=100_000) as endpoint:
+                for question in setup.questions:
+                    started = loop.time()
+                    prompting = setup.prompting[question.id]
+                    await endpoint.chat(prompting.chat(question.question), n=config.n, params=setup.params)
+                    alone.append(loop.time() - started)
+                    await asyncio.sleep(1.0)  # idle between questions
+            for name in config.policies:
+                before = int(replay.metrics()["tokens_generated"])
+                async with replay.endpoint(max_in_flight=100_000) as endpoint:
+                    outcomes = await _drive(endpoint, setup, POLICIES[name], config, window)
+                await asyncio.sleep(1.0)  # the engine takes in the last aborts
+                out[name] = {
+                    **run_figures(setup.programs, outcomes, config.slo_scale),
+                    "server_tokens": int(replay.metrics()["tokens_generated"]) - before,
+                    "client_tokens": sum(o.tokens for o in outcomes),
+                }
+        return out, alone
+
+    return run_virtual(main())
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {"mean": sum(values) / len(values), "p10": percentile(values, 0.1), "p90": percentile(values, 0.9)}
+
+
+def run_real_online_benchmark(
+    config: RealOnlineConfig, *, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """The comparison on a real server and its prediction (module docs); raises ValueError on bad
+    settings, OnlineRunError when a program fails."""
+    config.check()
+    started = time.perf_counter()
+    figures, setup, profile, alone = asyncio.run(_real(config, progress or (lambda _: None)))
+    real = figures.pop("real")
+    predicted, predicted_alone = _predict(setup, config, profile, figures["window"])
+    figures["base_latency_s"] = {"real": _spread(alone), "predicted": _spread(predicted_alone)}
+    figures["policies"] = {
+        name: {"real": real[name], "predicted": predicted[name]} for name in config.policies
+    }
+    return {
+        "benchmark": "online-real",
+        "questions": Path(config.questions).name,
+        "n": config.n,
+        "max_tokens": config.max_tokens,
+        "rule": config.rule,
+        "programs": config.programs,
+        "rate_x": config.rate_x,
+        "slo_scale": config.slo_scale,
+        "seed": config.seed,
+        **figures,
+        **run_metadata(),
+        "elapsed_s": time.perf_counter() - started,
+    }
+
+
+def real_online_table(result: dict[str, Any]) -> str:
+    """Per policy, the real run beside the replay engine's prediction."""
+
+    def pct(v: float) -> str:
+        return f"{v:.0%}" if math.isfinite(v) else "-"
+
+    rows = []
+    for name, both in result["policies"].items():
+        for kind in ("real", "predicted"):
+            f = both[kind]
+            server = f["server_tokens"]
+            rows.append([
+                name, kind, pct(f["attainment"]), f"{f['latency_mean_s']:.2f}", f"{f['latency_p90_s']:.2f}",
+                f"{f['tokens']:.0f}", "-" if server is None else f"{server / f['programs']:.0f}",
+                pct(f["accuracy"]), pct(f["cut"]),
+            ])  # fmt: skip
+    base = result["base_latency_s"]
+    head = (
+        f"{result['programs']} programs at {result['rate']:.3g}/s ({result['rate_x']:g} x the fitted "
+        f"capacity {result['capacity_rate']:.3g}/s), SLO x{result['slo_scale']:g}, n={result['n']}; "
+        f"latency alone (mean): real {base['real']['mean']:.2f} s, "
+        f"predicted {base['predicted']['mean']:.2f} s"
+    )
+    columns = [
+        "policy",
+        "run",
+        "attainment",
+        "latency mean s",
+        "p90 s",
+        "tokens",
+        "server tokens",
+        "accuracy",
+        "cut",
+    ]
+    return head + "\n" + format_table(columns, rows)
