@@ -25,6 +25,7 @@ from ._batch_methods import (
     reference_methods,
 )
 from ._batch_report import batch_table, plot_batch
+from ._batch_unseen import UnseenSettings, cross_unseen, kfold_unseen, split_unseen
 from ._common import run_metadata
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ __all__ = [
     "ALGORITHMS",
     "ANSWER_SOURCES",
     "Method",
+    "UnseenSettings",
     "batch_table",
     "calibration_overlap",
     "method_stops",
@@ -146,7 +148,11 @@ def _reference_split(split: Split) -> Split:
 
 
 def _figures(replay: Replay, stop: IntArray, rounds: IntArray) -> dict[str, Any]:
+    from ..calibration import loss_estimate
+
     e = replay.summarise(stop, rounds)
+    # paired with the full budget, resampled over questions (the same resamples for every method)
+    loss = loss_estimate(replay.paired_loss(stop), seed=replay.seed)
     return {
         "accuracy": e.accuracy,
         "accuracy_ci95": list(e.accuracy_ci95),
@@ -155,7 +161,58 @@ def _figures(replay: Replay, stop: IntArray, rounds: IntArray) -> dict[str, Any]
         "samples": e.samples,
         "rounds": e.rounds,
         "saved": e.saved,
+        "loss": loss.loss,
+        "loss_ci95": list(loss.ci95),
     }
+
+
+def _unseen(
+    path: Path,
+    questions: list[TraceQuestion],
+    evaluated: list[TraceQuestion],
+    reference: list[TraceQuestion],
+    *,
+    cap: int,
+    folds: int,
+    cross: Sequence[str | Path],
+    settings: UnseenSettings,
+    in_sample: bool,
+) -> dict[str, Any]:
+    """The unseen-question figures (``_batch_unseen``): train->test, k-fold, cross-dataset pairs."""
+    out: dict[str, Any] = {
+        "settings": dataclasses.asdict(settings),
+        "train_test": None,
+        "kfold": None,
+        "cross": [],
+    }
+    if not in_sample:
+        out["train_test"] = split_unseen(reference, evaluated, cap=cap, settings=settings, source=path.name)
+    if folds > 1:
+        out["kfold"] = kfold_unseen(questions, k=folds, cap=cap, settings=settings, source=path.name)
+    files: list[tuple[str, list[TraceQuestion]]] = [(path.name, questions)]
+    for other in cross:
+        other_path = Path(other)
+        try:
+            files.append((other_path.name, [q for q in load_traces(other_path) if q.samples]))
+        except OSError as exc:
+            raise ValueError(f"--cross: cannot read traces {other_path}: {exc}") from exc
+    names = [name for name, _ in files]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--cross: the traces files must differ, got {names}")
+    for fit_name, fit_q in files:
+        for judged_name, judged_q in files:
+            if fit_name != judged_name:
+                out["cross"].append(
+                    cross_unseen(
+                        fit_q,
+                        judged_q,
+                        cap=cap,
+                        settings=settings,
+                        fit_source=fit_name,
+                        judged_source=judged_name,
+                    )
+                )
+    return out
 
 
 def run_batch_benchmark(
@@ -169,11 +226,18 @@ def run_batch_benchmark(
     quick: bool = False,
     seed: int = 0,
     answers: str = "recorded",
+    unseen: bool = False,
+    folds: int = 5,
+    cross: Sequence[str | Path] = (),
+    confidence: float | None = 0.9,
 ) -> dict[str, Any]:
     """Run every method on one split of ``traces``; the figures as the documented JSON dict.
 
     ``answers="extracted"`` votes with the answers the library's extractor finds in each sample's
-    text (as a live program does) instead of the recorded ones.
+    text (as a live program does) instead of the recorded ones. ``unseen``: also calibrate afresh
+    (bootstrap bound at ``confidence``; None: the normal margin) and judge on questions the
+    calibration never saw: train->test, ``folds``-fold over the file's questions (0: skip) and every
+    ordered pair of ``traces`` and the ``cross`` files.
     """
     from ..calibration import Replay, label_traces
     from ..certainty import Cap
@@ -187,6 +251,10 @@ def run_batch_benchmark(
         raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     if answers not in ANSWER_SOURCES:
         raise ValueError(f"answers must be one of {ANSWER_SOURCES}, got {answers!r}")
+    if folds < 0 or folds == 1:
+        raise ValueError(f"--folds must be 0 (skip) or >= 2, got {folds}")
+    if confidence is not None and not 0 < confidence < 1:
+        raise ValueError(f"--confidence must be in (0, 1), got {confidence}")
     path = Path(traces)
     try:
         questions: list[TraceQuestion] = [q for q in load_traces(path) if q.samples]
@@ -266,6 +334,22 @@ def run_batch_benchmark(
     for figures in results.values():
         figures["oracle_share"] = figures["saved"] / oracle_saved if oracle_saved > 0 else float("nan")
     base = results["baseline"]
+    unseen_figures = None
+    if unseen:
+        settings = UnseenSettings(confidence=confidence, orders=seeds, seed=seed)
+        if quick:
+            settings = dataclasses.replace(settings, folds=2, boots=200)
+        unseen_figures = _unseen(
+            path,
+            questions[: QUICK_REFERENCE + QUICK_QUESTIONS] if quick else questions,
+            evaluated,
+            reference,
+            cap=cap,
+            folds=folds,
+            cross=cross,
+            settings=settings,
+            in_sample=in_sample,
+        )
     return {
         "benchmark": "batch",
         "algorithm": algorithm,
@@ -291,6 +375,7 @@ def run_batch_benchmark(
         },
         "ours": ours_info,
         "uniform_curve": uniform,
+        "unseen": unseen_figures,
         "notes": notes,
         **run_metadata(),
         "elapsed_s": time.perf_counter() - started,

@@ -12,7 +12,9 @@ writes with :func:`dynasor_client.certainty.load_rule`.
 - :func:`load_traces`, :func:`split_of`, :func:`select_split` — the traces format and the
   deterministic train/test split (sha256 of the question id; 30% test).
 - :class:`Replay`, :func:`evaluate` — many random sample orders at once; accuracy, tokens, rounds.
-- :func:`calibrate` — the search (families of recipes, cross-validated); :class:`CalibrationResult`.
+- :func:`calibrate` — the search (families of recipes, cross-validated, a bootstrap upper bound on
+  the loss); :class:`CalibrationResult`; :class:`QuestionBootstrap`, :class:`LossEstimate` — the loss
+  against the full budget with its interval over questions.
 - :func:`default_rule` — the shipped rule (parameters calibrated on SVAMP train); :func:`load_rule`,
   :func:`checkpoints` and :func:`checkpoint_mask` — from :mod:`dynasor_client.certainty.rules`.
 """
@@ -44,7 +46,9 @@ from ._replay import (
     sample_orders,
 )
 from ._result import CalibrationResult
+from ._robust import LossEstimate, QuestionBootstrap, loss_estimate
 from ._search import (
+    DEFAULT_CONFIDENCE,
     Candidate,
     Objective,
     SearchOutcome,
@@ -73,6 +77,7 @@ from ._traces import (
 )
 
 __all__ = [
+    "DEFAULT_CONFIDENCE",
     "TEST_FRACTION",
     "CalibrationResult",
     "Candidate",
@@ -82,8 +87,10 @@ __all__ = [
     "Family",
     "Fitted",
     "LabelledTraces",
+    "LossEstimate",
     "MultiStepFamily",
     "Objective",
+    "QuestionBootstrap",
     "Recipe",
     "Replay",
     "Score",
@@ -116,6 +123,7 @@ __all__ = [
     "label_traces",
     "load_rule",
     "load_traces",
+    "loss_estimate",
     "paper_rule",
     "prefix_majority",
     "published_rules",

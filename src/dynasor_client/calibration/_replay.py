@@ -387,6 +387,14 @@ class Replay:
             difference_se=float(se),
         )
 
+    def paired_loss(self, stop: IntArray, rows: IntArray | None = None) -> FloatArray:
+        """Per question (of ``rows``, whole questions): the full budget's correctness minus the
+        stops', averaged over orders (positive: accuracy lost)."""
+        if rows is None:
+            rows = np.arange(self.rows)
+        lost = self.correct[rows, self.last[rows]].astype(np.float64) - self.correct[rows, stop]
+        return np.asarray(lost.reshape(-1, self.orders).mean(axis=1), dtype=np.float64)
+
     def rounds_at(self, check: BoolArray, stop: IntArray) -> IntArray:
         """Rounds per row: checkpoints up to and including the stop (which always counts)."""
         rows = np.arange(len(stop))

@@ -5,6 +5,8 @@
      "expected": {"accuracy", "accuracy_ci95", "tokens", "rounds", "saved", ...},   # the saved rule,
                                                                                       # on its data
      "cross_validated": {...},     # the chosen recipe scored out-of-fold (fitted on other questions)
+     "expected_loss": {"loss", "ci95", "upper", "confidence", "questions", "boots"} or null,
+                                   # its out-of-fold accuracy loss, bootstrapped over questions
      "baseline": {...},            # full budget (majority of all cap samples), same sample orders
      "reference": {name: {...}},   # published rules (paper's static, Adaptive-Consistency, ESC)
      "recipe": {...}, "families": {...best candidate per family...},
@@ -32,6 +34,7 @@ import numpy as np
 from ..certainty import StopRule
 from ..certainty.rules import rule_from_json
 from ._replay import Evaluation
+from ._robust import LossEstimate
 
 FORMAT = "dynasor-calibration/1"
 RULE_FORMAT = "dynasor-rule/1"
@@ -70,6 +73,8 @@ class CalibrationResult:
     versions: dict[str, str] = field(default_factory=_versions)
     #: figures on another split (``calibrate --evaluate-split``): calibrated, baseline, reference
     held_out: dict[str, Any] | None = None
+    #: the out-of-fold loss against the full budget with its interval over questions
+    expected_loss: LossEstimate | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +90,7 @@ class CalibrationResult:
             "search": self.search,
             "versions": self.versions,
             "held_out": self.held_out,
+            "expected_loss": None if self.expected_loss is None else self.expected_loss.to_dict(),
         }
 
     @classmethod
@@ -92,6 +98,7 @@ class CalibrationResult:
         if data.get("format") != FORMAT:
             raise ValueError(f"not a calibration result (format {data.get('format')!r}, expected {FORMAT!r})")
         cv = data.get("cross_validated")
+        loss = data.get("expected_loss")
         return cls(
             rule=rule_from_json(data["rule"]),
             expected=Evaluation.from_dict(data["expected"]),
@@ -104,6 +111,7 @@ class CalibrationResult:
             search=dict(data.get("search", {})),
             versions=dict(data.get("versions", {})),
             held_out=data.get("held_out"),
+            expected_loss=None if loss is None else LossEstimate.from_dict(loss),
         )
 
     def save(self, path: str | Path) -> None:
@@ -126,6 +134,8 @@ class CalibrationResult:
         }
         if self.cross_validated is not None:
             out["cross_validated"] = {k: self.cross_validated.to_dict()[k] for k in keep}
+        if self.expected_loss is not None:
+            out["expected_loss"] = self.expected_loss.to_dict()
         if self.held_out is not None:
             out["held_out"] = {
                 "split": self.held_out["split"],
@@ -160,6 +170,8 @@ class CalibrationResult:
                 f"cross-validated (out of fold): accuracy {c.accuracy:.4f}, saved {c.saved:.1%}, "
                 f"{c.rounds:.2f} rounds"
             )
+        if self.expected_loss is not None:
+            lines.append(f"expected loss on unseen questions (out of fold): {self.expected_loss.describe()}")
         for name, r in self.reference.items():
             lines.append(f"published {name}: accuracy {r['accuracy']:.4f}, saved {r['saved']:.1%}")
         lines += [f"note: {note}" for note in self.search.get("notes", [])]

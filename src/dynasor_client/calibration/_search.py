@@ -20,6 +20,14 @@ averaged over orders) is at least ``baseline - epsilon``. ``safety=1`` (default)
 drop on SVAMP at 0.05 points on average over 10 random 70/30 splits (0.17 points at ``safety=0``)
 while saving about 75% of tokens (79% at 0).
 
+**Bootstrap upper bound** (``confidence=``, what ``calibrate`` and the CLI use by default): instead
+of the normal margin, a candidate is feasible only when the ``confidence`` quantile of its
+out-of-fold loss, resampled over questions (:class:`~dynasor_client.calibration.QuestionBootstrap`,
+the same resamples for every candidate), is within ``epsilon``. The loss is skewed (most questions
+lose nothing, a few lose a lot), which the bootstrap follows and the normal margin does not; and
+the level says what the bound means. ``confidence=None`` keeps the ``safety`` margin. The figures
+behind the default level are in ``docs/calibration.md``.
+
 **Signals** are candidates, not code paths: every signal in ``signals=`` (default: entropy plus every
 signal registered with :func:`~dynasor_client.certainty.register_signal` that builds without
 arguments and varies on these traces) is tried by every family. Each signal's values are computed
@@ -51,6 +59,7 @@ from ..certainty.signals import register_builtin_signals, signal_to_dict
 from ._families import Family, Recipe, default_families, signal_key
 from ._replay import Evaluation, LabelledTraces, Replay, Score, label_traces
 from ._result import CalibrationResult
+from ._robust import LossEstimate, QuestionBootstrap
 from ._steps import StepTable
 from ._traces import TraceQuestion, fold_of
 
@@ -59,6 +68,8 @@ log = logging.getLogger("dynasor_client.calibration")
 #: What the search minimises: a name, or a function of a :class:`Score` (accuracy, tokens, samples,
 #: rounds, saved) — e.g. ``lambda s: s.tokens + 200 * s.rounds``.
 Objective = Literal["tokens", "samples", "rounds"] | Callable[[Score], float]
+#: the bootstrap upper bound's level that :func:`calibrate` uses by default (docs/calibration.md)
+DEFAULT_CONFIDENCE = 0.9
 
 
 class SearchSpace:
@@ -139,6 +150,8 @@ class Candidate:
     score: Score
     objective: float
     feasible: bool
+    #: the bootstrap upper bound of its out-of-fold loss (when the search uses one)
+    loss_upper: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         s = self.score
@@ -151,6 +164,7 @@ class Candidate:
             "rounds": s.rounds,
             "objective": self.objective,
             "feasible": self.feasible,
+            "loss_upper": self.loss_upper,
         }
 
 
@@ -201,6 +215,8 @@ class SearchOutcome:
     seconds: float
     notes: list[str] = field(default_factory=list)
     signals: list[Signal] = field(default_factory=list)
+    #: the chosen recipe's out-of-fold loss against the full budget, bootstrapped over questions
+    loss: LossEstimate | None = None
 
 
 def search(
@@ -213,9 +229,19 @@ def search(
     signals: Sequence[Signal] | None = None,
     folds: int = 5,
     safety: float = 1.0,
+    confidence: float | None = None,
+    boots: int = 1000,
 ) -> SearchOutcome:
-    """Search ``families`` on ``replay`` (see the module docs); the engine behind :func:`calibrate`."""
+    """Search ``families`` on ``replay`` (see the module docs); the engine behind :func:`calibrate`.
+
+    ``confidence`` (e.g. 0.9): judge feasibility by the bootstrap upper bound of the out-of-fold loss
+    at that level (``boots`` resamples of the questions) instead of ``safety`` standard errors.
+    """
+    if confidence is not None and not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     start = time.perf_counter()
+    bootstrap = QuestionBootstrap(replay.data.questions, boots=boots, seed=replay.seed)
+    report_level = 0.95 if confidence is None else confidence
     score_of = _objective_fn(objective)
     baseline = replay.baseline()
     min_accuracy = baseline.accuracy - epsilon
@@ -235,8 +261,11 @@ def search(
                 fit_rows = np.flatnonzero(row_fold != f)
                 splits.append((View(space, fit_rows, f"cv{f}/{folds}"), View(space, out_rows, "-")))
 
-    def feasible(score: Score, margin: float = safety) -> bool:
-        ok = score.accuracy - margin * score.difference_se >= min_accuracy - 1e-12
+    def feasible(score: Score, margin: float = safety, upper: float | None = None) -> bool:
+        if upper is not None:  # the bootstrap bound replaces the normal margin
+            ok = upper <= epsilon + 1e-12
+        else:
+            ok = score.accuracy - margin * score.difference_se >= min_accuracy - 1e-12
         return ok and (max_rounds is None or score.rounds <= max_rounds + 1e-12)
 
     def better(a: Candidate, b: Candidate | None) -> bool:
@@ -262,7 +291,8 @@ def search(
             else:
                 stop, rounds = recipe.fit(everything).stops(everything)
             score = replay.score(stop, rounds)
-            cand = Candidate(recipe, score, score_of(score), feasible(score))
+            upper = None if confidence is None else bootstrap.upper(replay.paired_loss(stop), confidence)
+            cand = Candidate(recipe, score, score_of(score), feasible(score, upper=upper), upper)
             space.leaderboard.append(cand)
             current = per_family.get(recipe.family)
             if better(cand, None if current is None else current[0]):
@@ -275,6 +305,7 @@ def search(
         notes.append("no candidate met the constraints; the full budget is used")
         rule: StopRule = Cap(replay.cap)
         expected = replay.evaluate(rule)
+        none_lost = bootstrap.estimate(np.zeros(replay.data.questions), report_level)
         return SearchOutcome(
             rule,
             None,
@@ -287,6 +318,7 @@ def search(
             time.perf_counter() - start,
             notes,
             chosen_signals,
+            none_lost,
         )
     cand, oof_stop, oof_rounds = best
     fitted = cand.recipe.fit(everything)
@@ -314,6 +346,7 @@ def search(
         time.perf_counter() - start,
         notes,
         chosen_signals,
+        bootstrap.estimate(replay.paired_loss(oof_stop), report_level),
     )
 
 
@@ -357,6 +390,8 @@ def calibrate(
     signals: Sequence[Signal] | None = None,
     folds: int = 5,
     safety: float = 1.0,
+    confidence: float | None = DEFAULT_CONFIDENCE,
+    boots: int = 1000,
     fitted_on: dict[str, Any] | None = None,
 ) -> CalibrationResult:
     """Choose the rule minimising ``objective`` with accuracy >= full-budget accuracy - ``epsilon``.
@@ -364,8 +399,10 @@ def calibrate(
     ``data``: trace questions (labelled with the default labeller), :class:`LabelledTraces`, or a
     :class:`Replay` (then ``orders``, ``cap`` and ``seed`` are its own). ``epsilon`` is a fraction
     (0.002 = 0.2 accuracy points). ``safety``: how many standard errors (over questions) of the
-    paired accuracy difference with the full budget the out-of-fold accuracy must clear the bound by
-    (see the module docs). ``fitted_on`` adds provenance (file name, split) to the result.
+    paired accuracy difference with the full budget the out-of-fold accuracy must clear the bound by,
+    used when ``confidence`` is None; ``confidence``: the level of the bootstrap upper bound on the
+    out-of-fold loss that must be within ``epsilon`` (``boots`` resamples of the questions; see the
+    module docs). ``fitted_on`` adds provenance (file name, split) to the result.
     Returns a :class:`~dynasor_client.calibration.CalibrationResult`.
     """
     if not 0 <= epsilon < 1:
@@ -384,6 +421,8 @@ def calibrate(
         signals=signals,
         folds=folds,
         safety=safety,
+        confidence=confidence,
+        boots=boots,
     )
     info: dict[str, Any] = {
         "traces": replay.data.source,
@@ -396,6 +435,8 @@ def calibrate(
         "max_rounds": max_rounds,
         "folds": folds,
         "safety": safety,
+        "confidence": confidence,
+        "boots": boots,
         **(fitted_on or {}),
         "question_ids": list(replay.data.ids),
     }
@@ -408,6 +449,7 @@ def calibrate(
         expected=outcome.expected,
         baseline=outcome.baseline,
         cross_validated=outcome.cross_validated,
+        expected_loss=outcome.loss,
         recipe=None if outcome.recipe is None else {"family": outcome.recipe.family, **outcome.recipe.params},
         fitted_on=info,
         families=families_report,

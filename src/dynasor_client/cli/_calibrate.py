@@ -37,7 +37,15 @@ def add_calibrate_parser(sub: Subparsers) -> None:
         "--safety",
         type=float,
         default=1.0,
-        help="standard errors of the accuracy difference a rule must clear the bound by (0: none)",
+        help="with --confidence 0: standard errors of the accuracy difference a rule must clear the "
+        "bound by (0: none)",
+    )
+    cal.add_argument(
+        "--confidence",
+        type=float,
+        default=0.9,
+        help="level of the bootstrap upper bound (over questions) on the out-of-fold accuracy loss that "
+        "must stay within epsilon (0: use --safety instead)",
     )
     cal.add_argument(
         "--evaluate-split", choices=SPLITS, default=None, help="also score the rule on this split (e.g. test)"
@@ -61,6 +69,7 @@ def _calibrate(args: argparse.Namespace) -> None:
             max_rounds=args.max_rounds,
             folds=args.folds,
             safety=args.safety,
+            confidence=args.confidence or None,
             evaluate_split=args.evaluate_split,
         )
     except OSError as exc:  # a missing traces file or unwritable output: a usage error, not a crash

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..calibration import (
+    DEFAULT_CONFIDENCE,
     TEST_FRACTION,
     CalibrationResult,
     Objective,
@@ -17,6 +18,7 @@ from ..calibration import (
     evaluate_published,
     label_traces,
     load_traces,
+    loss_estimate,
     select_split,
 )
 from ..traces import file_sha256
@@ -35,6 +37,7 @@ def calibrate_command(
     max_rounds: float | None = None,
     folds: int = 5,
     safety: float = 1.0,
+    confidence: float | None = DEFAULT_CONFIDENCE,
     evaluate_split: Split | None = None,
 ) -> CalibrationResult:
     """Calibrate on one split of a traces file, optionally score on another, and save the JSON."""
@@ -51,6 +54,7 @@ def calibrate_command(
         max_rounds=max_rounds,
         folds=folds,
         safety=safety,
+        confidence=confidence,
         fitted_on={
             "traces": path.name,
             "sha256": file_sha256(path),
@@ -82,6 +86,7 @@ def evaluate_on_split(
         "split": split,
         "questions": replay.data.questions,
         "calibrated": replay.evaluate(result.rule).to_dict(),
+        "loss": loss_estimate(replay.paired_loss(replay.stops(result.rule)), seed=replay.seed).to_dict(),
         "baseline": replay.baseline().to_dict(),
         "reference": evaluate_published(replay),
     }
@@ -94,6 +99,12 @@ def held_out_summary(held_out: dict[str, Any]) -> str:
         f"{b['accuracy']:.4f} ({b['tokens']:.0f} tokens); calibrated {c['accuracy']:.4f}, saved "
         f"{c['saved']:.1%}, {c['rounds']:.2f} rounds"
     ]
+    if "loss" in held_out:
+        loss = held_out["loss"]
+        lines.append(
+            f"  loss on these unseen questions: {100 * loss['loss']:+.2f} pt (95% over questions "
+            f"{100 * loss['ci95'][0]:+.2f} to {100 * loss['ci95'][1]:+.2f})"
+        )
     for name, r in held_out["reference"].items():
         lines.append(
             f"  published {name}: accuracy {r['accuracy']:.4f}, saved {r['saved']:.1%},"
