@@ -255,6 +255,9 @@ def run_batch_benchmark(
         raise ValueError(f"--folds must be 0 (skip) or >= 2, got {folds}")
     if confidence is not None and not 0 < confidence < 1:
         raise ValueError(f"--confidence must be in (0, 1), got {confidence}")
+    for other in cross:  # refused before the run, not after it
+        if not Path(other).is_file():
+            raise ValueError(f"--cross: cannot read traces {other}: no such file")
     path = Path(traces)
     try:
         questions: list[TraceQuestion] = [q for q in load_traces(path) if q.samples]
