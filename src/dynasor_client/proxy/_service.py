@@ -15,13 +15,14 @@ from starlette.datastructures import Headers
 from .._exceptions import BudgetExhausted, EndpointError, ProgramCancelled, RuntimeClosed
 from .._log import get_logger
 from ..algorithms import JudgeRewardModel, PoolingRewardModel, RewardModel
+from ..budget import BudgetManager
 from ..endpoints import Endpoint, RetryPolicy
 from ..runtime import Runtime
 from ._config import ProxyConfig
 from ._errors import ProxyError, Redactor, endpoint_error, redact, redact_logs, transport_error
 from ._keys import Budget, KeyAccount, presented_key
 from ._options import DynasorOptions
-from ._pool import upstream_transport
+from ._pool import direct, upstream_transport
 from ._responses import billed_tokens
 from ._run import Run
 
@@ -75,12 +76,17 @@ class ProxyService:
         self.http = httpx.AsyncClient(
             base_url=config.upstream + "/",
             timeout=httpx.Timeout(config.timeout_s, connect=min(config.timeout_s, 10.0)),
-            # Small pools sized to the window (see ._pool). No Nagle: the body follows the headers
-            # in a second small write, which Nagle would hold until the upstream's delayed ACK
-            # (~40 ms on Linux) on every request.
-            transport=upstream_transport(config.max_in_flight, socket_options=[_NODELAY]),
+            # The lean HTTP/1.1 transport of ._pool, keeping a window of connections alive. No
+            # Nagle: a request must not wait for the upstream's delayed ACK (~40 ms on Linux).
+            transport=(transport := upstream_transport(config.max_in_flight, socket_options=[_NODELAY])),
         )
-        self.runtime = Runtime(self.endpoint, token_budget=config.token_budget, window=config.max_in_flight)
+        #: Pass-through requests go straight through ``http``'s transport where they can (``._pool``).
+        self.direct = direct(self.http, transport)
+        # Budgets count what requests are billed (total_tokens: cached prompt tokens included),
+        # and a request's dynasor.token_budget is its cap, never extended by what earlier requests
+        # left unspent (no reallocation: other clients' tokens).
+        budget = BudgetManager(config.token_budget, reallocate=False, cached=True)
+        self.runtime = Runtime(self.endpoint, budget=budget, window=config.max_in_flight)
         self._rewards: dict[str, RewardModel] = {}
         self._reward_endpoint: Endpoint | None = None
         self._runs: set[Run] = set()
