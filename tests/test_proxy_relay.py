@@ -18,7 +18,7 @@ from dynasor_client.endpoints import chunk_tokens
 from dynasor_client.proxy import ProxyConfig, ProxyServer, _sse
 from dynasor_client.proxy._errors import ProxyError
 from dynasor_client.proxy._passthrough import _Tally
-from dynasor_client.proxy._pool import UpstreamTransport
+from dynasor_client.proxy._pool import UpstreamTransport, direct
 
 # ------------------------------------------------------------------------------ the splitter
 
@@ -281,3 +281,55 @@ async def test_unreachable_and_silent_upstreams() -> None:
     ):
         with pytest.raises(httpx.ReadTimeout):
             await client.get("models")
+
+
+async def test_the_direct_path_sends_what_the_client_would() -> None:
+    seen: list[bytes] = []
+    fixed = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: application/json\r\n\r\n{}"
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            seen.append(await _read_request(reader))
+            writer.write(fixed)
+            await writer.drain()
+
+    headers = {"content-type": "application/json", "authorization": "Bearer sk-up", "User-Agent": "me"}
+    async with _Upstream(record) as upstream:
+        transport = UpstreamTransport()
+        async with httpx.AsyncClient(transport=transport, base_url=upstream.url + "/") as client:
+            path = direct(client, transport)
+            assert path is not None
+            response = await client.post("completions", content=b'{"a": 1}', headers=headers)
+            assert response.content == b"{}"
+            answer = await path.post("completions", headers, b'{"a": 1}')
+            assert (answer.status_code, answer.headers["content-type"], await answer.aread()) == (
+                200,
+                "application/json",
+                b"{}",
+            )
+    assert upstream.connections == 1  # the direct request reused the client's connection
+
+    def fields(request: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
+        head, _, body = request.partition(b"\r\n\r\n")
+        line, *rest = head.split(b"\r\n")
+        pairs = (item.split(b": ", 1) for item in rest)
+        return line, {name.lower(): value for name, value in pairs}, body
+
+    via_client, via_direct = fields(seen[0]), fields(seen[1])
+    assert via_direct[0] == via_client[0] == b"POST /v1/completions HTTP/1.1"
+    assert via_direct[2] == via_client[2] == b'{"a": 1}'
+    assert via_client[1].pop(b"accept-encoding")  # the direct path asks for the answer unencoded
+    assert via_direct[1] == via_client[1] and via_direct[1][b"user-agent"] == b"me"
+
+
+def test_the_direct_path_is_not_taken_where_httpx_must_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    transport = UpstreamTransport()
+    plain = httpx.AsyncClient(transport=transport, base_url="http://up:1/v1/")
+    assert direct(plain, httpx.AsyncHTTPTransport()) is None  # another transport
+    assert direct(plain, transport) is not None
+    auth = httpx.AsyncClient(transport=transport, base_url="http://user:pw@up:1/v1/")
+    assert direct(auth, transport) is None  # basic auth from the URL
+    monkeypatch.setenv("HTTP_PROXY", "http://corporate:3128")
+    assert direct(plain, transport) is None
+    monkeypatch.setenv("NO_PROXY", "up")
+    assert direct(plain, transport) is not None

@@ -285,7 +285,7 @@ def _passthrough(
         kind, content, headers, stream, strip, n if isinstance(n, int) and n > 0 else 1, own,
         error_bytes=service.config.max_error_body_bytes,
     )  # fmt: skip
-    program = PassThrough(service.http, service.upstream_display, forward)
+    program = PassThrough(service.http, service.upstream_display, forward, direct=service.direct)
     run = Run(
         service.runtime,
         program,

@@ -36,6 +36,7 @@ from ..endpoints import Usage, chunk_tokens, prompt_estimate
 from ..program import ProgramContext, ProgramResult, StopReason, TokenKind
 from . import _sse
 from ._errors import ProxyError, transport_error, upstream_http_error
+from ._pool import Answer, Direct
 from ._run import Run
 
 PATHS = {"chat": "chat/completions", "completions": "completions"}
@@ -72,7 +73,7 @@ def prepare(body: dict[str, Any], raw: bytes, *, meter_streams: bool) -> tuple[b
     return (json.dumps(body, ensure_ascii=False).encode("utf-8") if modified else raw), strip
 
 
-async def read_bounded(response: httpx.Response, limit: int) -> bytes:
+async def read_bounded(response: httpx.Response | Answer, limit: int) -> bytes:
     """The first ``limit`` bytes of ``response``'s body (the rest is never read: close the response
     after this)."""
     parts: list[bytes] = []
@@ -120,8 +121,11 @@ def usage_of(data: Any) -> Usage | None:
 class PassThrough:
     """The program of one pass-through request (module docs)."""
 
-    def __init__(self, http: httpx.AsyncClient, upstream: str, forward: Forward) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, upstream: str, forward: Forward, *, direct: Direct | None = None
+    ) -> None:
         self.http, self.upstream, self.forward = http, upstream, forward
+        self.direct = direct  # sends without httpx's request and response objects (._pool)
         self.usage: Usage | None = None
         self.tally = _Tally()  # the content events streamed (billing: chunk_tokens)
         self.accepted = False  # the upstream answered 2xx: the prompt is billed
@@ -145,14 +149,8 @@ class PassThrough:
                 content = self.forward.content
                 if context.budgeted():
                     content, held = await self._reserve(context)
-                request = self.http.build_request(
-                    "POST",
-                    PATHS[self.forward.kind],
-                    content=content,
-                    headers=self.forward.headers,
-                )
                 try:
-                    response = await self.http.send(request, stream=True)
+                    response = await self._send(content)
                 except httpx.HTTPError as exc:
                     raise transport_error(exc, self.upstream) from exc
                 try:
@@ -184,6 +182,13 @@ class PassThrough:
             certaindex=(),
             program_id=context.program_id,
         )
+
+    async def _send(self, content: bytes) -> httpx.Response | Answer:
+        path = PATHS[self.forward.kind]
+        if self.direct is not None:
+            return await self.direct.post(path, self.forward.headers, content)
+        request = self.http.build_request("POST", path, content=content, headers=self.forward.headers)
+        return await self.http.send(request, stream=True)
 
     async def _reserve(self, context: ProgramContext) -> tuple[bytes, int]:
         """Reserve ``max_tokens x n`` plus the prompt's estimate; the body to send, shrunk to what
@@ -220,7 +225,7 @@ class PassThrough:
             body = None
         return Usage(request_prompt_tokens(body) if isinstance(body, dict) else 0, completion)
 
-    async def _whole(self, response: httpx.Response, run: Run) -> None:
+    async def _whole(self, response: httpx.Response | Answer, run: Run) -> None:
         content = await response.aread()
         with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
             self.whole = json.loads(content)
@@ -233,7 +238,7 @@ class PassThrough:
             media_type=response.headers.get("content-type", "application/json"),
         )
 
-    async def _relay(self, response: httpx.Response, run: Run) -> None:
+    async def _relay(self, response: httpx.Response | Answer, run: Run) -> None:
         """Forward the upstream's events as they arrive: each read's whole events go to the client
         as one piece, plain ``data:`` events as the upstream's own bytes (:class:`._sse.EventSplitter`).
         Only an event that mentions ``"usage"`` is parsed here (the usage chunk: metered, and

@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Sequence
+import urllib.request
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import httptools
 import httpx
 
-__all__ = ["UpstreamTransport", "upstream_transport"]
+__all__ = ["Answer", "Direct", "UpstreamTransport", "direct", "upstream_transport"]
 
 SocketOption = tuple[int, int, int]
+Key = tuple[str, str, int]  # scheme, host, port
 
 #: Body bytes a connection buffers for a reader that is not reading before it stops reading the socket.
 HIGH_WATER = 256 * 1024
@@ -156,14 +158,26 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-class _Body(httpx.AsyncByteStream):
-    """A response's body: each piece is what the socket delivered since the last one."""
+class Answer(httpx.AsyncByteStream):
+    """An upstream response: its status and headers, and its body, each piece what the socket
+    delivered since the last one (also the body stream of the ``httpx.Response``)."""
 
-    def __init__(
-        self, pool: UpstreamTransport, key: tuple[str, str, int], conn: _Connection, read_s: float | None
-    ) -> None:
+    def __init__(self, pool: UpstreamTransport, key: Key, conn: _Connection, read_s: float | None) -> None:
         self.pool, self.key, self.conn, self.read_s = pool, key, conn, read_s
-        self.done = False
+        self.status_code = conn.status
+        self.headers = httpx.Headers(conn.headers)
+        self.done = self.closed = False
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body, then the response is closed (as ``httpx``'s)."""
+        try:
+            async for piece in self:
+                yield piece
+        finally:
+            await self.aclose()
+
+    async def aread(self) -> bytes:
+        return b"".join([piece async for piece in self.aiter_bytes()])
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         conn = self.conn
@@ -179,7 +193,9 @@ class _Body(httpx.AsyncByteStream):
         self.done = True
 
     async def aclose(self) -> None:
-        conn = self.conn
+        if self.closed:
+            return
+        conn, self.closed = self.conn, True
         conn.busy = False
         if self.done and conn.reusable():
             self.pool.release(self.key, conn)
@@ -201,7 +217,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         self.keep_alive = keep_alive
         self.socket_options = tuple(socket_options)
         self._tls = tls
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._idle: dict[Key, list[_Connection]] = {}
 
     def _context(self) -> ssl.SSLContext:
         if self._tls is None:
@@ -223,10 +239,20 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         if chunked:  # a streamed request body (the pass-through sends bytes: never)
             body = (b"%x\r\n" % len(body) + body + b"\r\n" if body else b"") + b"0\r\n\r\n"
         key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
-        conn = await self._connection(key, timeouts.get("connect"))
-        read_s = timeouts.get("read")
+        answer = await self.send(key, b"".join(head) + body, timeouts.get("connect"), timeouts.get("read"))
+        version = answer.conn.parser.get_http_version().encode("ascii")
+        return httpx.Response(
+            answer.status_code,
+            headers=answer.headers,
+            stream=answer,
+            extensions={"http_version": b"HTTP/" + version},
+        )
+
+    async def send(self, key: Key, data: bytes, connect_s: float | None, read_s: float | None) -> Answer:
+        """Send ``data`` (a whole HTTP/1.1 request) to ``key``'s host; its answer once its head is in."""
+        conn = await self._connection(key, connect_s)
         try:
-            conn.begin(b"".join(head) + body)
+            conn.begin(data)
             while not conn.head_done:
                 if conn.error is not None:
                     raise conn.error
@@ -234,14 +260,9 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         except BaseException:
             conn.close()
             raise
-        return httpx.Response(
-            conn.status,
-            headers=conn.headers,
-            stream=_Body(self, key, conn, read_s),
-            extensions={"http_version": b"HTTP/" + conn.parser.get_http_version().encode("ascii")},
-        )
+        return Answer(self, key, conn, read_s)
 
-    async def _connection(self, key: tuple[str, str, int], connect_s: float | None) -> _Connection:
+    async def _connection(self, key: Key, connect_s: float | None) -> _Connection:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
@@ -265,7 +286,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
                 sock.setsockopt(*option)
         return conn
 
-    def release(self, key: tuple[str, str, int], conn: _Connection) -> None:
+    def release(self, key: Key, conn: _Connection) -> None:
         idle = self._idle.setdefault(key, [])
         if len(idle) < self.keep_alive:
             idle.append(conn)
@@ -285,3 +306,47 @@ def upstream_transport(
     """The transport of the proxy's upstream client for ``max_in_flight`` concurrent requests: as
     many idle connections kept as can be in flight (a closed loop of requests reuses them)."""
     return UpstreamTransport(keep_alive=max(16, max_in_flight), socket_options=socket_options)
+
+
+class Direct:
+    """``POST`` requests of ``client`` (whose transport is ``transport``) sent straight through the
+    transport: the same bytes on the wire as ``client`` would send, without building its request
+    and response objects (~0.2-0.4 ms a request). The client's default headers are sent, but not
+    ``accept-encoding``: the answer comes unencoded. :func:`direct` says when this applies."""
+
+    def __init__(self, client: httpx.AsyncClient, transport: UpstreamTransport) -> None:
+        base = client.base_url
+        port = base.port or (443 if base.scheme == "https" else 80)
+        self.transport, self.key = transport, (base.scheme, base.host, port)
+        self.prefix = base.raw_path  # ends with "/"
+        self.connect_s, self.read_s = client.timeout.connect, client.timeout.read
+        host = base.raw_host if base.port is None else base.raw_host + b":%d" % base.port
+        self.defaults = {b"host": (b"Host", host)}
+        for name, value in client.headers.raw:
+            if name.lower() != b"accept-encoding":
+                self.defaults[name.lower()] = (name, value)
+
+    async def post(self, path: str, headers: Mapping[str, str], content: bytes) -> Answer:
+        fields = dict(self.defaults)
+        for name, value in headers.items():
+            fields[name.lower().encode("latin-1")] = (name.encode("latin-1"), value.encode("latin-1"))
+        fields[b"content-length"] = (b"Content-Length", b"%d" % len(content))
+        head = [b"POST ", self.prefix, path.encode("ascii"), b" HTTP/1.1\r\n"]
+        for name_b, value_b in fields.values():
+            head += [name_b, b": ", value_b, b"\r\n"]
+        head += [b"\r\n", content]
+        return await self.transport.send(self.key, b"".join(head), self.connect_s, self.read_s)
+
+
+def direct(client: httpx.AsyncClient, transport: httpx.AsyncBaseTransport) -> Direct | None:
+    """The direct path of ``client`` (:class:`Direct`), or None where ``client`` itself must send:
+    another transport, credentials in the URL (basic auth), or a proxy from the environment that
+    may apply to the upstream (``httpx`` routes through it)."""
+    base = client.base_url
+    if not isinstance(transport, UpstreamTransport) or base.userinfo or base.scheme not in ("http", "https"):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    proxied = client.trust_env and (base.scheme in proxies or "all" in proxies)
+    if proxied and not urllib.request.proxy_bypass(base.host):
+        return None
+    return Direct(client, transport)
