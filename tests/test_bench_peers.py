@@ -112,3 +112,17 @@ def test_the_rule_checks_at_doubling_counts_only() -> None:
     assert rule.batch(obs)[0].tolist() == [False, True, False, False, False, False, False, True, True]
     with pytest.raises(ValueError, match="threshold"):
         its_hub_adaptive(9, threshold=0.5)
+
+
+def test_bad_input_is_refused_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    traces_or_skip(SVAMP)
+    lines = (TRACES / SVAMP).read_text().splitlines()[:3]
+    ungraded = tmp_path / "ungraded.jsonl"
+    ungraded.write_text("\n".join(json.dumps({**json.loads(x), "gold": ""}) for x in lines) + "\n")
+    for args, message in [
+        (["--traces", str(ungraded), "--split", "all"], "without a gold answer"),
+        (["--traces", str(tmp_path / "missing.jsonl")], "cannot read traces"),
+        (["--traces", str(TRACES / SVAMP), "--seeds", "0"], "must be >= 1"),
+    ]:
+        assert main(["bench", "peers", *args, "--quick"]) != 0
+        assert message in capsys.readouterr().err, args

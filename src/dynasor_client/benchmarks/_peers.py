@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._exceptions import DynasorError
 from ..traces import Split, TraceQuestion, file_sha256, load_traces, select_split
 from ._common import format_table, run_metadata
 from ._online_stats import interval95, mean
@@ -30,13 +31,17 @@ if TYPE_CHECKING:
     from ..certainty import StopRule
     from ..replay import ReplayServer
 
-__all__ = ["PEER_METHODS", "peers_table", "run_peers_benchmark"]
+__all__ = ["PEER_METHODS", "PeersRunError", "peers_table", "run_peers_benchmark"]
 
 #: the methods, in the order they run and print
 PEER_METHODS = ("full", "its-hub-adaptive", "ours", "adaptive")
 QUICK_QUESTIONS, QUICK_SEEDS = 6, 2
 TEMPERATURE = 0.7  #: what self_consistency samples at (the replay server ignores it unless it is 0)
 PROFILE = "llama3-8b-h100-80gb"
+
+
+class PeersRunError(DynasorError, RuntimeError):
+    """A program of the benchmark failed (the server refused a request, a client raised): never hidden."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +55,10 @@ class QuestionOutcome:
     correct: bool
 
 
-def _correct(gold: str | None, answer: str | None) -> bool:
+def _correct(gold: str, answer: str | None) -> bool:
     from ..certainty import cluster_answers
 
-    return gold is not None and answer is not None and len(set(cluster_answers([gold, answer]))) == 1
+    return answer is not None and len(set(cluster_answers([gold, answer]))) == 1
 
 
 # -- the methods -------------------------------------------------------------------------------------------
@@ -150,17 +155,26 @@ async def _run_method(
     async def one(q: TraceQuestion) -> None:
         pid = f"peers-{q.id}"  # the same for every method: the same sample sequence per question
         async with limit:
-            if rule is None:
-                outcomes[q.id] = await _its_hub_program(server, q, pid, cap)
-            else:
-                outcomes[q.id] = await _our_program(server, q, pid, cap, rule)
+            try:
+                if rule is None:
+                    outcomes[q.id] = await _its_hub_program(server, q, pid, cap)
+                else:
+                    outcomes[q.id] = await _our_program(server, q, pid, cap, rule)
+            except Exception as exc:  # a failed program fails the benchmark, saying which
+                raise PeersRunError(f"{method} on {q.id} (seed {seed}) failed: {exc!r}") from exc
 
     started = time.perf_counter()
     async with ReplayServer(questions, profile=PROFILE, time_scale=0.0, seed=seed) as server:
         before = server.metrics()
-        async with asyncio.TaskGroup() as group:
-            for q in questions:
-                group.create_task(one(q))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for q in questions:
+                    group.create_task(one(q))
+        except ExceptionGroup as failed:
+            first = failed.exceptions[0]
+            if isinstance(first, PeersRunError):
+                raise first from first.__cause__  # the first failure, with what caused it
+            raise
         after = server.metrics()
     runs = [outcomes[q.id] for q in questions]
     tokens = sum(r.tokens for r in runs)
@@ -227,7 +241,7 @@ def run_peers_benchmark(
         raise ValueError(f"{path}: no questions with samples in split {split!r}")
     if len(chosen) < questions:
         notes.append(f"split {split!r} holds {len(chosen)} questions: all of them were run")
-    ungraded = [q.id for q in chosen if q.gold is None]
+    ungraded = [q.id for q in chosen if not q.gold.strip()]
     if ungraded:
         raise ValueError(f"{path}: questions without a gold answer cannot be graded: {ungraded[:5]}")
     _, ours_info, ours_notes = load_ours(
