@@ -66,9 +66,11 @@ class BudgetManager:
         total: tokens all programs together may spend (None: unlimited). Each request reserves
             its most tokens (``max_tokens x n`` plus its prompt's estimate) before it is sent and
             is shrunk or refused when they do not fit; it settles to what it used when it ends
-            (:meth:`fit`, :meth:`settle`). Overshoot is bounded by the prompt estimates' error of
-            the requests in flight and by requests sent through a bare request slot (chunks,
-            probes) beyond what was left.
+            (:meth:`fit`, :meth:`settle`); chunks, probes, steps and reward calls too (a program
+            context's ``request_slot`` with their ``max_tokens``). Overshoot is bounded by the
+            prompt estimates' error of the requests in flight (scaled by what responses showed
+            it to be: :class:`~dynasor_client.program.PromptScale`), and by requests sent through a
+            bare request slot (no ``max_tokens`` given) beyond what was left.
         per_program: each program's allowance (None: none; a program's own ``token_cap`` wins).
         count: which kinds count: ``"prompt"`` (uncached prompt tokens), ``"generated"``,
             ``"probe"``, ``"reward"``.
@@ -80,6 +82,8 @@ class BudgetManager:
             latest certaindex (default ``Hopeless(after=4, below=0.3)``); cut under pressure.
         extension: tokens granted per extension from the freed pool (default: half an allowance).
         reallocate: give allowance left by finished programs to uncertain ones.
+        cached: count cached prompt tokens too (as the proxy bills them: ``total_tokens``);
+            default: only the prompt tokens the server did not have cached.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class BudgetManager:
         hopeless: Hopeless | None = None,
         extension: int | None = None,
         reallocate: bool = True,
+        cached: bool = False,
     ) -> None:
         if total is not None and total < 1:
             raise ValueError(f"total must be >= 1 token, got {total}")
@@ -106,7 +111,7 @@ class BudgetManager:
         self.total, self.per_program = total, per_program
         self.low_water, self.confident_at = low_water, confident_at
         self.hopeless_rule = hopeless or Hopeless(after=4, below=0.3)
-        self.extension, self.reallocate = extension, reallocate
+        self.extension, self.reallocate, self.cached = extension, reallocate, cached
         self.spent = 0
         self.reserved = 0  # held by requests in flight
         self._waiters: list[asyncio.Future[None]] = []  # requests waiting for reservations to settle
@@ -127,7 +132,7 @@ class BudgetManager:
         """The tokens of one response that count against the budget."""
         tokens = usage.completion_tokens if kind.value in self.count else 0
         if "prompt" in self.count:
-            tokens += usage.prompt_tokens - (usage.cached_prompt_tokens or 0)
+            tokens += usage.prompt_tokens - (0 if self.cached else usage.cached_prompt_tokens or 0)
         return tokens
 
     def charge(self, account: Account, kind: TokenKind, usage: Usage) -> int:
