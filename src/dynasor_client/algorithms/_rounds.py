@@ -27,6 +27,15 @@ Neither applies while the context is :meth:`~dynasor_client.algorithms.ProgramCo
 a round goes out only when its turn comes, as without a deadline. Work sent before it is needed
 would only lengthen the queue and slow every program's current round. A program still stops when
 its next round is expected after its deadline.
+
+**Racing** (``reading="finishing"``, with or without a deadline): every sample is its own request,
+the lookahead (:data:`RACE_LOOKAHEAD` by default) goes out with each round, and the samples are
+read in the order they *finish*: a check reads the first samples to finish (as many as the check
+counts), so it waits for the fastest of the samples sent rather than the slowest of its own. The
+rule then sees the shorter samples first, which may change its answers (``docs/online-benchmark.md``,
+*Racing*, measures it per dataset); planned-order reading stays the default. With a deadline, when
+the rounds left do not fit in the time left, all of them go out at once (not a few rounds per
+wave): a racing check waits only for as many samples as it counts, never for the slowest.
 """
 
 from __future__ import annotations
@@ -48,6 +57,8 @@ if TYPE_CHECKING:
     from ..program import ProgramContext
 
 RoundSchedule = Literal["auto", "detect", "doubling", "one"] | Sequence[int]
+Reading = Literal["planned", "finishing"]
+"""The order a program reads its samples in: as planned (default), or as they finish (racing)."""
 
 DEADLINE_LOOKAHEAD = 2
 """Samples sent ahead of the current check when the program has a deadline. Chosen on the online
@@ -66,6 +77,12 @@ is already a cautious estimate: on the train split (as above, lookahead 2), marg
 met 80.4% / 73.5% of the deadlines at 0.75x capacity and SLO scale 1.25, 90.2% / 85.8% at 1.5,
 94.1% / 90.7% at 1.75, and at SLO scale 3 96.6% / 95.4% at 2x capacity, 93.0% / 92.7% at 2.4x,
 87.3% / 87.0% at 2.8x; margins 0.9 and 0.8 met 87.3% at 0.75x and SLO scale 1.5."""
+
+
+RACE_LOOKAHEAD = 2
+"""Samples sent past the current check when racing (``reading="finishing"``), with or without a
+deadline: each check reads the first of its count plus this many samples to finish (see
+``docs/online-benchmark.md``, *Racing*, for how it was chosen)."""
 
 
 def round_sizes(schedule: RoundSchedule, n: int, detect: int = 5, rule: StopRule | None = None) -> list[int]:
@@ -139,9 +156,11 @@ class RoundPlan:
     are one round's samples, in the order sent.
     A round sent partly ahead goes out in parts (the lookahead's, then the rest), one request each.
     ``lookahead`` (samples sent ahead of the current check) defaults to 0 without a deadline and
-    :data:`DEADLINE_LOOKAHEAD` with one. ``may_stop(count)``: whether the program's rule could stop
-    it once it holds ``count`` samples, given those it holds now (``StopRule.may_fire``); a round
-    whose check it could not pass goes out with the next one.
+    :data:`DEADLINE_LOOKAHEAD` with one; when racing (``reading="finishing"``: one request per
+    sample, each round's samples the first to finish, see the module docs) to :data:`RACE_LOOKAHEAD`.
+    ``may_stop(count)``: whether the program's rule could stop it once it holds ``count`` samples,
+    given those it holds now (``StopRule.may_fire``); a round whose check it could not pass goes out
+    with the next one.
     """
 
     def __init__(
@@ -152,7 +171,10 @@ class RoundPlan:
         margin: float = DEADLINE_MARGIN,
         lookahead: int | None = None,
         may_stop: Callable[[int], bool] | None = None,
+        reading: Reading = "planned",
     ) -> None:
+        if reading not in ("planned", "finishing"):
+            raise ValueError(f"reading must be 'planned' or 'finishing', got {reading!r}")
         if any(size < 1 for size in sizes):
             raise ValueError(f"round sizes must be >= 1, got {list(sizes)}")
         if not margin >= 1.0:
@@ -160,7 +182,7 @@ class RoundPlan:
         if lookahead is not None and lookahead < 0:
             raise ValueError(f"lookahead must be >= 0, got {lookahead}")
         self.planned, self.margin = tuple(sizes), margin
-        self.lookahead = lookahead
+        self.lookahead, self.reading = lookahead, reading
         self.out_of_time = False  #: the plan ended because no further round fits the deadline
         self.ahead = 0  #: samples sent before their turn to meet the deadline (beyond the lookahead)
         self.sent: list[int] = []  #: sizes of the requests sent, in order (cancelled ones included)
@@ -188,7 +210,12 @@ class RoundPlan:
         sizes, context = self.planned, self._context
         ends = list(itertools.accumulate(sizes))  # samples drawn once each round is in
         deadline = context.seconds_left() is not None
-        lookahead = self.lookahead if self.lookahead is not None else (DEADLINE_LOOKAHEAD if deadline else 0)
+        racing = self.reading == "finishing"
+        lookahead = self.lookahead
+        if lookahead is None:
+            lookahead = RACE_LOOKAHEAD if racing else DEADLINE_LOOKAHEAD if deadline else 0
+        finished: list[int] = []  # racing: requests (one sample each) in the order they finished
+        read = 0  # racing: samples read so far
         # requests (indices into tasks) by the round they start in
         pieces: list[list[int]] = [[] for _ in sizes]
         sent_at: list[float] = []  # seconds left when each request was sent
@@ -204,7 +231,8 @@ class RoundPlan:
             nonlocal sent
             while sent < min(wanted, ends[-1]):
                 round_ = bisect.bisect_right(ends, sent)
-                size = min(ends[max(round_, last)], wanted) - sent  # a request per round read
+                # a request per round read; per sample when racing, so each is read as it finishes
+                size = 1 if racing else min(ends[max(round_, last)], wanted) - sent
                 task = asyncio.ensure_future(draw(sent, size))
                 index = len(tasks)
                 sent_at.append(context.seconds_left() or 0.0)
@@ -237,12 +265,19 @@ class RoundPlan:
                     wanted = sent  # send nothing new; what is in flight is expected in time
                 elif not saturated:
                     together = math.ceil((len(sizes) - last) / fits)  # rounds per wave that fits
+                    if racing and together > 1:  # a check waits only for its count: all go out
+                        together = len(sizes) - last
                     by_deadline = ends[min(len(sizes), last + together) - 1]
                     self.ahead += max(0, by_deadline - max(wanted, sent))
                     wanted = max(wanted, by_deadline)
             send_until(wanted)
             choices: list[Choice] = []
-            for index in itertools.chain.from_iterable(pieces[round_ : last + 1]):
+            if racing:  # this check's samples: the next to finish, up to its count
+                await self._finishing(tasks, finished, ends[last])
+                order, read = finished[read : ends[last]], ends[last]
+            else:
+                order = list(itertools.chain.from_iterable(pieces[round_ : last + 1]))
+            for index in order:
                 choices.extend((await tasks[index]).choices)
                 if deadline:
                     piece_s = max(
@@ -250,3 +285,15 @@ class RoundPlan:
                     )
             yield choices
             round_ = last + 1
+
+    @staticmethod
+    async def _finishing(tasks: Sequence[asyncio.Task[Generation]], finished: list[int], count: int) -> None:
+        """Wait until ``count`` requests have finished; ``finished`` (extended in place) lists them in
+        the order they finished (those finishing at the same moment in the order sent)."""
+        while len(finished) < count:
+            done = set(finished)
+            waiting = [task for index, task in enumerate(tasks) if index not in done]
+            if not waiting:
+                raise RuntimeError(f"racing: {count} samples wanted, {len(tasks)} sent")  # a bug
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            finished.extend(index for index, task in enumerate(tasks) if index not in done and task.done())

@@ -9,7 +9,7 @@ from ..certainty import Observations, StopRule
 from ..endpoints import Choice
 from ..program import ProgramContext
 from ._prompting import Prompting
-from ._rounds import RoundPlan, RoundSchedule, round_sizes, rule_may_stop
+from ._rounds import Reading, RoundPlan, RoundSchedule, round_sizes, rule_may_stop
 
 
 class Samples:
@@ -54,12 +54,14 @@ def sampling_plan(
     n: int,
     detect: int,
     lookahead: int | None,
+    reading: Reading = "planned",
 ) -> RoundPlan:
     """The rounds of a program drawing up to ``n`` samples under ``rule`` (checks it cannot pass
-    are skipped: see :class:`RoundPlan`)."""
+    are skipped; ``reading="finishing"`` races: see :class:`RoundPlan`)."""
     return RoundPlan(
         round_sizes(rounds, n, detect, rule),
         context,
         lookahead=lookahead,
         may_stop=rule_may_stop(rule, context, lambda: samples.observations),
+        reading=reading,
     )

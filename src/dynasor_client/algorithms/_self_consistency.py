@@ -2,7 +2,8 @@
 
 sample a detect round; while the stop rule does not fire: sample the next round
 answer = majority over answer-equivalence classes; certaindex = entropy H~ of those classes
-(with a deadline, the next rounds are sent ahead and fitted to the time left: see ``_rounds``)
+(with a deadline, the next rounds are sent ahead and fitted to the time left; racing reads the
+samples as they finish: see ``_rounds``)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..certainty import (
 from ..endpoints import SamplingParams
 from ..program import ProgramContext, ProgramResult, StopReason, algorithm
 from ._prompting import DEFAULT_PROMPTING, Prompting
-from ._rounds import RoundSchedule, chat_draw
+from ._rounds import Reading, RoundSchedule, chat_draw
 from ._samples import Samples, sampling_plan
 
 
@@ -53,20 +54,26 @@ async def self_consistency(
     params: SamplingParams | None = None,
     prompting: Prompting = DEFAULT_PROMPTING,
     lookahead: int | None = None,
+    reading: Reading = "planned",
 ) -> ProgramResult:
     """Sample answers in rounds until the stop rule fires (or ``n`` samples); return the majority.
 
     Alone: ``await as_program(self_consistency, question).run(endpoint)``. With a deadline,
     ``lookahead`` samples past the current check are sent ahead (default 2; 0 without a deadline)
     and rounds are fitted to the time left, unless the runtime's window is full
-    (:class:`~dynasor_client.algorithms.RoundPlan`).
+    (:class:`~dynasor_client.algorithms.RoundPlan`). ``reading="finishing"`` races: each sample is
+    its own request, ``lookahead`` (default 2) samples go out past each check, and a check reads the
+    first samples to finish; the rest are cancelled when the rule fires. Faster, but the rule sees
+    the shorter samples first (``docs/online-benchmark.md``, *Racing*: the accuracy effect).
     """
     if n < 1:
         raise ValueError("n must be >= 1")
     stop_rule = self_consistency_rule(rule, n, detect)
     context.bind(stop_rule)
     samples = Samples(prompting)
-    plan = sampling_plan(stop_rule, context, samples, rounds=rounds, n=n, detect=detect, lookahead=lookahead)
+    plan = sampling_plan(
+        stop_rule, context, samples, rounds=rounds, n=n, detect=detect, lookahead=lookahead, reading=reading
+    )
     reason = None
     draw = chat_draw(context, prompting.chat(question), params or SamplingParams(temperature=0.7))
     async with plan.rounds(draw) as results:

@@ -96,7 +96,10 @@ def make_program(spec: ProgramSpec, policy: OnlinePolicy, n: int, rule: RuleName
     from ..program import as_program
 
     if policy.certaindex:
-        return as_program(self_consistency, spec.question.question, n=n, rule=stop_rule(rule), rounds="auto")
+        reading = "finishing" if policy.racing else "planned"
+        question = spec.question.question
+        rule_ = stop_rule(rule)
+        return as_program(self_consistency, question, n=n, rule=rule_, rounds="auto", reading=reading)
     return as_program(self_consistency, spec.question.question, n=n, rule=cap(n), rounds=[n])
 
 

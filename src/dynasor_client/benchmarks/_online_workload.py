@@ -41,6 +41,7 @@ class OnlinePolicy:
     certaindex: bool = False  # stop early by the rule (else: all n samples in one request)
     order: Literal["fcfs", "srw", "dynasor"] = "fcfs"
     deadlines: bool = False  # the runtime knows the deadlines (cuts, demotes)
+    racing: bool = False  # rounds read as the samples finish (RoundPlan's reading="finishing")
 
     def runtime(self, endpoint: Endpoint, window: int) -> Runtime:
         from ..runtime import Runtime, aging, dynasor, fcfs, shortest_remaining_work
@@ -74,6 +75,14 @@ POLICIES: dict[str, OnlinePolicy] = {
             certaindex=True,
             order="dynasor",
             deadlines=True,
+        ),
+        OnlinePolicy(
+            "ours+race",
+            "ours with racing rounds: 2 samples past each check, read as they finish, the rest cancelled",
+            certaindex=True,
+            order="dynasor",
+            deadlines=True,
+            racing=True,
         ),
     )
 }
