@@ -17,7 +17,9 @@
   command's settings), :func:`online_table`, :func:`plot_online` (``docs/online-benchmark.md``);
   :func:`run_real_online_benchmark` (``bench online --local`` / ``--endpoint URL``): the same
   comparison on a real server beside the replay engine's prediction (:class:`RealOnlineConfig`,
-  :func:`real_online_table`).
+  :func:`real_online_table`). :func:`run_racing_benchmark` (``bench racing``): what racing rounds
+  (samples read as they finish) do to self-consistency's accuracy, per dataset
+  (:class:`RacingConfig`, :func:`racing_table`).
 - :func:`run_proxy_benchmark` (``dynasor-client bench proxy``): pass-through streaming through the
   proxy against the replay server directly: requests/s, added latency p50/p99, client, proxy and
   server CPU per request at 1/50/200/500 streams, the proxy's RSS after 1,000 aborted streams;
@@ -51,6 +53,7 @@ from ._online import (
     plot_online,
     run_online_benchmark,
 )
+from ._online_racing import RacingConfig, racing_table, run_racing_benchmark
 from ._online_real import RealOnlineConfig, real_online_table, run_real_online_benchmark
 from ._overhead import (
     measure_scheduler,
@@ -72,6 +75,7 @@ __all__ = [
     "Method",
     "OnlineConfig",
     "OnlineRunError",
+    "RacingConfig",
     "RealOnlineConfig",
     "batch_table",
     "bench_replay",
@@ -88,6 +92,7 @@ __all__ = [
     "plot_batch",
     "plot_online",
     "proxy_table",
+    "racing_table",
     "real_online_table",
     "replay_in_orders",
     "run_batch_benchmark",
@@ -95,6 +100,7 @@ __all__ = [
     "run_overhead_benchmark",
     "run_peers_benchmark",
     "run_proxy_benchmark",
+    "run_racing_benchmark",
     "run_real_online_benchmark",
     "with_extracted_answers",
     "write_json",

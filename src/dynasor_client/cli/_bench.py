@@ -38,6 +38,7 @@ from ..benchmarks import (
     run_real_online_benchmark,
     write_json,
 )
+from ._bench_racing import add_racing_parser
 
 if TYPE_CHECKING:
     from ._common import Subparsers
@@ -54,6 +55,7 @@ def add_bench_parser(sub: Subparsers) -> None:
     _add_batch_parser(bench_sub)
     _add_peers_parser(bench_sub)
     _add_online_parser(bench_sub)
+    add_racing_parser(bench_sub)
     _add_overhead_parser(bench_sub)
     _add_proxy_parser(bench_sub)
 
