@@ -230,14 +230,15 @@ def run_batch_benchmark(
     folds: int = 5,
     cross: Sequence[str | Path] = (),
     confidence: float | None = 0.9,
+    safety: float = 1.0,
 ) -> dict[str, Any]:
     """Run every method on one split of ``traces``; the figures as the documented JSON dict.
 
     ``answers="extracted"`` votes with the answers the library's extractor finds in each sample's
     text (as a live program does) instead of the recorded ones. ``unseen``: also calibrate afresh
-    (bootstrap bound at ``confidence``; None: the normal margin) and judge on questions the
-    calibration never saw: train->test, ``folds``-fold over the file's questions (0: skip) and every
-    ordered pair of ``traces`` and the ``cross`` files.
+    (bootstrap bound at ``confidence``; None: the normal margin of ``safety`` standard errors) and
+    judge on questions the calibration never saw: train->test, ``folds``-fold over the file's
+    questions (0: skip) and every ordered pair of ``traces`` and the ``cross`` files.
     """
     from ..calibration import Replay, label_traces
     from ..certainty import Cap
@@ -255,7 +256,10 @@ def run_batch_benchmark(
         raise ValueError(f"--folds must be 0 (skip) or >= 2, got {folds}")
     if confidence is not None and not 0 < confidence < 1:
         raise ValueError(f"--confidence must be in (0, 1), got {confidence}")
-    for other in cross:  # refused before the run, not after it
+    names = [Path(traces).name, *(Path(other).name for other in cross)]
+    if len(set(names)) != len(names):  # refused before the run, not after it
+        raise ValueError(f"--cross: the traces files must differ, got {names}")
+    for other in cross:
         if not Path(other).is_file():
             raise ValueError(f"--cross: cannot read traces {other}: no such file")
     path = Path(traces)
@@ -339,7 +343,7 @@ def run_batch_benchmark(
     base = results["baseline"]
     unseen_figures = None
     if unseen:
-        settings = UnseenSettings(confidence=confidence, orders=seeds, seed=seed)
+        settings = UnseenSettings(confidence=confidence, safety=safety, orders=seeds, seed=seed)
         if quick:
             settings = dataclasses.replace(settings, folds=2, boots=200)
         unseen_figures = _unseen(

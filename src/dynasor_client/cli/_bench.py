@@ -189,7 +189,14 @@ def _add_batch_parser(bench_sub: Subparsers) -> None:
         type=float,
         default=0.9,
         help="with --unseen: level of the bootstrap upper bound on the loss the calibration must keep "
-        "within epsilon (0: the normal margin of one standard error instead)",
+        "within epsilon (0: the normal margin of --safety standard errors instead)",
+    )
+    parser.add_argument(
+        "--safety",
+        type=float,
+        default=1.0,
+        help="with --unseen --confidence 0: standard errors of the accuracy difference a rule must clear the "
+        "bound by",
     )
     parser.add_argument("--quick", action="store_true", help="fewer orders and questions (a smoke run)")
     parser.set_defaults(func=_batch)
@@ -210,6 +217,7 @@ def _batch(args: argparse.Namespace) -> int:
         folds=args.folds,
         cross=args.cross,
         confidence=args.confidence or None,
+        safety=args.safety,
     )
     return finish_command(result, batch_table(result), args.json_out, plot=plot_batch, plot_path=args.plot)
 
