@@ -19,9 +19,9 @@ import openai
 import pytest
 
 from dynasor_client import BudgetExhausted, Capabilities, Endpoint, EndpointError, RetryPolicy
-from dynasor_client.algorithms import self_consistency
+from dynasor_client.algorithms import PoolingRewardModel, dynasor_cot, mcts, rebase, self_consistency
 from dynasor_client.budget import DEFAULT_RESERVATION, BudgetManager
-from dynasor_client.endpoints import estimate_tokens, prompt_estimate
+from dynasor_client.endpoints import SamplingParams, Usage, estimate_tokens, prompt_estimate
 from dynasor_client.program import (
     ProgramContext,
     ProgramResult,
@@ -391,3 +391,158 @@ async def test_sc_after_a_mid_stream_drop_bills_the_dropped_attempt(faulty: Faul
         assert answer.usage is not None and account.budget.spent == answer.usage.total_tokens
         # 4 samples of 40 tokens, plus the 20 the cut attempt streamed (before: 0 for it)
         assert answer.usage.completion_tokens == 4 * 40 + 20
+
+
+# ---------------------------------------------------------------------------- chunked requests
+
+
+@pytest.fixture(scope="module")
+def gsm8k() -> list[TraceQuestion]:
+    return traces_or_skip("gsm8k-qwen25coder05b-sc8-logprobs.jsonl")[:8]
+
+
+@pytest.fixture(scope="module")
+def math_questions() -> list[TraceQuestion]:
+    return traces_or_skip("math-qwen25math-sc8.jsonl")[:8]
+
+
+def _chunked(name: str, question: TraceQuestion, endpoint: Endpoint) -> Any:
+    if name == "cot":
+        return as_program(dynasor_cot, question.question, chunk_tokens=64, window=3)
+    reward = PoolingRewardModel(endpoint)
+    if name == "rebase":
+        return as_program(
+            rebase, question.question, reward_model=reward, width=4, max_depth=4, step_tokens=64
+        )
+    return as_program(mcts, question.question, reward_model=reward, iterations=6, max_depth=4, step_tokens=64)
+
+
+@pytest.mark.parametrize("name", ["cot", "rebase", "mcts"])
+async def test_chunked_techniques_hold_a_small_budget(
+    name: str, gsm8k: list[TraceQuestion], math_questions: list[TraceQuestion]
+) -> None:
+    """8 programs at once whose chunks, probes, steps and reward calls each reserve and are shrunk
+    (before: each overshot by up to a chunk and a reward call: +1,243 cot, +2,431 rebase, +1,538
+    mcts on this budget of 1,200)."""
+    questions = gsm8k if name == "cot" else math_questions
+    budget = 1200
+    async with (
+        ReplayServer(questions, profile="llama3-8b-h100-80gb", time_scale=0.0, seed=0) as server,
+        Endpoint(server.base_url, capabilities=server.capabilities) as endpoint,
+        Runtime(endpoint, token_budget=budget) as runtime,
+    ):
+        results = await asyncio.gather(*(runtime.run(_chunked(name, q, endpoint)) for q in questions))
+    spent = runtime.budget.spent
+    print(f"{name}: 8 programs at once, budget {budget}: spent {spent}")
+    assert spent == sum(r.tokens.total for r in results)
+    assert 0.8 * budget <= spent <= budget + SLACK, spent
+    assert runtime.budget.reserved == 0
+    assert any(r.stop_reason is StopReason.BUDGET for r in results)  # the budget, not the programs, ended it
+
+
+async def test_a_chunk_is_shrunk_to_what_is_left_then_refused(faulty: FaultyServer) -> None:
+    """A request sent through a request slot with its ``max_tokens``: shrunk to the budget's rest,
+    then refused when not even 16 tokens fit (the program answers with what it has)."""
+
+    async def chunks(context: ProgramContext) -> ProgramResult:
+        while True:
+            async with context.request_slot(max_tokens=64, prompt_tokens=PROMPT_ESTIMATE) as most:
+                generation = await context.endpoint.chat(MESSAGES, params=SamplingParams(max_tokens=most))
+            context.charge(TokenKind.GENERATED, generation.usage, estimate=PROMPT_ESTIMATE)
+            context.report(1.0, 1, "42")
+
+    async with _faulty_endpoint(faulty, "ok") as endpoint, Runtime(endpoint, token_budget=50) as runtime:
+        result = await runtime.run(chunks)
+    sent = [r.json["max_tokens"] for r in faulty.requests("ok") if r.json and "max_tokens" in r.json]
+    # Each answer costs 8 tokens (4 prompt words, 4 generated): 50 - 9 (prompt), then 8 less each.
+    assert sent == [41, 33, 25, 17]
+    assert result.stop_reason is StopReason.BUDGET and result.partial and result.answer == "42"
+    assert runtime.budget.spent == 4 * 8 <= 50 and runtime.budget.reserved == 0
+
+
+async def test_a_reward_request_is_reserved_whole_or_refused(faulty: FaultyServer) -> None:
+    async def judged(context: ProgramContext) -> ProgramResult:
+        async with context.request_slot(max_tokens=40, kind=TokenKind.REWARD, shrink=False) as most:
+            assert most == 40
+        context.charge(TokenKind.REWARD, Usage(0, 30))  # what it cost: 30 of the 60 are left
+        async with context.request_slot(max_tokens=40, kind=TokenKind.REWARD, shrink=False):
+            raise AssertionError("a reward request that does not fit whole is refused")
+
+    async with _faulty_endpoint(faulty, "ok") as endpoint, Runtime(endpoint, token_budget=60) as runtime:
+        context_budget = runtime.budget
+        result = await runtime.run(judged, token_cap=None)
+    assert result.stop_reason is StopReason.BUDGET and context_budget.reserved == 0
+
+
+@pytest.mark.parametrize("kind", [TokenKind.PROBE, TokenKind.REWARD, TokenKind.GENERATED])
+async def test_an_aborted_chunked_request_is_billed_as_its_kind(
+    faulty: FaultyServer, kind: TokenKind
+) -> None:
+    """A probe (or reward call, or chunk) cut by its program's deadline: billed its prompt's estimate
+    and the 10 tokens it streamed, as its own kind (before: every aborted one as generated)."""
+
+    async def one(context: ProgramContext) -> ProgramResult:
+        async with context.request_slot(max_tokens=64, prompt_tokens=PROMPT_ESTIMATE, kind=kind):
+            await context.endpoint.chat(MESSAGES, params=SamplingParams(max_tokens=64))
+        raise AssertionError("the upstream stalls: the deadline ends the request")
+
+    async with (
+        _faulty_endpoint(faulty, "stall-10") as endpoint,
+        Runtime(endpoint, token_budget=100_000) as runtime,
+    ):
+        result = await runtime.run(one, deadline_s=1.0)
+    tokens = result.tokens
+    assert result.stop_reason is StopReason.DEADLINE
+    assert tokens.total == runtime.budget.spent == PROMPT_ESTIMATE + 10
+    if kind is TokenKind.REWARD:  # a reward model's tokens are all reward tokens
+        assert (tokens.prompt, tokens.reward, tokens.generated) == (0, PROMPT_ESTIMATE + 10, 0)
+    else:
+        assert tokens.prompt == PROMPT_ESTIMATE and getattr(tokens, kind.value) == 10
+        assert tokens.generated + tokens.probe == 10
+
+
+LOGPROBS = SamplingParams(logprobs=True)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+async def test_a_library_upstream_without_usage_bills_the_prompt_estimate(
+    faulty: FaultyServer, stream: bool
+) -> None:
+    async with (
+        _faulty_endpoint(faulty, "no-usage") as endpoint,
+        Runtime(endpoint, token_budget=100_000) as runtime,
+    ):
+        # The answer's tokens are counted from its logprobs; its prompt has no count but the estimate.
+        generation = await endpoint.chat(MESSAGES, stream=stream, params=LOGPROBS)
+        assert generation.usage.prompt_tokens == PROMPT_ESTIMATE  # before: 0
+        assert generation.usage.completion_tokens == 4
+
+        async def generate_once(context: ProgramContext) -> ProgramResult:
+            answer = await context.generate(messages=MESSAGES, params=LOGPROBS)
+            return context.result(answer.choices[0].text, None)
+
+        result = await runtime.run(generate_once)
+    assert result.tokens.prompt == PROMPT_ESTIMATE and runtime.budget.spent == PROMPT_ESTIMATE + 4
+
+
+@pytest.mark.parametrize(
+    ("model", "budget"), [("replay+cot-low", 200), ("replay+cot-low", 300), ("replay+cot", 1000)]
+)
+async def test_proxy_cot_token_budget_holds(gsm8k: list[TraceQuestion], model: str, budget: int) -> None:
+    """``dynasor.token_budget`` on Dynasor-CoT through the proxy: its chunks and probes reserve, and
+    the budget counts what the client is billed (cached prompt tokens included). Before: 529,
+    1,479 and 3,818 tokens billed at most."""
+    async with ReplayServer(gsm8k, profile="llama3-8b-h100-80gb", time_scale=0.0, seed=0) as server:
+        config = ProxyConfig(upstream=server.base_url, capabilities=server.capabilities)
+        async with ProxyServer(config) as proxy, _client(proxy, "none") as client:
+            spent = []
+            for question in gsm8k:
+                answer = await client.chat.completions.create(
+                    model=model,
+                    messages=_messages(question),
+                    extra_body={"dynasor": {"token_budget": budget}},
+                )
+                assert answer.usage is not None
+                spent.append(answer.usage.total_tokens)
+    print(f"{model} token_budget {budget}: at most {max(spent)} billed ({spent})")
+    assert max(spent) <= budget + SLACK, spent

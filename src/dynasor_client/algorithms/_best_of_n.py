@@ -25,7 +25,7 @@ from ..certainty.signals import reduce_step_rewards
 from ..endpoints import SamplingParams
 from ..program import ProgramContext, ProgramResult, StopReason, TokenKind, algorithm
 from ._prompting import DEFAULT_PROMPTING, Prompting
-from ._reward import MeteredRewardModel
+from ._reward import MeteredRewardModel, reward_estimate
 from ._reward_protocol import RewardModel
 from ._rounds import RoundSchedule, chat_draw
 from ._samples import Samples, sampling_plan
@@ -43,10 +43,12 @@ async def _score(
 ) -> list[float]:
     steps = text.split(separator)
     if isinstance(model, MeteredRewardModel):
-        async with context.request_slot():
+        # Reserved whole under a budget (a reward request cannot be shrunk), else refused.
+        tokens = reward_estimate(model, question, steps)
+        async with context.request_slot(max_tokens=tokens, kind=TokenKind.REWARD, shrink=False):
             scored = await model.score_with_usage(question, steps)
         if scored.usage is not None:
-            context.charge(TokenKind.REWARD, scored.usage)
+            context.charge(TokenKind.REWARD, scored.usage, estimate=tokens)
         return scored.scores
     return await model.score(question, steps)
 

@@ -108,14 +108,17 @@ async def dynasor_cot(
 
     async def decode(size: int) -> int:
         try:
-            async with ctx.request_slot():
+            # Under a budget the chunk reserves its tokens first and is shrunk to what is left.
+            estimate = trajectory.prompt_estimate()
+            async with ctx.request_slot(max_tokens=size, prompt_tokens=estimate) as most:
+                assert most is not None
                 with program_scope(ctx.program_id):
-                    chunk = await timed(trajectory.extend(size), chunk_times)
+                    chunk = await timed(trajectory.extend(most), chunk_times)
         except ContextTooLong as exc:  # the context is full: decode no more, force the answer
             log.warning("decoding stopped, the context is full: %s", exc)
             context_full.append(trajectory.num_tokens)
             return 0
-        ctx.charge(TokenKind.GENERATED, chunk.usage)
+        ctx.charge(TokenKind.GENERATED, chunk.usage, estimate=estimate)
         if on_text is not None and chunk.text:
             on_text(chunk.text)
         return chunk.num_tokens
@@ -182,32 +185,38 @@ async def _prober(
     cont, endpoint = trajectory.continuation, ctx.endpoint
     params = SamplingParams(max_tokens=PROBE_MAX_TOKENS, temperature=0.0)
     echoes = False
-    request: Callable[[], Awaitable[Generation]]
+    request: Callable[[SamplingParams], Awaitable[Generation]]
     if isinstance(cont, TokenContinuation):
         if not suffix_ids:
             suffix_ids.extend(await endpoint.tokenize(suffix))
         ids = [*cont.prompt_ids, *trajectory.token_ids, *suffix_ids]
-        request = lambda: endpoint.complete(ids, params=params)  # noqa: E731
+        request = lambda p: endpoint.complete(ids, params=p)  # noqa: E731
     elif isinstance(cont, TextContinuation):
         prompt = cont.prompt + trajectory.text + suffix
-        request = lambda: endpoint.complete(prompt, params=params)  # noqa: E731
+        request = lambda p: endpoint.complete(prompt, params=p)  # noqa: E731
     elif isinstance(cont, PrefillContinuation):
         chat: list[Any] = [*cont.messages, {"role": "assistant", "content": trajectory.text + suffix}]
         extra = {"continue_final_message": True, "add_generation_prompt": False}
-        prefill, echoes = dataclasses.replace(params, extra_body=extra), cont.echoes
-        request = lambda: endpoint.chat(chat, params=prefill)  # noqa: E731
+        params, echoes = dataclasses.replace(params, extra_body=extra), cont.echoes
+        request = lambda p: endpoint.chat(chat, params=p)  # noqa: E731
     else:  # pragma: no cover
         raise TypeError(f"cannot probe a {type(cont).__name__}")
+    estimate = trajectory.prompt_estimate(suffix)
+
+    def sized(most: int | None) -> SamplingParams:  # shrunk to what the budget has left
+        return dataclasses.replace(params, max_tokens=most)
 
     async def send() -> str | None:
         try:
-            async with ctx.request_slot():
+            async with ctx.request_slot(
+                max_tokens=params.max_tokens, prompt_tokens=estimate, kind=TokenKind.PROBE
+            ) as most:
                 with program_scope(ctx.program_id):
-                    generation = await request()
+                    generation = await request(params if most == params.max_tokens else sized(most))
         except ContextTooLong as exc:
             log.warning("probe skipped, the prompt no longer fits: %s", exc)
             return None
-        ctx.charge(TokenKind.PROBE, generation.usage)
+        ctx.charge(TokenKind.PROBE, generation.usage, estimate=estimate)
         reply = generation.choices[0].raw_text
         if echoes and (at := reply.rfind(PROBE_SUFFIX)) >= 0:  # an echoed assistant prefill
             reply = reply[at + len(PROBE_SUFFIX) :]

@@ -101,10 +101,13 @@ async def expand(
         traj = node.fork()
         # Siblings share their prompt: under one seed all k would be the same step.
         traj.params = traj.params.for_sample(index)
-        async with context.request_slot():
+        # Under a budget the step reserves its tokens first and is shrunk to what is left.
+        estimate = traj.prompt_estimate()
+        async with context.request_slot(max_tokens=step_tokens, prompt_tokens=estimate) as most:
+            assert most is not None
             with program_scope(context.program_id):
-                chunk = await traj.extend(step_tokens, stop=[step_delimiter])
-        context.charge(TokenKind.GENERATED, chunk.usage)
+                chunk = await traj.extend(most, stop=[step_delimiter])
+        context.charge(TokenKind.GENERATED, chunk.usage, estimate=estimate)
         answer = extract(traj.answer)
         stopped = chunk.finish_reason not in (None, "length")
         final = "\\boxed" in chunk.text if task == "math" else answer is not None

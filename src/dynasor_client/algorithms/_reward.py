@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from .._exceptions import MalformedResponse
-from ..endpoints import Endpoint, SamplingParams, Usage
+from ..endpoints import Endpoint, Message, SamplingParams, Usage, estimate_tokens, prompt_estimate
 
 DEFAULT_POOLING_TEMPLATE = "{question}\n\n{response}"
 DEFAULT_JUDGE_TEMPLATE = (
@@ -113,6 +113,10 @@ class PoolingRewardModel:
         response = self.step_separator.join(step + tag for step in steps)
         return self.template.format(question=question, response=response)
 
+    def estimate(self, question: str, steps: Sequence[str]) -> int:
+        """The estimated tokens of scoring ``steps`` (what a budget reserves for it)."""
+        return estimate_tokens(self.render(question, steps))
+
     async def score_with_usage(self, question: str, steps: Sequence[str]) -> RewardScore:
         body = {"model": await self.endpoint.model_name(), "input": self.render(question, steps)}
         answer = await self.endpoint.root_request("POST", "/pooling", body)
@@ -120,6 +124,19 @@ class PoolingRewardModel:
 
     async def score(self, question: str, steps: Sequence[str]) -> list[float]:
         return (await self.score_with_usage(question, steps)).scores
+
+
+#: Tokens added to the text of a reward request by a reward model without an ``estimate`` method.
+REWARD_OVERHEAD = 32
+
+
+def reward_estimate(model: object, question: str, steps: Sequence[str]) -> int:
+    """The estimated tokens of scoring ``steps``: the model's own ``estimate`` when it has one,
+    else the text's estimate plus :data:`REWARD_OVERHEAD`."""
+    estimate = getattr(model, "estimate", None)
+    if callable(estimate):
+        return int(estimate(question, steps))
+    return estimate_tokens(question) + sum(estimate_tokens(s) for s in steps) + REWARD_OVERHEAD
 
 
 def yes_probability(top: Sequence[tuple[str, float]]) -> float:
@@ -157,16 +174,23 @@ class JudgeRewardModel:
         self.endpoint, self.prompt_template = endpoint, prompt_template
         self.step_separator, self.system = step_separator, system
 
-    async def score_with_usage(self, question: str, steps: Sequence[str]) -> RewardScore:
+    def _messages(self, question: str, steps: Sequence[str]) -> list[Message]:
         if isinstance(steps, str):
             raise ValueError("steps must be a sequence of strings, not one string")
         if not steps:
             raise ValueError("nothing to score: steps is empty")
         prompt = self.prompt_template.format(question=question, response=self.step_separator.join(steps))
-        messages = [
+        return [
             *([{"role": "system", "content": self.system}] if self.system else []),
             {"role": "user", "content": prompt},
         ]
+
+    def estimate(self, question: str, steps: Sequence[str]) -> int:
+        """The estimated tokens of scoring ``steps``: the judge's prompt and its one-token reply."""
+        return prompt_estimate(None, self._messages(question, steps)) + 1
+
+    async def score_with_usage(self, question: str, steps: Sequence[str]) -> RewardScore:
+        messages = self._messages(question, steps)
         params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=5)
         generation = await self.endpoint.chat(messages, params=params)
         choice = generation.choices[0]

@@ -31,7 +31,7 @@ from .._exceptions import BadRequest, EndpointError, EndpointUnavailable, Malfor
 from .._log import get_logger, new_id, program_id_var, request_id_var, request_scope
 from ._capabilities import Capabilities, Reprobe, probe
 from ._errors import n_limit_from, translate
-from ._meter import meter_var
+from ._meter import meter_var, prompt_estimate
 from ._parse import ChoiceAccumulator
 from ._retry import RetryPolicy
 from ._types import Generation, Kind, Message, Prompt, SamplingParams, Usage
@@ -329,7 +329,12 @@ class Endpoint:
             for b in bodies:
                 acc.add(b)
             choices = acc.build(n_requested=n, keep_logprobs=params.wants_logprobs, index_offset=offset)
-            usage = replace(acc.usage or Usage(), completion_tokens=sum(c.num_tokens for c in choices))
+            # A server that reports no usage is billed its prompt's estimate (docs/proxy.md,
+            # "Budgets and billing"), as the proxy's pass-through bills it.
+            usage = replace(
+                acc.usage or Usage(prompt_tokens=_body_prompt_estimate(body)),
+                completion_tokens=sum(c.num_tokens for c in choices),
+            )
             return Generation(
                 choices=tuple(choices),
                 usage=usage,
@@ -529,6 +534,15 @@ class _Call:
     params: SamplingParams
     stream: bool
     token_ids: bool
+
+
+def _body_prompt_estimate(body: Mapping[str, Any]) -> int:
+    """The estimated prompt tokens of a request body (its ``messages`` or ``prompt``)."""
+    messages, prompt = body.get("messages"), body.get("prompt")
+    return prompt_estimate(
+        prompt if isinstance(prompt, str | list) else None,
+        messages if isinstance(messages, list) else None,
+    )
 
 
 def check_url(base_url: str) -> None:

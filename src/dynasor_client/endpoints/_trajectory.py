@@ -26,6 +26,7 @@ from typing import Literal, Protocol
 from .._exceptions import BadRequest
 from .._log import get_logger
 from ._endpoint import Endpoint, sampling
+from ._meter import estimate_tokens, prompt_estimate
 from ._parse import split_reasoning
 from ._types import Choice, Message, Prompt, SamplingParams, Usage
 
@@ -191,6 +192,20 @@ class Trajectory:
             self.usage,
             self.chunks,
         )
+
+    def prompt_estimate(self, suffix: str = "") -> int:
+        """The estimated prompt tokens of this sample's next request (its prompt, the text so far
+        and ``suffix``): what a budget reserves for it (:func:`~._meter.prompt_estimate`)."""
+        cont = self.continuation
+        if isinstance(cont, TokenContinuation):
+            return len(cont.prompt_ids) + len(self.token_ids) + estimate_tokens(suffix)
+        if isinstance(cont, TextContinuation):
+            return estimate_tokens(cont.prompt + self.text + suffix)
+        if isinstance(cont, PrefillContinuation):
+            tail = self.text + suffix
+            extra = [{"role": "assistant", "content": tail}] if tail else []
+            return prompt_estimate(None, [*cont.messages, *extra])
+        return 0
 
     async def extend(self, max_tokens: int, **overrides: object) -> Chunk:
         """Generate up to ``max_tokens`` more tokens of this sample and append them."""

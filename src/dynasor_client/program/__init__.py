@@ -8,7 +8,14 @@
   :class:`CertaindexPoint`, :class:`ProgramResult`.
 """
 
-from ._context import DEFAULT_RESERVATION, MIN_USEFUL_TOKENS, ProgramContext, StandaloneContext, fit_request
+from ._context import (
+    DEFAULT_RESERVATION,
+    MIN_USEFUL_TOKENS,
+    ProgramContext,
+    PromptScale,
+    StandaloneContext,
+    fit_request,
+)
 from ._run import BoundProgram, Program, algorithm, as_program, only_budget, run, run_program
 from ._types import CertaindexPoint, ProgramResult, StopReason, TokenKind, TokenUsage
 
@@ -20,6 +27,7 @@ __all__ = [
     "Program",
     "ProgramContext",
     "ProgramResult",
+    "PromptScale",
     "StandaloneContext",
     "StopReason",
     "TokenKind",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
@@ -85,6 +86,26 @@ def _exhausted(free: int) -> BudgetExhausted:
 
 _UNMETERED = contextlib.nullcontext()
 
+
+class PromptScale:
+    """How much larger prompts really are than their estimate (characters / 4, which undercounts
+    LaTeX, code and numbers): the largest ratio of a prompt's reported tokens to its estimate seen
+    so far (at least 1, at most :attr:`MOST`). Reservations scale their prompt estimates by it, so
+    after the first responses a budget's overshoot is no longer the estimate's error."""
+
+    MOST = 4.0
+    __slots__ = ("ratio",)
+
+    def __init__(self) -> None:
+        self.ratio = 1.0
+
+    def observe(self, estimate: int, actual: int) -> None:
+        if estimate > 0 and actual > estimate:
+            self.ratio = min(self.MOST, max(self.ratio, actual / estimate))
+
+    def apply(self, estimate: int) -> int:
+        return estimate if self.ratio == 1.0 else math.ceil(estimate * self.ratio)
+
 GenerationListener = Callable[[TokenKind, Generation], None]
 ReportListener = Callable[[CertaindexPoint], None]
 RequestRewrite = Callable[
@@ -127,6 +148,8 @@ class ProgramContext:
         self._on_report: list[ReportListener] = []
         self._rewrite: RequestRewrite | None = None
         self._reserved = 0  # standalone: held by this program's requests in flight
+        #: Prompt estimates' error learnt from responses (the runtime shares one across programs).
+        self.prompt_scale = PromptScale()
         #: Bill the requests that do not complete even without a budget (the proxy bills its keys).
         self.bill_aborted = False
         self._settle_waiters: list[asyncio.Future[None]] = []
@@ -167,6 +190,8 @@ class ProgramContext:
             finally:
                 self.release(held)
             elapsed = self.clock() - started
+        if budgeted:
+            self.prompt_scale.observe(prompt_estimate(prompt, messages), generation.usage.prompt_tokens)
         self.charge(kind, generation.usage)
         self.observed(generation, elapsed)
         for listener in self._on_generation:
@@ -174,18 +199,66 @@ class ProgramContext:
         return generation
 
     @contextlib.asynccontextmanager
-    async def request_slot(self, n: int = 1, *, tokens: int | None = None) -> AsyncIterator[None]:
+    async def request_slot(
+        self,
+        n: int = 1,
+        *,
+        tokens: int | None = None,
+        max_tokens: int | None = None,
+        prompt_tokens: int = 0,
+        kind: TokenKind = TokenKind.GENERATED,
+        shrink: bool = True,
+    ) -> AsyncIterator[int | None]:
         """Wait for the right to send a request of ``n`` sequences, and hold it while inside: for
-        calls made outside :meth:`generate` (chunked decoding) that scheduling must see. Under a
-        budget the slot also reserves ``tokens`` (None: the default reservation per sequence, or
-        what is left when less; 0: nothing, the caller reserves) until it is left."""
+        calls made outside :meth:`generate` (chunked decoding, probes, reward calls) that
+        scheduling and the budget must see. Yields the ``max_tokens`` to send the request with.
+
+        Under a budget, a request that gives its ``max_tokens`` (and the estimate of its prompt,
+        ``prompt_tokens``) reserves them as :meth:`generate` does: ``max_tokens`` is shrunk to
+        what is left (so send the yielded value), and :class:`~dynasor_client.BudgetExhausted` is
+        raised when not even :data:`MIN_USEFUL_TOKENS` fit, or, with ``shrink=False`` (a request
+        whose size cannot change: a reward model's), when not all of ``max_tokens`` fits. Without
+        ``max_tokens`` the slot holds ``tokens`` (None: the default reservation per sequence, or
+        what is left when less; 0: nothing, the caller reserves). Requests that do not complete
+        are billed as ``kind`` (:meth:`metered`)."""
         if n < 1:
             raise ValueError(f"a request has at least one sequence, got n={n}")
-        if tokens == 0 or not self.metering():  # generate() meters its own request
-            yield  # one program alone: nothing to wait for
-            return
-        with self.metered(TokenKind.GENERATED):
-            yield
+        async with self.granted(n):
+            held = 0
+            if tokens != 0 and self.budgeted():
+                if max_tokens is not None:
+                    if not shrink:  # all of it is the request's input (a reward model's): scaled
+                        max_tokens = self.prompt_scale.apply(max_tokens)
+                    scaled = self.prompt_scale.apply(prompt_tokens)
+                    fitted_n, fitted, held = await self.fit(kind, n, max_tokens, scaled)
+                    if fitted_n < n or (not shrink and fitted != max_tokens):
+                        self.release(held)
+                        raise BudgetExhausted(
+                            f"only {held} tokens of the budget are left: a request of {n} x "
+                            f"{max_tokens} tokens after a prompt of ~{prompt_tokens} does not fit"
+                        )
+                    max_tokens = fitted
+                else:
+                    held = self.hold(DEFAULT_RESERVATION * n if tokens is None else tokens)
+            try:
+                if tokens == 0 or not self.metering():  # generate() meters its own request
+                    yield max_tokens
+                else:
+                    with self.metered(kind):
+                        yield max_tokens
+            finally:
+                self.release(held)
+
+    @contextlib.asynccontextmanager
+    async def granted(self, n: int) -> AsyncIterator[None]:
+        """Hold the right to send a request of ``n`` sequences (a runner's scheduler); one program
+        alone has nothing to wait for."""
+        yield
+
+    def hold(self, tokens: int) -> int:
+        """Reserve up to ``tokens`` for a request whose size the budget does not see (what is left
+        when less); returns what was held. A standalone program holds nothing this way."""
+        return 0
 
     @contextlib.contextmanager
     def metered(self, kind: TokenKind) -> Iterator[None]:
@@ -211,6 +284,8 @@ class ProgramContext:
 
     def _bill(self, kind: TokenKind, usage: Usage) -> None:
         if usage.prompt_tokens or usage.completion_tokens:
+            if kind is TokenKind.REWARD:  # a reward model's tokens are all reward tokens (its usage)
+                usage = Usage(0, usage.prompt_tokens + usage.completion_tokens)
             self.charge(kind, usage)
 
     def metering(self) -> bool:
@@ -218,8 +293,13 @@ class ProgramContext:
         (:attr:`bill_aborted`, the proxy)."""
         return self.bill_aborted or self.budgeted()
 
-    def charge(self, kind: TokenKind, usage: Usage) -> None:
-        """Count tokens spent (also those spent outside :meth:`generate`)."""
+    def charge(self, kind: TokenKind, usage: Usage, *, estimate: int | None = None) -> None:
+        """Count tokens spent (also those spent outside :meth:`generate`). ``estimate``: what the
+        request reserved for its prompt (a reward request: for all of it), to learn the estimates'
+        error (:class:`PromptScale`)."""
+        if estimate is not None:
+            actual = usage.completion_tokens if kind is TokenKind.REWARD else usage.prompt_tokens
+            self.prompt_scale.observe(estimate, actual)
         self.usage.add(kind, usage)
 
     def bind(self, rule: StopRule) -> None:
@@ -328,7 +408,8 @@ class ProgramContext:
         with, shrunk to what the budget has left (the runtime's; a standalone program reserves
         nothing). :meth:`release` ``held`` when the request ends."""
         max_tokens = params.max_tokens if params is not None else None
-        fitted_n, fitted, held = await self.fit(kind, n, max_tokens, prompt_estimate(prompt, messages))
+        estimate = self.prompt_scale.apply(prompt_estimate(prompt, messages))
+        fitted_n, fitted, held = await self.fit(kind, n, max_tokens, estimate)
         if fitted != max_tokens:
             params = dataclasses.replace(params or SamplingParams(), max_tokens=fitted)
         return fitted_n, params, held

@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from ..budget import DEFAULT_RESERVATION, Pool
+from ..budget import Pool
 from ..endpoints import Endpoint, EndpointPool, Generation, SamplingParams, Usage
 from ..program import CertaindexPoint, ProgramContext, StopReason, TokenKind
 from ._states import ProgramRecord
@@ -26,6 +26,7 @@ class RuntimeContext(ProgramContext):
         self.record = record
         self._runtime = runtime
         super().__init__(backend, deadline=record.deadline, program_id=record.program_id)
+        self.prompt_scale = runtime.prompt_scale  # one upstream, one tokenizer: learnt together
         self.started = record.arrival
 
     def clock(self) -> float:
@@ -41,9 +42,7 @@ class RuntimeContext(ProgramContext):
         return dataclasses.replace(params, extra_body={**params.extra_body, "priority": hint})
 
     @contextlib.asynccontextmanager
-    async def request_slot(self, n: int = 1, *, tokens: int | None = None) -> AsyncIterator[None]:
-        if n < 1:
-            raise ValueError(f"a request has at least one sequence, got n={n}")
+    async def granted(self, n: int) -> AsyncIterator[None]:
         scheduler, record = self._runtime.scheduler, self.record
         record.seconds_per_token = self._runtime.seconds_per_token
         granted = scheduler.acquire(record, n)
@@ -54,28 +53,22 @@ class RuntimeContext(ProgramContext):
                 scheduler.release(n)  # granted just as it was cancelled: give the slot back
             raise
         record.requests += 1
-        budget, account = self._runtime.budget, record.account
-        held = 0
-        if tokens != 0 and budget.limited(account):
-            held = budget.hold(account, DEFAULT_RESERVATION * n if tokens is None else tokens)
         try:
-            if tokens == 0 or not self.metering():  # generate() meters its own request
-                yield
-            else:
-                with self.metered(TokenKind.GENERATED):
-                    yield
+            yield
         finally:
-            if held:
-                budget.release(account, held)
             scheduler.release(n)
+
+    def hold(self, tokens: int) -> int:
+        budget, account = self._runtime.budget, self.record.account
+        return budget.hold(account, tokens) if budget.limited(account) else 0
 
     def observed(self, generation: Generation, elapsed_s: float) -> None:
         # Timed on the runtime's clock, like deadlines (Generation.latency_s is wall time, which
         # does not follow a virtual-time loop).
         self._runtime.observe_speed(generation, elapsed_s)
 
-    def charge(self, kind: TokenKind, usage: Usage) -> None:
-        super().charge(kind, usage)
+    def charge(self, kind: TokenKind, usage: Usage, *, estimate: int | None = None) -> None:
+        super().charge(kind, usage, estimate=estimate)
         self._runtime.charge(self.record, kind, usage)
 
     def budgeted(self) -> bool:

@@ -24,7 +24,7 @@ from .._exceptions import ProgramCancelled, RuntimeClosed
 from .._log import new_id, program_scope
 from ..budget import AdmissionPolicy, AdmissionRequest, BudgetManager, Load
 from ..endpoints import Endpoint, EndpointPool, Generation, Usage
-from ..program import Program, ProgramResult, StopReason, TokenKind, TokenUsage, run_program
+from ..program import Program, ProgramResult, PromptScale, StopReason, TokenKind, TokenUsage, run_program
 from ._context import RuntimeContext
 
 if TYPE_CHECKING:
@@ -125,6 +125,7 @@ class Runtime:
             raise ValueError("give budget= or token_budget=/program_tokens=, not both")
         self.backend = endpoint
         self.budget = budget or BudgetManager(token_budget, program_tokens)
+        self.prompt_scale = PromptScale()  # prompt estimates' error, learnt by its programs
         self.policy = policy or dynasor()
         self.admission = admission
         self.priority_hints = priority_hints
