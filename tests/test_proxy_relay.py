@@ -333,3 +333,43 @@ def test_the_direct_path_is_not_taken_where_httpx_must_send(monkeypatch: pytest.
     assert direct(plain, transport) is None
     monkeypatch.setenv("NO_PROXY", "up")
     assert direct(plain, transport) is not None
+
+
+async def test_a_kept_alive_connection_the_upstream_drops_is_retried_once() -> None:
+    fixed = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+
+    async def one_then_drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(fixed)
+        await writer.drain()
+        await _read_request(reader)  # the next request on this connection: closed unanswered
+
+    async with (
+        _Upstream(one_then_drop) as upstream,
+        httpx.AsyncClient(transport=UpstreamTransport(), base_url=upstream.url + "/") as client,
+    ):
+        for _ in range(3):
+            assert (await client.post("completions", content=b"{}")).content == b"{}"
+    assert upstream.connections == 3  # each drop cost one new connection, no failed request
+
+    async def never(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)  # a new connection closed unanswered: not retried
+
+    async with (
+        _Upstream(never) as upstream,
+        httpx.AsyncClient(transport=UpstreamTransport(), base_url=upstream.url + "/") as client,
+    ):
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.post("completions", content=b"{}")
+    assert upstream.connections == 1
+
+
+async def test_idle_connections_expire() -> None:
+    fixed = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+    async with (
+        _Upstream(_answers(fixed, fixed)) as upstream,
+        httpx.AsyncClient(transport=UpstreamTransport(expiry=0.0), base_url=upstream.url + "/") as client,
+    ):
+        await client.get("models")
+        await client.get("models")
+    assert upstream.connections == 2

@@ -22,7 +22,9 @@ transport (``httpx`` mounts it before this one).
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -47,6 +49,8 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.lost = False  # the connection is gone
         self.busy = False
+        self.reused = False  # taken from the idle list (not newly connected) for this request
+        self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._new_response()
 
@@ -59,6 +63,7 @@ class _Connection(asyncio.Protocol):
         self.size = 0
         self.paused = False
         self.error: httpx.HTTPError | None = None
+        self.received = False  # a byte of this response arrived
         self.until_close = False  # the body ends when the connection does (no length, not chunked)
         self.keep = False  # the upstream allows another request on this connection
 
@@ -72,6 +77,7 @@ class _Connection(asyncio.Protocol):
         if not self.busy:  # bytes nobody asked for: the connection cannot be trusted
             self.close()
             return
+        self.received = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -152,6 +158,13 @@ class _Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         return self.complete and self.keep and not self.lost and self.error is None
 
+    def readable(self) -> bool:
+        """Whether the idle connection has bytes or an EOF waiting: the upstream closed it."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return True
+        return bool(select.select([sock.fileno()], [], [], 0)[0])
+
     def close(self) -> None:
         self.lost = True
         if self.transport is not None:
@@ -205,16 +218,19 @@ class Answer(httpx.AsyncByteStream):
 
 class UpstreamTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 to the upstream on asyncio protocols (module docs); up to ``keep_alive`` idle
-    connections kept per host."""
+    connections kept per host, each for at most ``expiry`` seconds (``httpx``'s default), and only
+    reused when the upstream has not closed it (checked on the socket, as httpcore does)."""
 
     def __init__(
         self,
         keep_alive: int = 64,
         *,
+        expiry: float = 5.0,
         tls: ssl.SSLContext | None = None,
         socket_options: Sequence[SocketOption] = (),
     ) -> None:
         self.keep_alive = keep_alive
+        self.expiry = expiry
         self.socket_options = tuple(socket_options)
         self._tls = tls
         self._idle: dict[Key, list[_Connection]] = {}
@@ -249,25 +265,37 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         )
 
     async def send(self, key: Key, data: bytes, connect_s: float | None, read_s: float | None) -> Answer:
-        """Send ``data`` (a whole HTTP/1.1 request) to ``key``'s host; its answer once its head is in."""
-        conn = await self._connection(key, connect_s)
-        try:
-            conn.begin(data)
-            while not conn.head_done:
-                if conn.error is not None:
-                    raise conn.error
-                await conn.wait(read_s)
-        except BaseException:
-            conn.close()
-            raise
-        return Answer(self, key, conn, read_s)
+        """Send ``data`` (a whole HTTP/1.1 request) to ``key``'s host; its answer once its head is
+        in. A kept-alive connection that the upstream closed before answering a byte (it had timed
+        it out as we sent) is retried once on a new connection: the upstream never read it."""
+        for fresh in (False, True):
+            conn = await self._connection(key, connect_s, fresh=fresh)
+            try:
+                conn.begin(data)
+                while not conn.head_done:
+                    if conn.error is not None:
+                        raise conn.error
+                    await conn.wait(read_s)
+            except httpx.RemoteProtocolError:
+                conn.close()
+                if fresh or not conn.reused or conn.received:
+                    raise
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            return Answer(self, key, conn, read_s)
+        raise AssertionError("unreachable")
 
-    async def _connection(self, key: Key, connect_s: float | None) -> _Connection:
+    async def _connection(self, key: Key, connect_s: float | None, *, fresh: bool = False) -> _Connection:
         idle = self._idle.get(key)
-        while idle:
+        now = time.monotonic()
+        while idle and not fresh:
             conn = idle.pop()
-            if not conn.lost:
+            if not conn.lost and now - conn.idle_since < self.expiry and not conn.readable():
+                conn.reused = True
                 return conn
+            conn.close()  # expired, or the upstream closed it (its EOF not yet read by the loop)
         scheme, host, port = key
         tls = self._context() if scheme == "https" else None
         loop = asyncio.get_running_loop()
@@ -288,6 +316,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
 
     def release(self, key: Key, conn: _Connection) -> None:
         idle = self._idle.setdefault(key, [])
+        conn.idle_since = time.monotonic()
         if len(idle) < self.keep_alive:
             idle.append(conn)
         else:
