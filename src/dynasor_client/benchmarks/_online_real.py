@@ -181,15 +181,52 @@ async def _record_alone(
 
 
 def _fit(samples: Sequence[TimingSample], name: str, description: str) -> GPUProfile:
-    """``fit_profile``; when noise leaves no time per iteration (a CPU server's context cost is small
-    and the fit may give it all), again without the context term (taken from the base profile)."""
+    """``fit_profile``; when it leaves an iteration no time of its own (``a + b = 0``: on a CPU server
+    the context term can take it all), again with the per-sequence term taken from the base profile
+    (negligible there), and failing that without the context term."""
     from ..replay import fit_profile
 
     try:
         return fit_profile(samples, name=name, description=description)
     except ValueError:
+        pass
+    try:
+        flat = [replace(s, running=0) for s in samples]
+        return fit_profile(flat, name=name, description=f"{description}; per-sequence term not fitted")
+    except ValueError:
         flat = [replace(s, kv_tokens=0) for s in samples]
         return fit_profile(flat, name=name, description=f"{description}; context term not fitted")
+
+
+def _drift(
+    before: GPUProfile, after: GPUProfile, questions: Sequence[TraceQuestion], config: RealOnlineConfig
+) -> dict[str, float]:
+    """How the server's speed moved during the runs: an iteration of a full batch at the workload's
+    mean context and the prefill of its mean prompt, timed after over timed before."""
+    prompt = sum(q.prompt_tokens or 0 for q in questions) / len(questions)
+    context = round(config.slots * (prompt + config.max_tokens / 4))
+    decode = after.iteration_seconds(config.slots, context) / before.iteration_seconds(config.slots, context)
+    prefill = after.iteration_seconds(1, round(prompt), round(prompt)) / before.iteration_seconds(
+        1, round(prompt), round(prompt)
+    )
+    return {"decode_after_over_before": decode, "prefill_after_over_before": prefill}
+
+
+def _outcomes(programs: Sequence[ProgramSpec], outcomes: Sequence[ProgramOutcome], scale: float) -> list[Any]:
+    """Each program's own figures (seconds: wall on the server, modelled in the prediction)."""
+    return [
+        {
+            "index": o.index,
+            "question": programs[o.index].question.id,
+            "deadline_s": programs[o.index].deadline(scale),
+            "latency_s": o.latency_s,
+            "tokens": o.tokens,
+            "samples": o.samples,
+            "stop_reason": o.stop_reason,
+            "met": o.met(programs[o.index].deadline(scale)),
+        }
+        for o in outcomes
+    ]
 
 
 def _capacity(profile: GPUProfile, questions: Sequence[TraceQuestion], n: int) -> float:
@@ -227,11 +264,9 @@ async def _real(
 ) -> tuple[dict[str, Any], _Setup, GPUProfile, list[float]]:
     """The real runs: the figures, the workload and the fitted profile (for :func:`_predict`), and
     each question's latency alone."""
-    import httpx
-
     from ..endpoints import Endpoint, SamplingParams
     from ..traces import load_dataset
-    from ._online_real_probe import ServerCounters, probe_timings, root_url
+    from ._online_real_probe import ServerCounters, fresh_connections, probe_timings, root_url
 
     items = load_dataset(config.questions)
     items = random.Random(config.seed).sample(items, min(config.count, len(items)))
@@ -240,17 +275,17 @@ async def _real(
     async with (
         _server(config) as (base_url, embedded),
         Endpoint(base_url, model=config.model, api_key=config.api_key, timeout=600, stream=False) as endpoint,
-        httpx.AsyncClient(timeout=30, trust_env=False) as http,
+        fresh_connections(30.0) as http,
     ):
         counters = ServerCounters(http, root_url(base_url))
         model = await endpoint.model_name()
         await endpoint.capabilities()  # detected now, outside the counted runs
         say(f"{embedded or base_url}: model {model}; timing the idle server")
-        samples = await probe_timings(
-            base_url, model, api_key=config.api_key,
-            batches=sorted({b for b in config.probe_batches if b <= config.slots} | {1}),
-            contexts=config.probe_contexts, prefills=config.probe_prefills,
-        )  # fmt: skip
+        probe: dict[str, Any] = {
+            "batches": sorted({b for b in config.probe_batches if b <= config.slots} | {1}),
+            "contexts": config.probe_contexts, "prefills": config.probe_prefills,
+        }  # fmt: skip
+        samples = await probe_timings(base_url, model, api_key=config.api_key, **probe)
         profile = _fit(samples, f"fitted-{model}", f"{model} at {embedded or base_url}")
         profile = replace(
             profile, max_batch=config.slots, kv_capacity_tokens=config.slots * (512 + config.max_tokens)
@@ -274,12 +309,17 @@ async def _real(
                 "server_tokens": server_tokens,
                 "client_tokens": sum(o.tokens for o in outcomes),
                 "wall_s": time.perf_counter() - started,
+                "outcomes": _outcomes(setup.programs, outcomes, config.slo_scale),
             }
             say(f"  real {name}: attainment {real[name]['attainment']:.0%}, "
                 f"{real[name]['wall_s']:.0f} s, server tokens {server_tokens}")  # fmt: skip
+        after_samples = await probe_timings(base_url, model, api_key=config.api_key, **probe)
+        after_profile = _fit(after_samples, f"fitted-{model}-after", "the same, timed after the runs")
     figures = {
         "server": {"url": config.endpoint, "embedded": embedded, "model": model, "slots": config.slots},
         "profile": {**asdict(profile), "timing_samples": [asdict(s) for s in samples]},
+        "profile_after": {**asdict(after_profile), "timing_samples": [asdict(s) for s in after_samples]},
+        "drift": _drift(profile, after_profile, questions, config),
         "capacity_rate": capacity,
         "rate": setup.rate,
         "window": window,
@@ -317,6 +357,7 @@ def _predict(
                     **run_figures(setup.programs, outcomes, config.slo_scale),
                     "server_tokens": int(replay.metrics()["tokens_generated"]) - before,
                     "client_tokens": sum(o.tokens for o in outcomes),
+                    "outcomes": _outcomes(setup.programs, outcomes, config.slo_scale),
                 }
         return out, alone
 
@@ -391,4 +432,9 @@ def real_online_table(result: dict[str, Any]) -> str:
         "accuracy",
         "cut",
     ]
+    drift = result["drift"]
+    head += (
+        f"\nserver speed timed after the runs over before: decode x{drift['decode_after_over_before']:.2f}, "
+        f"prefill x{drift['prefill_after_over_before']:.2f} (1 = steady)"
+    )
     return head + "\n" + format_table(columns, rows)

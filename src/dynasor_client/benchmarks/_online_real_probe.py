@@ -19,7 +19,7 @@ import httpx
 
 from ..replay import TimingSample
 
-__all__ = ["ServerCounters", "probe_timings", "root_url"]
+__all__ = ["ServerCounters", "fresh_connections", "probe_timings", "root_url"]
 
 # Counters of generated tokens and gauges of running requests, by server.
 _GENERATED = (
@@ -31,6 +31,14 @@ _RUNNING = ("llamacpp:requests_processing", "vllm:num_requests_running", "sglang
 _FILLER = "the quick brown fox jumps over the lazy dog while counting numbers "  # ~14 tokens
 _DECODE_TOKENS = 32  # tokens per stream in a decode probe: its middle gaps are the iterations
 _SKIP_GAPS = 6  # gaps left out at each end (streams join and leave at slightly different times)
+
+
+def fresh_connections(timeout_s: float) -> httpx.AsyncClient:
+    """A client opening a connection per request: llama.cpp's HTTP server (cpp-httplib) closes a
+    kept-alive connection after a few requests, and a request sent on it as it closes is lost."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s), trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
+    )
 
 
 def root_url(base_url: str) -> str:
@@ -146,11 +154,8 @@ async def probe_timings(
         }
 
     samples: list[TimingSample] = []
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), trust_env=False) as client:
-        try:  # warm-up (loads, allocates), not timed; a server just started may drop the first one
-            await _stream(client, url, body(10, 4), headers)
-        except httpx.RemoteProtocolError:
-            await _stream(client, url, body(10, 4), headers)
+    async with fresh_connections(300.0) as client:
+        await _stream(client, url, body(10, 4), headers)  # warm-up (loads, allocates), not timed
         for words in contexts:
             for n in batches:
                 async with asyncio.TaskGroup() as tg:
