@@ -55,7 +55,7 @@ def test_every_method_reports_its_loss_with_an_interval(unseen_run: dict[str, An
 
 def test_unseen_figures_cover_each_question_once(unseen_run: dict[str, Any]) -> None:
     unseen = unseen_run["unseen"]
-    assert unseen["settings"]["confidence"] == 0.9 and unseen["settings"]["orders"] == 4
+    assert unseen["settings"]["confidence"] == 0.95 and unseen["settings"]["orders"] == 4
     questions = [q for q in load_traces(TRACES / MATH) if q.samples]
     train_test = unseen["train_test"]
     _check(train_test)

@@ -96,7 +96,7 @@ def test_calibration_reports_its_expected_loss(small_svamp: Replay, tmp_path: Pa
     result = calibrate(
         small_svamp, epsilon=EPSILON, families=families, signals=[EntropyCertainty()], folds=3, boots=300
     )
-    assert result.fitted_on["confidence"] == 0.9 and result.fitted_on["boots"] == 300
+    assert result.fitted_on["confidence"] == 0.95 and result.fitted_on["boots"] == 300
     loss = result.expected_loss
     assert loss is not None and loss.ci95[0] <= loss.loss <= loss.ci95[1] and loss.questions == 40
     assert result.cross_validated is not None

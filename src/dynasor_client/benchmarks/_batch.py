@@ -229,7 +229,7 @@ def run_batch_benchmark(
     unseen: bool = False,
     folds: int = 5,
     cross: Sequence[str | Path] = (),
-    confidence: float | None = 0.9,
+    confidence: float | None = 0.95,
     safety: float = 1.0,
 ) -> dict[str, Any]:
     """Run every method on one split of ``traces``; the figures as the documented JSON dict.

@@ -35,7 +35,7 @@ class UnseenSettings:
     """How each rule is calibrated (``calibrate``'s arguments) and how figures are resampled."""
 
     epsilon: float = 0.002
-    confidence: float | None = 0.9
+    confidence: float | None = 0.95
     safety: float = 1.0
     folds: int = 5
     orders: int = 20

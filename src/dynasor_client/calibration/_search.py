@@ -69,7 +69,7 @@ log = logging.getLogger("dynasor_client.calibration")
 #: rounds, saved) — e.g. ``lambda s: s.tokens + 200 * s.rounds``.
 Objective = Literal["tokens", "samples", "rounds"] | Callable[[Score], float]
 #: the bootstrap upper bound's level that :func:`calibrate` uses by default (docs/calibration.md)
-DEFAULT_CONFIDENCE = 0.9
+DEFAULT_CONFIDENCE = 0.95
 
 
 class SearchSpace:

@@ -187,7 +187,7 @@ def _add_batch_parser(bench_sub: Subparsers) -> None:
     parser.add_argument(
         "--confidence",
         type=float,
-        default=0.9,
+        default=0.95,
         help="with --unseen: level of the bootstrap upper bound on the loss the calibration must keep "
         "within epsilon (0: the normal margin of --safety standard errors instead)",
     )

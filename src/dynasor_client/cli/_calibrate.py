@@ -43,7 +43,7 @@ def add_calibrate_parser(sub: Subparsers) -> None:
     cal.add_argument(
         "--confidence",
         type=float,
-        default=0.9,
+        default=0.95,
         help="level of the bootstrap upper bound (over questions) on the out-of-fold accuracy loss that "
         "must stay within epsilon (0: use --safety instead)",
     )
