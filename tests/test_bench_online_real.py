@@ -69,7 +69,8 @@ def test_real_server_comparison_beside_its_prediction(local_server: LocalLlamaSe
     assert len(profile["timing_samples"]) >= 4
     assert math.isfinite(result["capacity_rate"]) and result["capacity_rate"] > 0
     assert all(math.isfinite(v) and v > 0 for v in result["drift"].values())
-    for kind in ("real", "predicted"):
+    assert math.isfinite(result["profile_scale"]) and result["profile_scale"] > 0
+    for kind in ("real", "predicted", "predicted_scaled"):
         assert result["base_latency_s"][kind]["mean"] > 0
         for name in ("naive", "ours"):
             figures = result["policies"][name][kind]
@@ -77,12 +78,15 @@ def test_real_server_comparison_beside_its_prediction(local_server: LocalLlamaSe
             assert [o["index"] for o in figures["outcomes"]] == [0, 1, 2]
             assert sum(o["tokens"] for o in figures["outcomes"]) == figures["client_tokens"]
     naive = result["policies"]["naive"]
+    # Scaled to the latencies alone, the model takes the real latencies alone on average.
+    scaled_alone = result["base_latency_s"]["predicted_scaled"]["mean"]
+    assert scaled_alone == pytest.approx(result["base_latency_s"]["real"]["mean"], rel=0.05)
     # Naive cancels nothing: every token the server generated reached the client, and the client's
     # count is the server's own (llama.cpp's tokens_predicted_total; the replay's tokens_generated).
     assert naive["real"]["server_tokens"] == naive["real"]["client_tokens"] > 0
     assert naive["predicted"]["server_tokens"] == naive["predicted"]["client_tokens"] > 0
     # Ours may cancel requests it no longer needs: the server then generated at least what was received.
-    for kind in ("real", "predicted"):
+    for kind in ("real", "predicted", "predicted_scaled"):
         ours = result["policies"]["ours"][kind]
         assert ours["server_tokens"] >= ours["client_tokens"] > 0
     table = real_online_table(result)

@@ -181,21 +181,46 @@ async def _record_alone(
 
 
 def _fit(samples: Sequence[TimingSample], name: str, description: str) -> GPUProfile:
-    """``fit_profile``; when it leaves an iteration no time of its own (``a + b = 0``: on a CPU server
-    the context term can take it all), again with the per-sequence term taken from the base profile
-    (negligible there), and failing that without the context term."""
+    """``fit_profile``. When it leaves an iteration no time of its own (``a + b = 0``: on a CPU
+    server the context term can take it all), two reduced fits, the per-sequence term or the context
+    term taken from the base profile (negligible on a CPU), and the one closer to the samples."""
     from ..replay import fit_profile
 
     try:
         return fit_profile(samples, name=name, description=description)
     except ValueError:
         pass
-    try:
-        flat = [replace(s, running=0) for s in samples]
-        return fit_profile(flat, name=name, description=f"{description}; per-sequence term not fitted")
-    except ValueError:
-        flat = [replace(s, kv_tokens=0) for s in samples]
-        return fit_profile(flat, name=name, description=f"{description}; context term not fitted")
+    candidates = []
+    for dropped, field in (("per-sequence", "running"), ("context", "kv_tokens")):
+        reduced = [replace(s, **{field: 0}) for s in samples]
+        with contextlib.suppress(ValueError):
+            fitted = fit_profile(reduced, name=name, description=f"{description}; {dropped} term not fitted")
+            candidates.append((_relative_error(fitted, samples), fitted))
+    if not candidates:
+        raise ValueError(f"cannot fit a timing profile to the server's {len(samples)} timing samples")
+    return min(candidates, key=lambda c: c[0])[1]
+
+
+def _scaled(profile: GPUProfile, scale: float) -> GPUProfile:
+    """Every iteration ``scale`` times as long."""
+    return replace(
+        profile,
+        name=f"{profile.name}-scaled",
+        description=f"{profile.description}; x{scale:.3g} to the latencies alone",
+        decode_base_s=profile.decode_base_s * scale,
+        decode_per_seq_s=profile.decode_per_seq_s * scale,
+        decode_per_kv_token_s=profile.decode_per_kv_token_s * scale,
+        prefill_per_token_s=profile.prefill_per_token_s * scale,
+    )
+
+
+def _relative_error(profile: GPUProfile, samples: Sequence[TimingSample]) -> float:
+    """The root mean square of the profile's relative error on the samples."""
+    errors = [
+        (profile.iteration_seconds(s.running, s.kv_tokens, s.prefill_tokens) - s.seconds) / s.seconds
+        for s in samples
+    ]
+    return math.sqrt(sum(e * e for e in errors) / len(errors))
 
 
 def _drift(
@@ -261,7 +286,7 @@ async def _server(config: RealOnlineConfig) -> AsyncIterator[tuple[str, str | No
 
 async def _real(
     config: RealOnlineConfig, say: Callable[[str], None]
-) -> tuple[dict[str, Any], _Setup, GPUProfile, list[float]]:
+) -> tuple[dict[str, Any], _Setup, GPUProfile, list[float], GPUProfile]:
     """The real runs: the figures, the workload and the fitted profile (for :func:`_predict`), and
     each question's latency alone."""
     from ..endpoints import Endpoint, SamplingParams
@@ -292,10 +317,18 @@ async def _real(
         )
         say(f"fitted: {profile.description}")
         questions, base = await _record_alone(endpoint, items, config, params, say)
-        capacity = _capacity(profile, questions, config.n)
         prompting = {q.id: _prompting(q.question, config.few_shot) for q in questions}
-        setup = _Setup(
-            questions, _workload(questions, base, config), config.rate_x * capacity, params, prompting
+        setup = _Setup(questions, _workload(questions, base, config), 1.0, params, prompting)
+        # The rate from the fitted profile scaled to the latencies alone just measured: a fit to a
+        # few noisy timings may be far off, and a rate off by 10x makes the comparison meaningless.
+        modelled = await asyncio.to_thread(lambda: _predict(setup, config, profile, window, ())[1])
+        scale = sum(base.values()) / sum(modelled)
+        scaled = _scaled(profile, scale)
+        capacity = _capacity(scaled, questions, config.n)
+        setup = replace(setup, rate=config.rate_x * capacity)
+        say(
+            f"latency alone: real {sum(base.values()) / len(base):.2f} s, fitted profile "
+            f"{sum(modelled) / len(modelled):.2f} s: x{scale:.2f}; capacity {capacity:.3g} programs/s"
         )
         real: dict[str, Any] = {}
         for name in config.policies:
@@ -321,19 +354,20 @@ async def _real(
         "profile_after": {**asdict(after_profile), "timing_samples": [asdict(s) for s in after_samples]},
         "drift": _drift(profile, after_profile, questions, config),
         "capacity_rate": capacity,
+        "profile_scale": scale,
         "rate": setup.rate,
         "window": window,
         "questions_asked": [q.id for q in questions],
         "real": real,
     }
-    return figures, setup, profile, [base[q.id] for q in questions]
+    return figures, setup, profile, [base[q.id] for q in questions], scaled
 
 
 def _predict(
-    setup: _Setup, config: RealOnlineConfig, profile: GPUProfile, window: int
+    setup: _Setup, config: RealOnlineConfig, profile: GPUProfile, window: int, policies: Sequence[str]
 ) -> tuple[dict[str, Any], list[float]]:
-    """The same programs and deadlines on the replay engine (the fitted profile, the recorded samples),
-    and each question's modelled latency alone."""
+    """Each question's modelled latency alone, and the same programs and deadlines under ``policies``
+    on the replay engine (``profile``, the recorded samples), on a virtual clock."""
     from ..replay import InProcessReplay, run_virtual
 
     async def main() -> tuple[dict[str, Any], list[float]]:
@@ -348,7 +382,7 @@ def _predict(
                     await endpoint.chat(prompting.chat(question.question), n=config.n, params=setup.params)
                     alone.append(loop.time() - started)
                     await asyncio.sleep(1.0)  # idle between questions
-            for name in config.policies:
+            for name in policies:
                 before = int(replay.metrics()["tokens_generated"])
                 async with replay.endpoint(max_in_flight=100_000) as endpoint:
                     outcomes = await _drive(endpoint, setup, POLICIES[name], config, window)
@@ -375,12 +409,19 @@ def run_real_online_benchmark(
     settings, OnlineRunError when a program fails."""
     config.check()
     started = time.perf_counter()
-    figures, setup, profile, alone = asyncio.run(_real(config, progress or (lambda _: None)))
+    figures, setup, profile, alone, scaled = asyncio.run(_real(config, progress or (lambda _: None)))
     real = figures.pop("real")
-    predicted, predicted_alone = _predict(setup, config, profile, figures["window"])
-    figures["base_latency_s"] = {"real": _spread(alone), "predicted": _spread(predicted_alone)}
+    window = figures["window"]
+    predicted, predicted_alone = _predict(setup, config, profile, window, config.policies)
+    predicted_scaled, scaled_alone = _predict(setup, config, scaled, window, config.policies)
+    figures["base_latency_s"] = {
+        "real": _spread(alone),
+        "predicted": _spread(predicted_alone),
+        "predicted_scaled": _spread(scaled_alone),
+    }
     figures["policies"] = {
-        name: {"real": real[name], "predicted": predicted[name]} for name in config.policies
+        name: {"real": real[name], "predicted": predicted[name], "predicted_scaled": predicted_scaled[name]}
+        for name in config.policies
     }
     return {
         "benchmark": "online-real",
@@ -406,7 +447,7 @@ def real_online_table(result: dict[str, Any]) -> str:
 
     rows = []
     for name, both in result["policies"].items():
-        for kind in ("real", "predicted"):
+        for kind in ("real", "predicted", "predicted_scaled"):
             f = both[kind]
             server = f["server_tokens"]
             rows.append([
@@ -416,10 +457,11 @@ def real_online_table(result: dict[str, Any]) -> str:
             ])  # fmt: skip
     base = result["base_latency_s"]
     head = (
-        f"{result['programs']} programs at {result['rate']:.3g}/s ({result['rate_x']:g} x the fitted "
+        f"{result['programs']} programs at {result['rate']:.3g}/s ({result['rate_x']:g} x the scaled "
         f"capacity {result['capacity_rate']:.3g}/s), SLO x{result['slo_scale']:g}, n={result['n']}; "
         f"latency alone (mean): real {base['real']['mean']:.2f} s, "
-        f"predicted {base['predicted']['mean']:.2f} s"
+        f"predicted {base['predicted']['mean']:.2f} s (scaled x{result['profile_scale']:.2f}: "
+        f"{base['predicted_scaled']['mean']:.2f} s)"
     )
     columns = [
         "policy",
