@@ -5,9 +5,14 @@ upstream transport (keep-alive, aborts, framing, errors) against loopback server
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -373,3 +378,47 @@ async def test_idle_connections_expire() -> None:
         await client.get("models")
         await client.get("models")
     assert upstream.connections == 2
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (made with the openssl command)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command to make a certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    command = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject]
+    subprocess.run([*command, "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+async def test_https_upstreams(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    fixed = b'HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n{"a":1}'
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            while True:
+                await _read_request(reader)
+                writer.write(fixed)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        trusted = UpstreamTransport(tls=ssl.create_default_context(cafile=str(cert)))
+        async with httpx.AsyncClient(transport=trusted, base_url=f"https://127.0.0.1:{port}/v1/") as client:
+            path = direct(client, trusted)
+            assert path is not None
+            assert (await client.get("models")).json() == {"a": 1}
+            assert await (await path.post("completions", {}, b"{}")).aread() == b'{"a":1}'
+        untrusted = UpstreamTransport()  # the default verification: a self-signed certificate fails
+        async with httpx.AsyncClient(transport=untrusted, base_url=f"https://127.0.0.1:{port}/v1/") as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get("models")
+    finally:
+        server.close()
