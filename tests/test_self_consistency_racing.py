@@ -1,14 +1,17 @@
 """Racing rounds (``reading="finishing"``) over HTTP against the replay server in real time: samples
 are read as they finish, the program stops as soon as its rule fires on them, and the samples still
 running are cancelled and aborted on the server. MATH traces: their samples' lengths differ by tens
-of tokens, so the order they finish in does not depend on when each request reached the server."""
+of tokens, so the order they finish in does not depend on when each request reached the server.
+Last, ``bench racing`` (both readings, same draws, per dataset) on GSM8K's 8 questions."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
+import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,11 +19,13 @@ import pytest
 from dynasor_client import Endpoint, SamplingParams
 from dynasor_client.algorithms import RoundPlan, self_consistency, self_consistency_rule
 from dynasor_client.algorithms._rounds import chat_draw
+from dynasor_client.benchmarks import RacingConfig, run_racing_benchmark
 from dynasor_client.certainty import StopRule, cap, cluster_answers, entropy_at_least
+from dynasor_client.cli import main
 from dynasor_client.program import ProgramResult, StandaloneContext, StopReason
 from dynasor_client.replay import ReplayEngine, ReplayServer
 from dynasor_client.traces import TraceQuestion
-from tests.support.replay import traces_or_skip
+from tests.support.replay import TRACES, traces_or_skip
 
 SEED = 5
 GAP = 10  # tokens between the lengths whose order is asserted: well above the requests' arrival skew
@@ -153,3 +158,30 @@ def test_a_bad_reading_is_refused(math: list[TraceQuestion]) -> None:
                 await _program(endpoint, math[0], "race-bad", cap(8), 8, reading="fastest")
 
     asyncio.run(main())
+
+
+def test_bench_racing_compares_both_readings_on_the_same_draws(tmp_path: Path) -> None:
+    # GSM8K's 8 questions, 2 replay seeds: both readings draw the same recorded samples, so a
+    # program reading all 8 (n = 8, the rule rarely fires on a 0.5B model) reads the same tokens;
+    # racing answers no later alone, and the GPU generated at least what the programs read.
+    traces = TRACES / "gsm8k-qwen25coder05b-sc8-logprobs.jsonl"
+    if not traces.exists():
+        pytest.skip(f"recorded traces not found: {traces}")
+    out = tmp_path / "racing.json"
+    assert main(["bench", "racing", "--traces", str(traces), "--seeds", "2", "--json", str(out)]) == 0
+    data = json.loads(out.read_text(encoding="utf-8"))
+    figures = data["datasets"][traces.name]
+    assert figures["questions"] == 8 and figures["n"] == 8
+    planned, racing = figures["planned"], figures["finishing"]
+    assert len(planned["by_seed"]) == len(racing["by_seed"]) == 2
+    for f in (planned, racing):
+        assert 0 <= f["accuracy"] <= 1 and f["gpu_tokens"] >= f["tokens"] - 1e-9
+    assert racing["latency_mean_s"] <= planned["latency_mean_s"]
+    assert figures["accuracy_change"] == pytest.approx(racing["accuracy"] - planned["accuracy"])
+
+
+def test_bench_racing_refuses_bad_settings(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="seeds >= 1"):
+        run_racing_benchmark(RacingConfig(traces=("x.jsonl",), seeds=0))
+    with pytest.raises(ValueError, match="cannot read the traces"):
+        run_racing_benchmark(RacingConfig(traces=(str(tmp_path / "missing.jsonl"),)))
