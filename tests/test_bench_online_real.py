@@ -77,6 +77,7 @@ def test_real_server_comparison_beside_its_prediction(local_server: LocalLlamaSe
             _finite(figures)
             assert [o["index"] for o in figures["outcomes"]] == [0, 1, 2]
             assert sum(o["tokens"] for o in figures["outcomes"]) == figures["client_tokens"]
+            assert figures["prefill_tokens"] > 0  # llama.cpp's prompt_tokens_total; the replay's own
     naive = result["policies"]["naive"]
     # Scaled to the latencies alone, the model takes the real latencies alone on average.
     scaled_alone = result["base_latency_s"]["predicted_scaled"]["mean"]

@@ -336,10 +336,13 @@ async def _real(
             started = time.perf_counter()
             outcomes = await _drive(endpoint, setup, POLICIES[name], config, window)
             after = await counters.settled()
-            server_tokens = None if before is None or after is None else after - before
+            server_tokens, prefilled = (
+                None if b is None or a is None else a - b for b, a in zip(before, after, strict=True)
+            )
             real[name] = {
                 **run_figures(setup.programs, outcomes, config.slo_scale),
                 "server_tokens": server_tokens,
+                "prefill_tokens": prefilled,
                 "client_tokens": sum(o.tokens for o in outcomes),
                 "wall_s": time.perf_counter() - started,
                 "outcomes": _outcomes(setup.programs, outcomes, config.slo_scale),
@@ -383,13 +386,19 @@ def _predict(
                     alone.append(loop.time() - started)
                     await asyncio.sleep(1.0)  # idle between questions
             for name in policies:
-                before = int(replay.metrics()["tokens_generated"])
+                before = replay.metrics()
                 async with replay.endpoint(max_in_flight=100_000) as endpoint:
                     outcomes = await _drive(endpoint, setup, POLICIES[name], config, window)
                 await asyncio.sleep(1.0)  # the engine takes in the last aborts
+                after = replay.metrics()
+
+                def delta(key: str, after: dict[str, Any] = after, before: dict[str, Any] = before) -> int:
+                    return int(after[key]) - int(before[key])
+
                 out[name] = {
                     **run_figures(setup.programs, outcomes, config.slo_scale),
-                    "server_tokens": int(replay.metrics()["tokens_generated"]) - before,
+                    "server_tokens": delta("tokens_generated"),
+                    "prefill_tokens": delta("prompt_tokens") - delta("cached_prompt_tokens"),
                     "client_tokens": sum(o.tokens for o in outcomes),
                     "outcomes": _outcomes(setup.programs, outcomes, config.slo_scale),
                 }
@@ -453,6 +462,7 @@ def real_online_table(result: dict[str, Any]) -> str:
             rows.append([
                 name, kind, pct(f["attainment"]), f"{f['latency_mean_s']:.2f}", f"{f['latency_p90_s']:.2f}",
                 f"{f['tokens']:.0f}", "-" if server is None else f"{server / f['programs']:.0f}",
+                "-" if f["prefill_tokens"] is None else f"{f['prefill_tokens'] / f['programs']:.0f}",
                 pct(f["accuracy"]), pct(f["cut"]),
             ])  # fmt: skip
     base = result["base_latency_s"]
@@ -471,6 +481,7 @@ def real_online_table(result: dict[str, Any]) -> str:
         "p90 s",
         "tokens",
         "server tokens",
+        "prefilled",
         "accuracy",
         "cut",
     ]

@@ -27,6 +27,7 @@ _GENERATED = (
     "vllm:generation_tokens_total",
     "sglang:generation_tokens_total",
 )
+_PREFILLED = ("llamacpp:prompt_tokens_total",)  # prompt tokens computed (a cached prefix is not)
 _RUNNING = ("llamacpp:requests_processing", "vllm:num_requests_running", "sglang:num_running_reqs")
 _FILLER = "the quick brown fox jumps over the lazy dog while counting numbers "  # ~14 tokens
 _DECODE_TOKENS = 32  # tokens per stream in a decode probe: its middle gaps are the iterations
@@ -79,16 +80,20 @@ class ServerCounters:
         value = None if text is None else _prometheus(text, _GENERATED)
         return None if value is None else round(value)
 
-    async def settled(self, timeout_s: float = 30.0) -> int | None:
-        """Generated tokens once no request runs (aborted ones finish their last step first): polls the
-        server's running gauge, where it has one, until it reads 0."""
+    async def settled(self, timeout_s: float = 30.0) -> tuple[int | None, int | None]:
+        """Generated tokens and prefilled prompt tokens (llama.cpp only) once no request runs (aborted
+        ones finish their last step first): polls the server's running gauge, where it has one, until
+        it reads 0."""
         async with asyncio.timeout(timeout_s):
             while True:
                 text = await self._text()
                 running = None if text is None else _prometheus(text, _RUNNING)
                 if not running:
-                    value = None if text is None else _prometheus(text, _GENERATED)
-                    return None if value is None else round(value)
+                    counts = [
+                        None if text is None else _prometheus(text, n) for n in (_GENERATED, _PREFILLED)
+                    ]
+                    generated, prefilled = (None if v is None else round(v) for v in counts)
+                    return generated, prefilled
                 await asyncio.sleep(0.2)  # polling the server's own state, not a guess at a duration
 
 
