@@ -9,13 +9,25 @@ from typing import Any
 import pytest
 
 from dynasor_client import Capabilities, Endpoint, program_scope
-from dynasor_client._exceptions import BadRequest, ServerError
-from dynasor_client.endpoints import EndpointPool, RetryPolicy
+from dynasor_client._exceptions import BadRequest, EndpointUnavailable, ServerError
+from dynasor_client.endpoints import (
+    EndpointPool,
+    HealthCheck,
+    LeastOutstanding,
+    PrefixAffinity,
+    RetryPolicy,
+    RouteEvent,
+)
 from tests.support.faulty_server import MODEL_ID, FaultyServer
 
 PROMPT = "what is forty two"
 MESSAGES = [{"role": "user", "content": "what is forty two"}]
 ONCE = RetryPolicy(max_attempts=1, initial_backoff_s=0.01, max_backoff_s=1, jitter_s=0.01, max_total_s=5)
+
+
+def passive(backoff_s: float) -> HealthCheck:
+    """No probes: a replica taken out gets real requests again once its backoff has passed."""
+    return HealthCheck(path=None, backoff_s=backoff_s, max_backoff_s=1000)
 
 
 @pytest.fixture(autouse=True)
@@ -78,20 +90,37 @@ async def test_new_programs_balance_by_pinned_programs(faulty_server: FaultyServ
         assert counts(faulty_server, "ok", "slow-0") == [10, 10]
 
 
-async def test_new_programs_balance_by_outstanding_requests(faulty_server: FaultyServer) -> None:
+async def test_least_outstanding_balances_requests_in_flight(faulty_server: FaultyServer) -> None:
     # Two equally slow replicas; without affinity only the requests in flight decide.
     a, b = replica(faulty_server, "slow-0.2"), replica(faulty_server, "slow-0.20")
-    async with EndpointPool([a, b]) as pool:
+    async with EndpointPool([a, b], policy=LeastOutstanding()) as pool:
         generations = await asyncio.gather(*(pool.complete(PROMPT) for _ in range(6)))
         assert len(generations) == 6
         assert counts(faulty_server, "slow-0.2", "slow-0.20") == [3, 3]
         assert a.outstanding == b.outstanding == 0
 
 
+async def test_requests_outside_programs_follow_their_prefix(faulty_server: FaultyServer) -> None:
+    a, b = replica(faulty_server, "slow-0.2"), replica(faulty_server, "slow-0.20")
+    async with EndpointPool([a, b]) as pool:
+        # One prompt, no program: all on one replica (its prefix cache), though the other is idle.
+        await asyncio.gather(*(pool.complete(PROMPT) for _ in range(4)))
+        assert counts(faulty_server, "slow-0.2", "slow-0.20") == [4, 0]
+        # Another prompt is a new key: placed on the least busy replica, then kept there.
+        await asyncio.gather(pool.complete(PROMPT), pool.complete("another prompt"), pool.complete(PROMPT))
+        assert counts(faulty_server, "slow-0.2", "slow-0.20") == [6, 1]
+    # With a bound on the imbalance, a busy key moves to the idle replica: the third request finds
+    # two in flight on its replica, none on the other, and moves the key; the rest follow it.
+    a, b = replica(faulty_server, "slow-0.3"), replica(faulty_server, "slow-0.30")
+    async with EndpointPool([a, b], policy=PrefixAffinity(max_imbalance=1)) as pool:
+        await asyncio.gather(*(pool.complete(PROMPT) for _ in range(6)))
+        assert counts(faulty_server, "slow-0.3", "slow-0.30") == [2, 4]
+
+
 async def test_failing_replica_is_taken_out_and_tried_again(faulty_server: FaultyServer) -> None:
     clock = FakeClock()
     bad, good = replica(faulty_server, "status-503-99"), replica(faulty_server, "ok")
-    async with EndpointPool([bad, good], failure_threshold=2, cooldown_s=30, clock=clock) as pool:
+    async with EndpointPool([bad, good], failure_threshold=2, health=passive(30), clock=clock) as pool:
         # Program 1 lands on the failing replica and moves to the healthy one: still a success.
         first = await pool.complete(PROMPT, affinity="p1")
         assert first.texts == ["answer 0: 42"]
@@ -113,18 +142,24 @@ async def test_failing_replica_is_taken_out_and_tried_again(faulty_server: Fault
         await pool.complete(PROMPT, affinity="p7")
         assert counts(faulty_server, "status-503-99", "ok") == [2, 7]
 
-        # After the cooldown it is tried again (and, still failing, the request moves on).
+        # After the backoff it is tried again (and, still failing, the request moves on).
         clock.now += 1
         assert pool.healthy(bad)
         again = await pool.complete(PROMPT, affinity="p8")
         assert again.texts == ["answer 0: 42"]
         assert counts(faulty_server, "status-503-99", "ok") == [3, 8]
+        # Failing its trial doubles the backoff: out for 60 s now.
+        assert not pool.healthy(bad)
+        clock.now += 59
+        assert not pool.healthy(bad)
+        clock.now += 1
+        assert pool.healthy(bad)
 
 
 async def test_recovered_replica_gets_work_again(faulty_server: FaultyServer) -> None:
     clock = FakeClock()
     flaky, good = replica(faulty_server, "status-502-1"), replica(faulty_server, "ok")
-    async with EndpointPool([flaky, good], failure_threshold=1, cooldown_s=10, clock=clock) as pool:
+    async with EndpointPool([flaky, good], failure_threshold=1, health=passive(10), clock=clock) as pool:
         await pool.complete(PROMPT, affinity="p1")  # fails on flaky (taken out), served by good
         assert not pool.healthy(flaky)
         clock.now += 10
@@ -150,7 +185,7 @@ async def test_bad_request_is_not_failed_over(faulty_server: FaultyServer) -> No
 async def test_all_replicas_out_still_tries_the_first_to_come_back(faulty_server: FaultyServer) -> None:
     clock = FakeClock()
     a, b = replica(faulty_server, "status-503-99"), replica(faulty_server, "status-502-99")
-    async with EndpointPool([a, b], failure_threshold=1, cooldown_s=10, clock=clock) as pool:
+    async with EndpointPool([a, b], failure_threshold=1, health=passive(10), clock=clock) as pool:
         with pytest.raises(ServerError):  # fails on a, moves to b, fails there too
             await pool.complete(PROMPT, affinity="p1")
         assert counts(faulty_server, "status-503-99", "status-502-99") == [1, 1]
@@ -165,7 +200,7 @@ async def test_all_replicas_out_still_tries_the_first_to_come_back(faulty_server
 async def test_all_out_prefers_the_replica_back_soonest(faulty_server: FaultyServer) -> None:
     clock = FakeClock()
     bad, good = replica(faulty_server, "status-503-99"), replica(faulty_server, "ok")
-    async with EndpointPool([bad, good], failure_threshold=1, cooldown_s=10, clock=clock) as pool:
+    async with EndpointPool([bad, good], failure_threshold=1, health=passive(10), clock=clock) as pool:
         pool.record(good, ServerError("injected", status=503))  # good out until now + 10
         clock.now += 3
         with pytest.raises(ServerError):  # only bad is in: it fails and has nowhere to go
@@ -183,3 +218,61 @@ def test_pool_argument_checks(faulty_server: FaultyServer) -> None:
         EndpointPool([])
     with pytest.raises(ValueError):
         EndpointPool([replica(faulty_server, "ok")], failure_threshold=0)
+    with pytest.raises(ValueError, match="backoff"):
+        HealthCheck(backoff_s=10, max_backoff_s=1)
+    with pytest.raises(ValueError, match="path"):
+        HealthCheck(path="health")
+
+
+# ---------------------------------------------------------------------------- health probes
+
+
+def health_probes(server: FaultyServer, scenario: str) -> list[str]:
+    return [r.path for r in server.requests(scenario) if r.path.endswith("/health")]
+
+
+async def test_replica_taken_out_comes_back_when_its_probe_passes(faulty_server: FaultyServer) -> None:
+    clock = FakeClock()
+    events: list[RouteEvent] = []
+    # Generation fails twice, then answers; /health always answers (the faulty server's rule).
+    flaky, good = replica(faulty_server, "status-503-2"), replica(faulty_server, "ok")
+    health = HealthCheck(backoff_s=5, max_backoff_s=60)
+    async with EndpointPool(
+        [flaky, good], failure_threshold=2, health=health, clock=clock, listeners=[events.append]
+    ) as pool:
+        await pool.complete(PROMPT, affinity="p1")  # fails on flaky, moves to good
+        await pool.complete(PROMPT, affinity="p2")  # second failure: flaky out
+        assert not pool.healthy(flaky)
+        assert [e.kind for e in events if e.kind != "routed"] == ["replica_down"]
+        assert events[-2].replica == flaky.name and events[-2].data["retry_in_s"] == 5
+        # Before its backoff has passed, no probe goes out and no request goes there.
+        await pool.complete(PROMPT, affinity="p3")
+        assert not health_probes(faulty_server, "status-503-2")
+        clock.now += 5
+        # Due: the next routing decision starts the probe; the request itself goes elsewhere.
+        await pool.complete(PROMPT, affinity="p4")
+        assert counts(faulty_server, "status-503-2", "ok") == [2, 4]
+        assert await pool.check() == [True, True]
+        assert [e.kind for e in events if e.kind != "routed"] == ["replica_down", "replica_up"]
+        assert events[-1].data == {"via": "probe"}
+        assert len(health_probes(faulty_server, "status-503-2")) == 1
+        generation = await pool.complete(PROMPT, affinity="p5")  # back, and least loaded
+        assert generation.texts == ["answer 0: 42"]
+        assert counts(faulty_server, "status-503-2", "ok") == [3, 4]
+
+
+async def test_probes_back_off_exponentially_while_the_replica_is_down() -> None:
+    clock = FakeClock()
+    dead = Endpoint("http://127.0.0.1:9/v1", model=MODEL_ID, capabilities=Capabilities(), retry=ONCE)
+    health = HealthCheck(backoff_s=1, max_backoff_s=4, timeout_s=2)
+    async with EndpointPool([dead], failure_threshold=1, health=health, clock=clock) as pool:
+        state = pool.replica(dead)
+        with pytest.raises(EndpointUnavailable):
+            await pool.complete(PROMPT, affinity="p1")
+        assert state.down and state.retry_at == clock.now + 1
+        waits = []
+        for _ in range(4):
+            clock.now = state.retry_at
+            assert await pool.check() == [False]  # nothing listens on port 9
+            waits.append(state.retry_at - clock.now)
+        assert waits == [2, 4, 4, 4]  # doubling, capped at max_backoff_s

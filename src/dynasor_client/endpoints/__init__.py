@@ -1,6 +1,7 @@
 """The endpoint layer: the only code that speaks HTTP to model servers.
 
-:class:`Endpoint` wraps one OpenAI-compatible server; :class:`EndpointPool` several replicas;
+:class:`Endpoint` wraps one OpenAI-compatible server; :class:`EndpointPool` several replicas
+(routed by a :class:`RoutingPolicy`, failed ones probed back by a :class:`HealthCheck`);
 :class:`Trajectory` grows one sample chunk by chunk. Everything returns the normalised types of
 :mod:`._types`.
 """
@@ -12,6 +13,7 @@ from ._meter import Meter, chunk_tokens, estimate_tokens, meter_var, prompt_esti
 from ._parse import split_reasoning
 from ._pool import EndpointPool
 from ._retry import RetryPolicy
+from ._routing import HealthCheck, LeastOutstanding, PrefixAffinity, Replica, RouteEvent, RoutingPolicy
 from ._trajectory import (
     Chunk,
     Continuation,
@@ -34,11 +36,17 @@ __all__ = [
     "Endpoint",
     "EndpointPool",
     "Generation",
+    "HealthCheck",
+    "LeastOutstanding",
     "Message",
     "Meter",
     "PrefillContinuation",
+    "PrefixAffinity",
     "Prompt",
+    "Replica",
     "RetryPolicy",
+    "RouteEvent",
+    "RoutingPolicy",
     "SamplingParams",
     "TLSVerificationFailed",
     "TextContinuation",

@@ -21,7 +21,9 @@ from ._states import ProgramRecord, ProgramState
 @dataclass(frozen=True, slots=True)
 class Event:
     """One thing that happened to a program: ``kind`` is created, rejected, step, request, stop,
-    done, cancelled or failed; ``data`` holds its figures."""
+    done, cancelled or failed; ``data`` holds its figures. Behind an :class:`EndpointPool` also
+    routed (the program placed on ``replica``, or moved there from ``previous``), and replica_down
+    / replica_up (a replica taken out or back; ``program_id`` empty)."""
 
     time: float
     program_id: str

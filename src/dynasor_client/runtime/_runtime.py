@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 from .._exceptions import ProgramCancelled, RuntimeClosed
 from .._log import new_id, program_scope
 from ..budget import AdmissionPolicy, AdmissionRequest, BudgetManager, Load
-from ..endpoints import Endpoint, EndpointPool, Generation, Usage
+from ..endpoints import Endpoint, EndpointPool, Generation, RouteEvent, Usage
 from ..program import Program, ProgramResult, PromptScale, StopReason, TokenKind, TokenUsage, run_program
 from ._context import RuntimeContext
 
 if TYPE_CHECKING:
-    from ._batch import BatchResult
+    from ._batch import BatchBackend, BatchResult
 from ._events import EventLog, RuntimeMetrics
 from ._policies import SchedulingPolicy, dynasor
 from ._scheduler import Scheduler
@@ -151,6 +151,8 @@ class Runtime:
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()
         self._open = True
+        if isinstance(self.backend, EndpointPool):
+            self.backend.listeners.append(self._routed)
         return self
 
     async def __aexit__(
@@ -166,7 +168,18 @@ class Runtime:
             if exc is None or any(e is not exc for e in group.exceptions):
                 raise
         finally:
+            if isinstance(self.backend, EndpointPool) and self._routed in self.backend.listeners:
+                self.backend.listeners.remove(self._routed)
             self.events.close()
+
+    def _routed(self, event: RouteEvent) -> None:
+        """A pool's routing event as a runtime event: ``routed`` (a program placed on a replica, or
+        moved off a failed one) for this runtime's programs; ``replica_down`` / ``replica_up`` with
+        an empty program id."""
+        if event.program_id is not None and event.program_id not in self._active:
+            return  # another runtime's program, or a request outside any program
+        program = event.program_id or ""
+        self.events.emit(self.clock(), program, event.kind, replica=event.replica, **event.data)
 
     def clock(self) -> float:
         return asyncio.get_running_loop().time()
@@ -247,16 +260,18 @@ class Runtime:
         desc: str | None = None,
         save_to: str | Path | None = None,
         deadline_s: float | None = None,
+        backend: BatchBackend | None = None,
     ) -> BatchResult:
         """Run ``programs`` (at most ``concurrency`` at once) with a progress bar; results in input
         order; finished results appended to ``save_to`` (JSON lines) as they come; each program's
-        ``deadline_s``. See :func:`~._batch.run_batch`."""
+        ``deadline_s``; ``backend``: where they run (None: here; ``RayBackend(workers=2)`` from
+        :mod:`dynasor_client.distributed`: over a Ray cluster). See :func:`~._batch.run_batch`."""
         from ._batch import run_batch  # the batch helpers build on this module
 
         # Named here, not **options: what a notebook's signature help shows.
         return await run_batch(
             self, programs, concurrency=concurrency, progress=progress, desc=desc, save_to=save_to,
-            deadline_s=deadline_s,
+            deadline_s=deadline_s, backend=backend,
         )  # fmt: skip
 
     # ---------------------------------------------------------------- one program
@@ -298,10 +313,11 @@ class Runtime:
         self.scheduler.discard(record)
         self.budget.close(record.account)
         self._active.pop(record.program_id, None)
-        if isinstance(self.backend, EndpointPool):
-            self.backend.release(record.program_id)
+        replicas = self.backend.release(record.program_id) if isinstance(self.backend, EndpointPool) else []
         record.finished_at = now
         if result is not None:
+            if replicas:  # behind a pool: the replicas that served it (more than one after a failover)
+                result.details.setdefault("replicas", replicas)
             record.state, record.stop_reason = ProgramState.DONE, result.stop_reason
             self._finished_tokens.add(context.usage.total)
             self.events.emit(
