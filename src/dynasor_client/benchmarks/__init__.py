@@ -24,6 +24,10 @@
   proxy against the replay server directly: requests/s, added latency p50/p99, client, proxy and
   server CPU per request at 1/50/200/500 streams, the proxy's RSS after 1,000 aborted streams;
   :func:`proxy_table` (``docs/proxy-benchmark.md``).
+- :func:`run_cot_benchmark` (``dynasor-client bench cot``): full chain of thought against
+  Dynasor-CoT, DeepConf online and DEER-style trial answers on one server, same questions and seeds:
+  accuracy, tokens including probes, requests, wall time with 95% intervals (:class:`CotConfig`,
+  :func:`cot_table`, ``docs/cot-benchmark.md``).
 - :func:`bench_replay` (``dynasor-client bench replay``): the concurrent streams and tokens/s the
   replay server sustains on one core; :func:`bench_replay_summary`.
 - Shared plumbing for every benchmark (:mod:`._common`): :func:`run_metadata` (versions, git commit,
@@ -45,6 +49,8 @@ from ._batch import (
 from ._common import (
     write_json,
 )
+from ._cot import COT_METHODS, CotConfig, CotOutcome, run_cot_benchmark
+from ._cot_report import cot_table
 from ._online import (
     OnlineConfig,
     OnlineRunError,
@@ -70,7 +76,10 @@ from ._replay import bench_summary as bench_replay_summary
 __all__ = [
     "ALGORITHMS",
     "ANSWER_SOURCES",
+    "COT_METHODS",
     "PEER_METHODS",
+    "CotConfig",
+    "CotOutcome",
     "DoublingSupermajority",
     "Method",
     "OnlineConfig",
@@ -81,6 +90,7 @@ __all__ = [
     "bench_replay",
     "bench_replay_summary",
     "calibration_overlap",
+    "cot_table",
     "its_hub_adaptive",
     "measure_scheduler",
     "measure_waiting_memory",
@@ -96,6 +106,7 @@ __all__ = [
     "real_online_table",
     "replay_in_orders",
     "run_batch_benchmark",
+    "run_cot_benchmark",
     "run_online_benchmark",
     "run_overhead_benchmark",
     "run_peers_benchmark",

@@ -1,4 +1,4 @@
-"""``dynasor-client bench``: the benchmarks (certaindex, replay, batch, peers, online, overhead, proxy).
+"""``dynasor-client bench``: the benchmarks (certaindex, replay, batch, peers, online, overhead, proxy, cot).
 
 Each subcommand runs one benchmark of :mod:`dynasor_client.benchmarks` (``bench certaindex``: of
 calibration), prints its table and writes its JSON (and plot).
@@ -38,6 +38,7 @@ from ..benchmarks import (
     run_real_online_benchmark,
     write_json,
 )
+from ._bench_cot import add_cot_parser
 from ._bench_racing import add_racing_parser
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ def add_bench_parser(sub: Subparsers) -> None:
     _add_peers_parser(bench_sub)
     _add_online_parser(bench_sub)
     add_racing_parser(bench_sub)
+    add_cot_parser(bench_sub)
     _add_overhead_parser(bench_sub)
     _add_proxy_parser(bench_sub)
 
