@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -35,6 +35,10 @@ from ._meter import meter_var, prompt_estimate
 from ._parse import ChoiceAccumulator
 from ._retry import RetryPolicy
 from ._types import Generation, Kind, Message, Prompt, SamplingParams, Usage
+
+if TYPE_CHECKING:
+    from ._monitor import Monitor
+    from ._stream import Trace
 
 log = get_logger("dynasor_client.endpoints")
 
@@ -250,6 +254,23 @@ class Endpoint:
             raise ValueError("chat needs at least one message")
         payload = {"messages": [dict(m) for m in messages]}
         return await self._generate("chat", payload, n, sampling(params, overrides), stream, False)
+
+    def watch(
+        self,
+        prompt: Prompt | None = None,
+        *,
+        messages: Sequence[Message] | None = None,
+        params: SamplingParams | None = None,
+        monitor: Monitor | None = None,
+        **overrides: Any,
+    ) -> contextlib.AbstractAsyncContextManager[Trace]:
+        """Stream ONE generation and watch it token by token: ``async with endpoint.watch(prompt,
+        max_tokens=512, top_logprobs=5, monitor=...) as trace: async for piece in trace: ...``.
+        ``trace.close(reason)`` or the ``monitor`` firing aborts it on the server; ``trace.usage``
+        counts what was generated however it ended (:mod:`._stream`)."""
+        from ._stream import watch
+
+        return watch(self, prompt, messages=messages, params=params, monitor=monitor, **overrides)
 
     async def _generate(
         self,

@@ -19,9 +19,10 @@ continue as ``tokens`` or ``text`` on the completions endpoint.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .._exceptions import BadRequest
 from .._log import get_logger
@@ -29,6 +30,10 @@ from ._endpoint import Endpoint, sampling
 from ._meter import estimate_tokens, prompt_estimate
 from ._parse import split_reasoning
 from ._types import Choice, Message, Prompt, SamplingParams, Usage
+
+if TYPE_CHECKING:
+    from ._monitor import Monitor
+    from ._stream import Trace
 
 log = get_logger("dynasor_client.endpoints")
 
@@ -210,6 +215,55 @@ class Trajectory:
     async def extend(self, max_tokens: int, **overrides: object) -> Chunk:
         """Generate up to ``max_tokens`` more tokens of this sample and append them."""
         return (await self._extend_many(1, max_tokens, overrides))[0][1]
+
+    @contextlib.asynccontextmanager
+    async def watch(
+        self, max_tokens: int, *, monitor: Monitor | None = None, **overrides: Any
+    ) -> AsyncIterator[Trace]:
+        """Stream up to ``max_tokens`` more tokens of this sample as one watched
+        :class:`~._stream.Trace` (``tokens`` or ``text`` continuation). Whatever streamed, to its end
+        or to where it was closed, is appended as one chunk on leaving (``finish_reason`` None when
+        closed early: the sample can be extended further from exactly there)."""
+        from ._stream import check_streamable
+
+        if self.finished:
+            raise ValueError("this trajectory has finished; fork it or start a new one")
+        check_streamable(self.mode)
+        cont = self.continuation
+        by_tokens = isinstance(cont, TokenContinuation)
+        if isinstance(cont, TokenContinuation):
+            prompt: Prompt = cont.prompt_ids + self.token_ids
+        else:
+            assert isinstance(cont, TextContinuation)
+            prompt = cont.prompt + self.text
+        params = sampling(self.params, {**overrides, "max_tokens": max_tokens})
+        trace: Trace | None = None
+        try:
+            async with self.endpoint.watch(prompt, params=params, monitor=monitor) as trace:
+                yield trace
+        finally:
+            if trace is not None:
+                if by_tokens and len(trace.token_ids) != trace.num_tokens:
+                    log.warning(
+                        "%s: %d token ids for %d streamed tokens",
+                        trace.where,
+                        len(trace.token_ids),
+                        trace.num_tokens,
+                    )
+                finish = None if trace.stopped else trace.finish_reason
+                raw = trace.text
+                reasoning, text = split_reasoning(raw)
+                choice = Choice(
+                    0,
+                    text,
+                    trace.generated_tokens,
+                    finish,
+                    reasoning,
+                    tuple(trace.logprobs) or None,
+                    tuple(trace.token_ids) if by_tokens else None,
+                    raw,
+                )
+                self._append(Chunk(raw, trace.generated_tokens, finish, trace.usage, choice))
 
     async def _extend_many(
         self, n: int, max_tokens: int, overrides: dict[str, object]

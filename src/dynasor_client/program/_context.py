@@ -31,13 +31,16 @@ from ..endpoints import (
     Generation,
     Message,
     Meter,
+    Monitor,
     Prompt,
     SamplingParams,
+    Trace,
     Usage,
     meter_var,
     prompt_estimate,
 )
 from ._types import CertaindexPoint, ProgramResult, StopReason, TokenKind, TokenUsage
+from ._watch import watch_trace
 
 DEFAULT_RESERVATION = 1024
 """Tokens per sequence reserved for a request that names no ``max_tokens`` (and for a request sent
@@ -197,6 +200,20 @@ class ProgramContext:
         for listener in self._on_generation:
             listener(kind, generation)
         return generation
+
+    def watch_trace(
+        self,
+        prompt: Prompt | None = None,
+        *,
+        messages: Sequence[Message] | None = None,
+        params: SamplingParams | None = None,
+        monitor: Monitor | None = None,
+        kind: TokenKind = TokenKind.GENERATED,
+    ) -> contextlib.AbstractAsyncContextManager[Trace]:
+        """Stream one generation as a watched trace (``Endpoint.watch``) under this context:
+        scheduled, reserved, and its generated tokens charged as ``kind`` when it ends, however it
+        ends (closed, cancelled by the deadline, failed). See :mod:`._watch`."""
+        return watch_trace(self, prompt, messages=messages, params=params, monitor=monitor, kind=kind)
 
     @contextlib.asynccontextmanager
     async def request_slot(
