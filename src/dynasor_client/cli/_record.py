@@ -43,6 +43,13 @@ def _add_record_arguments(parser: argparse.ArgumentParser) -> None:
         "--top-logprobs", type=int, default=0, metavar="K", help="also record the top K per token"
     )
     parser.add_argument(
+        "--logprob-decimals",
+        type=int,
+        default=None,
+        metavar="D",
+        help="round recorded logprobs to D decimals (smaller files; default: as sent)",
+    )
+    parser.add_argument(
         "--probe-every", type=int, default=None, metavar="T", help="probe the answer every T tokens"
     )
     parser.add_argument(
@@ -79,6 +86,7 @@ async def _record(args: argparse.Namespace) -> int:
         seed=args.seed,
         logprobs=not args.no_logprobs,
         top_logprobs=args.top_logprobs,
+        logprob_decimals=args.logprob_decimals,
         probe_every=args.probe_every,
         continuation=args.continuation,
         system=args.system or None,

@@ -185,7 +185,7 @@ class ReplayEngine:
 
     def _make_pieces(self, question: int, sample: int) -> Pieces:
         s = self.questions[question].samples[sample]
-        return Pieces.of(s.text, s.num_tokens)
+        return Pieces.of_tokens(s.text, s.num_tokens, s.tokens)
 
     def _samples(self, question: int) -> SampleIndex:
         index = self._sample_indexes.get(question)

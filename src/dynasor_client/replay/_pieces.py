@@ -15,6 +15,10 @@ are exact without the original tokenizer. The split (:func:`split_pieces`) is:
    of characters at ``floor(k * len / m)``.
 4. Still fewer (``num_tokens`` > characters): pad with empty pieces at the end.
 
+A sample that recorded its tokens' text (``tokens``: one per token, concatenating to its text) is
+served as those tokens instead (:meth:`Pieces.of_tokens`), so a replayed token is the recorded
+token and its recorded top-k alternatives are alternatives to it.
+
 A text with ``num_tokens == 0`` but some characters is served as one piece (recorded traces never
 have one). Pieces of the same text and count are always the same; they are cached per sample.
 
@@ -109,6 +113,13 @@ class Pieces:
     def of(cls, text: str, num_tokens: int) -> Pieces:
         pieces = split_pieces(text, num_tokens)
         return cls(text, pieces, (0, *itertools.accumulate(map(len, pieces))))
+
+    @classmethod
+    def of_tokens(cls, text: str, num_tokens: int, tokens: tuple[str, ...] | None) -> Pieces:
+        """The recorded ``tokens`` when they are ``num_tokens`` strings making ``text``, else :meth:`of`."""
+        if tokens is None or len(tokens) != num_tokens or "".join(tokens) != text:
+            return cls.of(text, num_tokens)
+        return cls(text, tokens, (0, *itertools.accumulate(map(len, tokens))))
 
     def __len__(self) -> int:
         return len(self.pieces)

@@ -7,7 +7,11 @@ does, for ``n > 1``) can still count them. The shape is the chat one (``{"conten
 "logprob", "bytes", "top_logprobs"}]}``) or the legacy one (``{"tokens", "token_logprobs",
 "top_logprobs", "text_offset"}``): ``logprobs_shape="auto"`` answers each route in its OpenAI shape
 (chat on chat, legacy on completions), ``"chat"`` or ``"legacy"`` forces one everywhere. Tokens are
-the engine's pieces.
+the engine's pieces: the recorded tokens where the sample recorded them (``tokens``, as
+``dynasor-client record`` does), else a split of its text. ``top_logprobs`` holds the first K
+recorded alternatives (K asked by ``top_logprobs``, or by ``logprobs`` on completions; fewer when
+fewer were recorded, an empty list when none were). A stream carries, in each event, the logprobs
+of exactly the tokens that event adds, so they arrive at the timing model's pace, token by token.
 
 **usage** is exact in the engine's token pieces: ``prompt_tokens`` as the engine counts them,
 ``completion_tokens`` the sum of every choice's pieces, ``prompt_tokens_details.cached_tokens`` the

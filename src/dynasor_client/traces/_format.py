@@ -14,6 +14,7 @@ One question per line::
         "step_rewards": [float]?,                      # process reward per reasoning step
         "token_logprobs": [float]?,                    # chosen token's logprob, one per token
         "top_logprobs": [[[token, logprob], ...]]?,    # top-k alternatives per token
+        "tokens": [str]?,                              # the generated tokens' text, one per token
         "probes": [[token_offset, answer | null]]?     # probed answers of the partial text
        }, ...]}
 
@@ -57,6 +58,8 @@ class TraceSample:
     top_logprobs: tuple[tuple[tuple[str, float], ...], ...] | None = None
     #: (token offset, probed answer) pairs in offset order
     probes: tuple[tuple[int, str | None], ...] | None = None
+    #: the generated tokens' text (recorded with logprobs; the replay serves them as its tokens)
+    tokens: tuple[str, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"text": self.text, "answer": self.answer, "num_tokens": self.num_tokens}
@@ -69,6 +72,7 @@ class TraceSample:
             "top_logprobs": None
             if self.top_logprobs is None
             else [[[t, lp] for t, lp in position] for position in self.top_logprobs],
+            "tokens": None if self.tokens is None else list(self.tokens),
             "probes": None if self.probes is None else [[offset, answer] for offset, answer in self.probes],
         }
         data.update({k: v for k, v in optional.items() if v is not None})
@@ -137,6 +141,7 @@ def _sample_from_json(data: dict[str, Any]) -> TraceSample:
     steps = data.get("step_rewards")
     top = data.get("top_logprobs")
     probes = data.get("probes")
+    tokens = data.get("tokens")
     return TraceSample(
         answer=None if answer is None else str(answer),
         num_tokens=int(num_tokens),
@@ -152,6 +157,7 @@ def _sample_from_json(data: dict[str, Any]) -> TraceSample:
         probes=None
         if probes is None
         else tuple((int(o), None if a is None else str(a)) for o, a in sorted(probes, key=lambda p: p[0])),
+        tokens=None if tokens is None else tuple(str(t) for t in tokens),
     )
 
 
@@ -204,6 +210,6 @@ def load_traces(path: str | Path) -> list[TraceQuestion]:
 def append_question(path: str | Path, question: TraceQuestion) -> None:
     """Append one question to a traces file and flush it to disk (a crash loses nothing before it)."""
     with Path(path).open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(question_to_json(question), ensure_ascii=False) + "\n")
+        handle.write(json.dumps(question_to_json(question), ensure_ascii=False, separators=(",", ":")) + "\n")
         handle.flush()
         os.fsync(handle.fileno())

@@ -12,8 +12,9 @@ reads back::
 What a sample records: its text exactly as generated (a reasoning field that the server returns
 separately is put back inline as ``<think>...</think>``), the extracted answer (the extractor of
 ``task``), ``correct`` (graded against the gold answer), ``num_tokens``, ``finish_reason``, and the
-chosen token's logprob per token (``logprobs``, on by default) plus the top-k alternatives
-(``top_logprobs``) when the server gives them.
+chosen token's logprob and text per token (``logprobs``, on by default; ``tokens``, which the replay
+server serves as its tokens) plus the top-k alternatives (``top_logprobs``) when the server gives
+them, rounded to ``logprob_decimals`` decimals if asked (smaller files).
 
 **Probes** (``probe_every=T``): each sample is generated in chunks of ``T`` tokens through a
 :class:`~..endpoints.Trajectory` (token-exact on llama.cpp and vLLM), and after every chunk that
@@ -95,7 +96,9 @@ class RecordOptions:
     completions prompt instead of chat messages: ``prompt_template`` with ``{question}`` (and
     optionally ``{system}``) replaced, by default the system prompt, a blank line, the question and
     a newline. ``logprobs``: record the chosen token's logprob; ``top_logprobs``: also the top-k
-    alternatives (implies ``logprobs``). ``continuation``: how probed samples are continued chunk
+    alternatives (implies ``logprobs``). ``logprob_decimals``: round every recorded logprob to that
+    many decimals (None: as the server sent them; 4 shrinks a top-5 file to about half, for test
+    data). ``continuation``: how probed samples are continued chunk
     by chunk (:class:`~..endpoints.Trajectory`; ``auto`` picks the most exact the server supports).
     ``seed``: None sends no seed. ``concurrency``: questions in
     flight at once (each sends ``samples`` samples).
@@ -108,6 +111,7 @@ class RecordOptions:
     seed: int | None = 0
     logprobs: bool = True
     top_logprobs: int = 0
+    logprob_decimals: int | None = None
     probe_every: int | None = None
     continuation: ContinuationMode = "auto"
     system: str | None = DEFAULT_SYSTEM_PROMPT
@@ -123,6 +127,7 @@ class RecordOptions:
             "max_tokens": self.max_tokens >= 1,
             "temperature": self.temperature >= 0 and math.isfinite(self.temperature),
             "top_logprobs": self.top_logprobs >= 0,
+            "logprob_decimals": self.logprob_decimals is None or self.logprob_decimals >= 0,
             "probe_every": self.probe_every is None or self.probe_every >= 1,
             "continuation": self.continuation in ("auto", "tokens", "text", "prefill"),
             "concurrency": self.concurrency >= 1,
@@ -201,10 +206,14 @@ def _describe_source(model: str, base_url: str, options: RecordOptions) -> str:
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     route = "completions" if options.completions else "chat"
-    probes = f", probes every {options.probe_every} tokens" if options.probe_every else ""
+    extra = f", probes every {options.probe_every} tokens" if options.probe_every else ""
+    if options.top_logprobs:
+        extra += f", top {options.top_logprobs} logprobs"
+    if options.logprob_decimals is not None:
+        extra += f", logprobs rounded to {options.logprob_decimals} decimals"
     return (
         f"dynasor-client record: {model} at {host}, {route}, temperature {options.temperature}, "
-        f"max {options.max_tokens} tokens, {options.samples} samples, seed {options.seed}{probes}, "
+        f"max {options.max_tokens} tokens, {options.samples} samples, seed {options.seed}{extra}, "
         f"{datetime.now(UTC).date().isoformat()}"
     )
 

@@ -162,6 +162,8 @@ class QuestionSampler:
             answer = self.extract(answer_part) if answer_part.strip() else None
             correct = None if not item.gold else answer is not None and self.equal(answer, item.gold)
             lps = s.logprobs if self.options.wants_logprobs else None
+            if lps and self.options.logprob_decimals is not None:
+                lps = _rounded(lps, self.options.logprob_decimals)
             out.append(
                 TraceSample(
                     answer=answer,
@@ -174,6 +176,7 @@ class QuestionSampler:
                     if not lps or self.options.top_logprobs == 0
                     else tuple(lp.top for lp in lps),
                     probes=None if s.probes is None else tuple(s.probes),
+                    tokens=None if not lps else tuple(lp.token for lp in lps),
                 )
             )
         return out
@@ -299,6 +302,16 @@ async def _probe(send: Callable[[], Awaitable[Generation]], echoes: bool) -> str
     if echoes and (at := reply.rfind(PROBE_SUFFIX)) >= 0:  # an assistant prefill repeated in the reply
         reply = reply[at + len(PROBE_SUFFIX) :]
     return probe_answer(reply)
+
+
+def _rounded(logprobs: list[TokenLogprob], decimals: int) -> list[TokenLogprob]:
+    """``logprobs`` with every value (chosen and alternatives) rounded to ``decimals`` decimals."""
+    return [
+        dataclasses.replace(
+            lp, logprob=round(lp.logprob, decimals), top=tuple((t, round(v, decimals)) for t, v in lp.top)
+        )
+        for lp in logprobs
+    ]
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
