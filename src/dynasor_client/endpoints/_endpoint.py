@@ -67,7 +67,8 @@ class Endpoint:
     """An OpenAI-compatible server (vLLM, SGLang, llama.cpp, a hosted API).
 
     Args:
-        base_url: the API root including ``/v1``, e.g. ``http://127.0.0.1:8000/v1``.
+        base_url: the API root including ``/v1``, e.g. ``http://127.0.0.1:8000/v1``; by default
+            ``OPENAI_BASE_URL`` (as the ``openai`` SDK reads it). Neither: a ``ValueError`` saying so.
         model: model name; by default the first one ``/v1/models`` lists.
         api_key: the key; by default ``OPENAI_API_KEY``, else a placeholder (local servers).
             It is sent as a bearer token and never logged or shown in ``repr``.
@@ -90,7 +91,7 @@ class Endpoint:
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | None = None,
         *,
         model: str | None = None,
         api_key: str | None = None,
@@ -105,6 +106,11 @@ class Endpoint:
         transport: httpx.AsyncBaseTransport | None = None,
         reprobe_after_s: float = 2.0,
     ) -> None:
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+        if not base_url:
+            raise ValueError(
+                "no endpoint URL: pass one, Endpoint('http://127.0.0.1:8000/v1'), or set OPENAI_BASE_URL"
+            )
         check_url(base_url)
         if not timeout > 0 or timeout == float("inf"):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -602,14 +608,17 @@ async def _iterate(stream: Any) -> AsyncGenerator[dict[str, Any], None]:
 def _has_content(chunk: Mapping[str, Any]) -> bool:
     for choice in chunk.get("choices") or ():
         part = choice.get("delta") or choice
-        if part.get("text") or part.get("content") or part.get("reasoning_content") or part.get("reasoning"):
+        if any(part.get(k) for k in ("text", "content", "reasoning_content", "reasoning", "tool_calls")):
             return True
     return False
 
 
 def _plan(n: int, params: SamplingParams, caps: Capabilities) -> list[tuple[int, int, SamplingParams]]:
-    """Split n samples into HTTP requests: ``(choice offset, n, params)`` each."""
-    if params.seed is not None and n > 1 and not caps.seeded_n_distinct:
+    """Split n samples into HTTP requests: ``(choice offset, n, params)`` each. A request with
+    ``tools`` asks one sample per request: its tokens are then counted from ``usage``, because the
+    logprobs that count the choices of one request are refused with tools (llama.cpp, streaming)."""
+    alone = params.seed is not None and not caps.seeded_n_distinct
+    if n > 1 and (alone or params.extra_body.get("tools")):
         return [(i, 1, params.for_sample(i)) for i in range(n)]
     size = min(n, caps.max_n or n)
     return [(i, min(size, n - i), params.for_sample(i)) for i in range(0, n, size)]
