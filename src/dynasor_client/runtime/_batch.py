@@ -13,7 +13,7 @@ import functools
 import json
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -43,6 +43,13 @@ class BatchResult:
 
     def __len__(self) -> int:
         return len(self.results)
+
+    def __iter__(self) -> Iterator[ProgramResult | None]:
+        """The results in input order: ``for question, result in zip(questions, batch)``."""
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> ProgramResult | None:
+        return self.results[index]
 
     def answers(self) -> list[str | None]:
         return [None if r is None else r.answer for r in self.results]
