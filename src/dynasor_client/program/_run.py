@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import math
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -46,7 +47,13 @@ def only_budget(exc: BaseException) -> BudgetExhausted | None:
 
 async def run_program(program: Program, context: ProgramContext) -> ProgramResult:
     """Run ``program`` until it answers, its deadline passes (cancelled: its in-flight requests are
-    aborted, its best answer so far returned, flagged partial) or the budget refuses a request."""
+    aborted, its best answer so far returned, flagged partial) or the budget refuses a request.
+    A bound program's ``min_confidence`` applies to each of these results."""
+    result = await _run_program(program, context)
+    return result.with_floor(program.min_confidence if isinstance(program, BoundProgram) else None)
+
+
+async def _run_program(program: Program, context: ProgramContext) -> ProgramResult:
     seconds = context.seconds_left()
     timeout = asyncio.timeout(None if seconds is None else max(seconds, 0.0))
     try:
@@ -88,6 +95,8 @@ class BoundProgram:
     algorithm: Callable[..., Awaitable[ProgramResult]]
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+    min_confidence: float | None = None
+    """Below this confidence the result says "no answer" (:attr:`ProgramResult.abstained`)."""
 
     def __call__(self, context: ProgramContext) -> Awaitable[ProgramResult]:
         return self.algorithm(*self.args, context=context, **self.kwargs)
@@ -106,12 +115,25 @@ class BoundProgram:
         )
 
 
-def as_program(algorithm: Callable[..., Awaitable[ProgramResult]], *args: Any, **kwargs: Any) -> BoundProgram:
+def as_program(
+    algorithm: Callable[..., Awaitable[ProgramResult]],
+    *args: Any,
+    min_confidence: float | None = None,
+    **kwargs: Any,
+) -> BoundProgram:
     """``as_program(self_consistency, question, n=30)``: the algorithm bound to its query.
 
     Where it runs (endpoint, context, token budget, deadline) is not the algorithm's: pass those to
     :meth:`BoundProgram.run` or ``Runtime.submit``; passing them here is an error, not dropped.
+
+    ``min_confidence`` (not passed to the algorithm) is a no-answer floor: a result whose
+    ``confidence`` (the program's last certaindex value; self-consistency: H~ in [0, 1]) is below it
+    comes back with ``answer=None`` and ``abstained=True``, its stop reason unchanged, the answer it
+    had in ``details["unconfident_answer"]``. Without it, the majority of garbage samples at
+    confidence 0.0 is returned as the answer.
     """
+    if min_confidence is not None and not math.isfinite(min_confidence):
+        raise ValueError(f"min_confidence must be a finite number, got {min_confidence!r}")
     misplaced = sorted({"context", *RUN_OPTIONS} & kwargs.keys())
     if misplaced:
         raise TypeError(
@@ -124,7 +146,7 @@ def as_program(algorithm: Callable[..., Awaitable[ProgramResult]], *args: Any, *
         inspect.signature(target).bind_partial(*args, **kwargs)
     except TypeError as exc:
         raise TypeError(f"as_program({getattr(target, '__name__', target)!r}, ...): {exc}") from None
-    return BoundProgram(algorithm, args, kwargs)
+    return BoundProgram(algorithm, args, kwargs, min_confidence)
 
 
 P = ParamSpec("P")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +90,17 @@ class ProgramResult:
     partial: bool = False
     """True when the program was stopped from outside (deadline, budget) and this is its best
     answer so far: the last one it reported."""
+    abstained: bool = False
+    """True when the program had an answer but its confidence was below the program's
+    ``min_confidence`` (:func:`~dynasor_client.program.as_program`): ``answer`` is then None, and the
+    answer it had is ``details["unconfident_answer"]``."""
+
+    def with_floor(self, min_confidence: float | None) -> ProgramResult:
+        """This result, or "no answer" (``abstained``) when its confidence is below ``min_confidence``."""
+        if min_confidence is None or self.answer is None or self.confidence >= min_confidence:
+            return self
+        details = {**self.details, "unconfident_answer": self.answer}
+        return replace(self, answer=None, abstained=True, details=details)
 
     @classmethod
     def best_so_far(cls, context: ProgramContext, reason: StopReason, **details: Any) -> ProgramResult:
