@@ -625,16 +625,19 @@ async def test_replay_cot_streams_the_chain_then_the_forced_answer() -> None:
             info = (final.model_extra or {})["dynasor"]
             usage = chunks[-1].usage
             assert usage is not None
-            tokens, saved = (
+            tokens, saved, extra = (
                 (usage.model_extra or {})["dynasor_tokens"],
                 (usage.model_extra or {})["dynasor_saved_tokens"],
+                (usage.model_extra or {})["dynasor_extra_tokens"],
             )
+            assert saved >= 0 and extra >= 0 and (saved == 0 or extra == 0)  # never negative (issue 21)
             assert usage.completion_tokens == tokens["generated"] + tokens["probe"]
             assert info["probes"] >= 1 and tokens["probe"] > 0
             assert len(parts) >= 2  # the chain arrives chunk by chunk (32 tokens each)
             text = "".join(parts)
             if not info["forced"]:  # the chain ended on its own: as the model wrote it, probes were extra
-                assert text in {s.text for s in question.samples} and saved == -tokens["probe"]
+                assert text in {s.text for s in question.samples}
+                assert saved == 0 and extra == tokens["probe"]
                 assert any(cluster_answers([info["answer"], s.answer]) == [0, 0] for s in question.samples)
             elif info["answer"] is not None:
                 assert text.endswith("\\boxed{" + str(info["answer"]) + PROBE_CLOSE)

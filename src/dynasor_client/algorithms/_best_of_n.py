@@ -28,7 +28,7 @@ from ._prompting import DEFAULT_PROMPTING, Prompting
 from ._reward import MeteredRewardModel, reward_estimate
 from ._reward_protocol import RewardModel
 from ._rounds import RoundSchedule, chat_draw
-from ._samples import Samples, sampling_plan
+from ._samples import Samples, sample_text, sampling_plan
 
 Aggregate = Literal["max", "weighted_majority"]
 
@@ -117,7 +117,7 @@ async def best_of_n(
         async for choices in results:
             async with asyncio.TaskGroup() as group:
                 scoring = [
-                    group.create_task(_score(reward_model, question, c.text, separator, context))
+                    group.create_task(_score(reward_model, question, sample_text(c), separator, context))
                     for c in choices
                 ]
             for choice, scored in zip(choices, scoring, strict=True):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..certainty import Observations, StopRule
-from ..endpoints import Choice
+from ..certainty import Extractor, Observations, StopRule
+from ..endpoints import Choice, tool_calls_key
 from ..program import ProgramContext
 from ._prompting import Prompting
 from ._rounds import Reading, RoundPlan, RoundSchedule, round_sizes, rule_may_stop
@@ -23,14 +23,15 @@ class Samples:
 
     async def add(self, choice: Choice) -> str | None:
         """Read one sample's answer and file it in its class, off the event loop (a long sample's
-        extraction and a symbolic check may take a moment)."""
-        answer = await asyncio.to_thread(self._read, choice.text)
+        extraction and a symbolic check may take a moment). A sample that calls tools answers its
+        calls (:func:`~dynasor_client.endpoints.tool_calls_key`: names and canonical arguments)."""
+        answer = await asyncio.to_thread(self._read, choice)
         self.answers.append(answer)
         self.tokens.append(choice.num_tokens)
         return answer
 
-    def _read(self, text: str) -> str | None:
-        answer = self.extract(text)
+    def _read(self, choice: Choice) -> str | None:
+        answer = sample_answer(choice, self.extract)
         self.clusters.add(answer)
         return answer
 
@@ -43,6 +44,18 @@ class Samples:
         """The answer of the largest class (None before any answer)."""
         winner = self.clusters.majority()
         return None if winner is None else winner[1]
+
+
+def sample_answer(choice: Choice, extract: Extractor) -> str | None:
+    """A sample's answer: its tool calls' key when it calls tools, else what ``extract`` reads
+    from its text."""
+    return tool_calls_key(choice.tool_calls) or extract(choice.text)
+
+
+def sample_text(choice: Choice) -> str:
+    """What a reward model scores of a sample: its text, then its tool calls written out."""
+    calls = tool_calls_key(choice.tool_calls)
+    return choice.text if calls is None else f"{choice.text}\n\n{calls}".strip()
 
 
 def sampling_plan(

@@ -27,7 +27,17 @@ from ._trajectory import (
     Trajectory,
     start_trajectories,
 )
-from ._types import Choice, Generation, Message, Prompt, SamplingParams, TokenLogprob, Usage
+from ._types import (
+    Choice,
+    Generation,
+    Message,
+    Prompt,
+    SamplingParams,
+    TokenLogprob,
+    ToolCall,
+    Usage,
+    tool_calls_key,
+)
 
 __all__ = [
     "Capabilities",
@@ -57,6 +67,7 @@ __all__ = [
     "TextContinuation",
     "TokenContinuation",
     "TokenLogprob",
+    "ToolCall",
     "Trace",
     "Trajectory",
     "Usage",
@@ -71,4 +82,5 @@ __all__ = [
     "start_trajectories",
     "token_confidence",
     "tokens_at_least",
+    "tool_calls_key",
 ]

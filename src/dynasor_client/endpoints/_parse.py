@@ -6,7 +6,9 @@ Servers disagree on details a client must absorb:
   vLLM's ``return_tokens_as_token_ids`` spells tokens as ``token_id:N``;
 - reasoning arrives in a separate ``reasoning_content``/``reasoning`` field or inline in
   ``<think>...</think>``;
-- ``usage.completion_tokens`` counts only the first choice on llama.cpp when n > 1.
+- ``usage.completion_tokens`` counts only the first choice on llama.cpp when n > 1;
+- tool calls come whole (``message.tool_calls``) or in stream deltas (``delta.tool_calls``, joined
+  by their ``index``: the name once, the arguments in pieces).
 Both streamed chunks and whole responses go through the same :class:`ChoiceAccumulator`.
 """
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._exceptions import MalformedResponse
-from ._types import Choice, TokenLogprob, Usage
+from ._types import Choice, TokenLogprob, ToolCall, Usage
 
 _THINK_OPEN = "<think>"
 _THINK_CLOSE = "</think>"
@@ -119,6 +121,7 @@ class _ChoiceState:
     token_ids: list[int] | None = None
     finish_reason: str | None = None
     usage_completion_tokens: int | None = None
+    tool_calls: dict[int, dict[str, str]] = field(default_factory=dict)  # index -> id, type, name, arguments
     has_body: bool = False  # a message/delta (chat) or text (completions) field was seen
 
 
@@ -175,6 +178,9 @@ class ChoiceAccumulator:
         if reasoning:
             state.reasoning.append(str(reasoning))
             self.got_content = True
+        if self._chat and part.get("tool_calls"):
+            _add_tool_calls(state.tool_calls, part["tool_calls"])
+            self.got_content = True
         logprobs = parse_logprobs(raw.get("logprobs"))
         if logprobs:
             state.logprobs = (state.logprobs or []) + logprobs
@@ -210,6 +216,10 @@ class ChoiceAccumulator:
                     logprobs=tuple(state.logprobs) if keep_logprobs and state.logprobs is not None else None,
                     token_ids=tuple(token_ids) if token_ids is not None else None,
                     raw_text=raw_text,
+                    tool_calls=tuple(
+                        ToolCall(c["name"], c["arguments"], c["id"] or None, c["type"] or "function")
+                        for _, c in sorted(state.tool_calls.items())
+                    ),
                 )
             )
         return choices
@@ -223,9 +233,21 @@ class ChoiceAccumulator:
             return state.usage_completion_tokens
         if n_requested == 1 and self.usage is not None:
             return self.usage.completion_tokens
-        if not "".join(state.text) and not state.reasoning:
+        if not "".join(state.text) and not state.reasoning and not state.tool_calls:
             return 0
         raise MalformedResponse(
             "cannot count this choice's tokens: the server returned neither logprobs, token ids nor "
             "usage for it"
         )
+
+
+def _add_tool_calls(calls: dict[int, dict[str, str]], raw: Sequence[Mapping[str, Any]]) -> None:
+    """Fold a message's ``tool_calls`` (whole, or a stream delta's pieces) into ``calls`` by index."""
+    for position, item in enumerate(raw):
+        index = int(item.get("index", position))
+        call = calls.setdefault(index, {"id": "", "type": "", "name": "", "arguments": ""})
+        function = item.get("function") or {}
+        call["id"] = call["id"] or str(item.get("id") or "")
+        call["type"] = call["type"] or str(item.get("type") or "")
+        call["name"] = call["name"] or str(function.get("name") or "")
+        call["arguments"] += str(function.get("arguments") or "")

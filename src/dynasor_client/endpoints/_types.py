@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeAlias
@@ -69,6 +70,45 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One function call a chat answer makes (``message.tool_calls[i]``, or its stream deltas joined).
+
+    ``arguments`` is the JSON text as the model wrote it; :attr:`key` names the call by its function
+    and its arguments in canonical JSON (sorted keys, no spaces), so equal calls have equal keys.
+    """
+
+    name: str
+    arguments: str
+    id: str | None = None
+    type: str = "function"
+
+    @property
+    def key(self) -> str:
+        try:
+            arguments = json.dumps(
+                json.loads(self.arguments or "{}"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            )
+        except ValueError:  # not JSON: the text as written
+            arguments = self.arguments.strip()
+        return f"{self.name}({arguments})"
+
+    def as_dict(self, index: int | None = None) -> dict[str, Any]:
+        """The OpenAI shape (with ``index`` for a stream delta)."""
+        call: dict[str, Any] = {
+            "id": self.id,
+            "type": self.type,
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+        return call if index is None else {"index": index, **call}
+
+
+def tool_calls_key(calls: Sequence[ToolCall]) -> str | None:
+    """The answer a sample's tool calls stand for in a vote (None: no call): each call's
+    :attr:`ToolCall.key`, in order, joined by ``"; "``."""
+    return "; ".join(call.key for call in calls) if calls else None
+
+
+@dataclass(frozen=True, slots=True)
 class Choice:
     """One generated sequence, normalised across servers.
 
@@ -77,6 +117,7 @@ class Choice:
     ``raw_text`` is the generated text exactly as the server returned it (what a continuation appends).
     ``num_tokens`` is counted per choice (never from ``usage`` when n > 1). ``token_ids`` are the
     generated ids when the server reveals them (llama.cpp logprobs, vLLM ``return_token_ids``).
+    ``tool_calls`` are the function calls of a chat answer (``finish_reason`` ``"tool_calls"``).
     """
 
     index: int
@@ -87,6 +128,7 @@ class Choice:
     logprobs: tuple[TokenLogprob, ...] | None = None
     token_ids: tuple[int, ...] | None = None
     raw_text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -377,6 +377,14 @@ def dynasor_request(
             raise ProxyError("'messages' must be a non-empty list of message objects", param="messages")
         messages = list(raw_messages)
         question = _question(messages)
+        entry = options.entry
+        if body.get("tools") and entry is not None and entry.answer != "vote":
+            raise ProxyError(  # docs/proxy.md, "Tools": only the votes can answer with tool calls
+                f"{entry.title} (algorithm {entry.name!r}) cannot answer with tool calls: it continues "
+                "its own chat as text. Use sc or best_of_n, or send the request without a technique",
+                param="tools",
+                code="tools_unsupported",
+            )
     else:
         if options.entry is not None and options.entry.chat_only:
             raise ProxyError(

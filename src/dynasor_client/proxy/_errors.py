@@ -138,9 +138,13 @@ def transport_error(exc: httpx.HTTPError, upstream: str) -> ProxyError:
     )
 
 
-def endpoint_error(exc: EndpointError) -> ProxyError:
-    """The error for a dynasor program that failed on an upstream error (module docs)."""
+def endpoint_error(exc: EndpointError, upstream: str | None = None) -> ProxyError:
+    """The error for a dynasor program that failed on an upstream error (module docs). When the
+    upstream answered (an HTTP error), its URL ``upstream`` is not shown: the message names it
+    "the upstream" and quotes its answer."""
     message = str(exc)
+    if upstream and exc.status is not None:
+        message = message.replace(upstream, "the upstream")
     if isinstance(exc, AuthenticationFailed):
         return ProxyError(
             f"the upstream refused the proxy's own credentials: {message}",

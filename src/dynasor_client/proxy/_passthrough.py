@@ -340,6 +340,12 @@ class PassThroughRenderer:
         error: ProxyError = self._errors(exc)
         return error
 
+    def refusal(self, result: ProgramResult) -> ProxyError | None:
+        return None  # whole() answers a stopped run's error; a started stream ends with it
+
+    def headers(self, result: ProgramResult | None) -> dict[str, str]:
+        return {}
+
 
 def stopped(result: ProgramResult) -> ProxyError:
     """The error of a pass-through the runtime stopped before the upstream answered in full."""

@@ -14,6 +14,13 @@ on ``/v1/completions`` sends the client's prompt instead of the algorithm's chat
 - **rebase / mcts** (tree search) answer ``The answer is \\boxed{ANSWER}.`` once the search ends
   (their steps are not kept as samples); the ``dynasor`` field lists every leaf's answer and
   reward. They report no saved tokens (no baseline to compare with).
+- **tools**: sc and best-of-N vote over tool calls too: a sample that calls tools answers its calls
+  (function names and canonical JSON arguments), and when such an answer wins, the response is the
+  first winning sample's ``tool_calls`` with ``finish_reason: "tool_calls"``. Cot, rebase and mcts
+  build their own chat and continue it as text: a request with ``tools`` is refused (400).
+- **deadline**: a program whose deadline passes before it has anything to answer (no content, no
+  tool call) is answered 504 ``deadline_exceeded``, as a pass-through is; otherwise its best answer
+  so far, ``partial``. The ``X-Dynasor-*`` headers (:meth:`DynasorRenderer.headers`) say which.
 
 Sampling settings come from the request (``temperature``, ``top_p``, ``max_tokens`` or
 ``max_completion_tokens``, ``seed``, ``stop``; other fields go upstream as extra body fields). The
@@ -25,8 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from starlette.responses import JSONResponse, Response
@@ -35,7 +43,7 @@ from .._exceptions import BudgetExhausted, EndpointError
 from .._probe import CLOSE_THINK, PROBE_CLOSE, PROBE_SUFFIX, in_thinking
 from ..algorithms import Prompting, RewardModel
 from ..certainty import cluster_answers, get_extractor
-from ..endpoints import Choice, Generation, Message, Prompt, SamplingParams
+from ..endpoints import Choice, Generation, Message, Prompt, SamplingParams, ToolCall, tool_calls_key
 from ..program import ProgramContext, ProgramResult, StopReason, TokenKind
 from . import _sse
 from ._errors import ProxyError
@@ -99,8 +107,15 @@ class Final:
     unsent: str  # the part of it not streamed yet
     reasoning: str | None
     finish: str
-    saved: int
+    saved: int  # tokens saved against the baseline (never negative)
     dynasor: dict[str, Any]
+    tool_calls: tuple[ToolCall, ...] = ()
+    extra: int = 0  # tokens spent beyond the baseline (never negative)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to answer: no content and no tool call."""
+        return not self.text.strip() and not self.tool_calls
 
 
 class DynasorProgram:
@@ -175,14 +190,17 @@ class DynasorProgram:
             final = self._tree(result, info)
         else:
             final = self._vote(result, choices, info)
-        info["saved_tokens"] = final.saved
+        # The estimate is signed (probes on a chain that ended anyway cost more than they saved):
+        # what was saved and what was spent beyond the baseline are reported apart, never negative.
+        final = replace(final, saved=max(final.saved, 0), extra=max(-final.saved, 0))
+        info.update(saved_tokens=final.saved, extra_tokens=final.extra)
         return final
 
     def _vote(self, result: ProgramResult, choices: list[Choice], info: dict[str, Any]) -> Final:
         settings, tokens = self.request.options.settings, result.tokens
         assert isinstance(settings, SamplingOptions)
         extract = get_extractor(settings.task)
-        answers = [extract(c.text) for c in choices]
+        answers = [tool_calls_key(c.tool_calls) or extract(c.text) for c in choices]
         winner: int | None = None
         best = result.details.get("best")
         if isinstance(settings, BestOfNOptions) and settings.aggregate == "max" and isinstance(best, int):
@@ -205,6 +223,9 @@ class DynasorProgram:
             text = "" if result.answer is None else f"The answer is \\boxed{{{result.answer}}}."
             return Final(text, text, None, "stop", saved, info)
         choice = choices[winner]
+        if choice.tool_calls:  # a call without an id (some servers) gets one: the client answers it by id
+            calls = tuple(replace(c, id=c.id or f"call_{uuid.uuid4().hex[:24]}") for c in choice.tool_calls)
+            return Final(choice.text, choice.text, choice.reasoning, "tool_calls", saved, info, calls)
         return Final(choice.text, choice.text, choice.reasoning, choice.finish_reason or "stop", saved, info)
 
     def _cot(self, result: ProgramResult, info: dict[str, Any]) -> Final:
@@ -255,29 +276,77 @@ class DynasorRenderer:
 
     def _final(self, result: ProgramResult) -> Final:
         final: Final | None = self.run.state.get("final")
-        return final if final is not None else self.program.finish(result)  # stopped from outside
+        if final is None:  # stopped from outside (the deadline): made once, kept for the run's end
+            final = self.run.state["final"] = self.program.finish(result)
+        return final
 
     def whole(self, result: ProgramResult) -> Response:
+        refused = self.refusal(result)
+        if refused is not None:
+            return refused.response()
+        headers = self.headers(result)
         if self.program.request.stream:
             events = b"".join(self.tail(result))
-            return Response(events, media_type=_sse.MEDIA_TYPE, headers=_sse.HEADERS)
+            return Response(events, media_type=_sse.MEDIA_TYPE, headers={**_sse.HEADERS, **headers})
         final = self._final(result)
-        usage = usage_body(result.tokens, final.saved)
         body = self.program.answer.body(
-            final.text, reasoning=final.reasoning, finish=final.finish, usage=usage, dynasor=final.dynasor
+            final.text,
+            reasoning=final.reasoning,
+            finish=final.finish,
+            usage=usage_body(result.tokens, final.saved, final.extra),
+            dynasor=final.dynasor,
+            tool_calls=final.tool_calls,
         )
-        return JSONResponse(body)
+        return JSONResponse(body, headers=headers)
 
     def tail(self, result: ProgramResult) -> list[bytes]:
+        refused = self.refusal(result)
+        if refused is not None:  # the stream has started: its end is the error
+            return [_sse.event(refused.body())]
         final, answer = self._final(result), self.program.answer
         events = []
         if final.unsent or final.reasoning or not answer.role_sent:
             events.append(answer.delta(final.unsent, reasoning=final.reasoning))
+        if final.tool_calls:
+            events.append(answer.delta(tool_calls=final.tool_calls))
         events.append(answer.delta(finish=final.finish, dynasor=final.dynasor))
         if self.program.request.include_usage:
-            events.append(answer.usage_chunk(usage_body(result.tokens, final.saved)))
+            events.append(answer.usage_chunk(usage_body(result.tokens, final.saved, final.extra)))
         events.append(_sse.DONE)
         return events
+
+    def headers(self, result: ProgramResult | None) -> dict[str, str]:
+        """``X-Dynasor-*`` response headers: the technique, and for a finished ``result`` whether
+        the answer is partial, why the program stopped and the tokens saved (and spent beyond the
+        baseline). A stream that started before the end (cot, progress chunks) has only the first:
+        the rest is in its final chunk's ``dynasor`` field."""
+        headers = {"X-Dynasor-Technique": str(self.program.request.options.algorithm)}
+        if result is not None:
+            final = self._final(result)
+            headers.update(
+                {
+                    "X-Dynasor-Partial": "true" if result.partial else "false",
+                    "X-Dynasor-Stop-Reason": str(result.stop_reason),
+                    "X-Dynasor-Saved-Tokens": str(final.saved),
+                    "X-Dynasor-Extra-Tokens": str(final.extra),
+                }
+            )
+        return headers
+
+    def refusal(self, result: ProgramResult) -> ProxyError | None:
+        """The error answered instead of ``result``: a deadline that passed before the program had
+        anything to answer is 504, as for a pass-through (None: answer the result)."""
+        if result.stop_reason is not StopReason.DEADLINE or not self._final(result).empty:
+            return None
+        return ProxyError(
+            "the request's deadline (X-Dynasor-Deadline-S or dynasor.deadline_s) passed before the "
+            f"technique ({self.program.request.options.algorithm}) had an answer; its upstream requests "
+            "were aborted",
+            status=504,
+            type="timeout_error",
+            code="deadline_exceeded",
+            headers=self.headers(result),
+        )
 
     def error(self, exc: BaseException) -> ProxyError:
         return self._errors(failure(exc))

@@ -7,16 +7,19 @@ SDK keeps them: ``response.dynasor``, ``response.usage.dynasor_saved_tokens``):
   (sc, best-of-N), probes and the forced answer (Dynasor-CoT), reward-model tokens;
   ``usage.prompt_tokens`` every prompt token sent (each round, each probe).
 - ``usage.dynasor_tokens``: ``{"generated", "probe", "reward"}``, the split of ``completion_tokens``.
-- ``usage.dynasor_saved_tokens``: tokens saved against the fixed budget, an estimate (may be
-  negative when probing cost more than it saved). sc / best-of-N: the completion (and reward)
-  tokens the ``n - k`` samples not drawn would have cost at the mean of the ``k`` drawn. Dynasor-CoT:
-  the chain decoded to ``max_tokens`` without probes (an upper bound of the baseline) minus what was
-  spent; a chain that finished on its own (or filled the context) saved nothing and cost its probes.
+- ``usage.dynasor_saved_tokens``: tokens saved against the fixed budget, an estimate, never
+  negative. sc / best-of-N: the completion (and reward) tokens the ``n - k`` samples not drawn would
+  have cost at the mean of the ``k`` drawn. Dynasor-CoT: the chain decoded to ``max_tokens`` without
+  probes (an upper bound of the baseline) minus what was spent.
+- ``usage.dynasor_extra_tokens``: tokens spent beyond that baseline (never negative; at most one of
+  the two is not 0): a Dynasor-CoT chain that finished on its own (or filled the context) saved
+  nothing and cost its probes.
 - ``dynasor`` (top level of a body; on the final chunk of a stream): ``algorithm``, ``answer``,
   ``confidence`` (the last certaindex), ``stop_reason``, ``samples`` (drawn), ``max_samples``,
   ``answers`` (each sample's or probe's answer), ``sample_tokens`` (sc, best-of-N: each sample's
   completion tokens), ``winner`` (index of the sample whose text is the content), ``certaindex``
-  ([[observations, value], ...]), ``steps``, ``saved_tokens``, ``partial``, ``program_id``;
+  ([[observations, value], ...]), ``steps``, ``saved_tokens``, ``extra_tokens``, ``partial``,
+  ``program_id``;
   Dynasor-CoT adds ``probes``, ``generated_tokens``, ``forced``.
 - Progress chunks (``dynasor.progress: true``, streams only): ``choices: []`` and
   ``dynasor: {"progress": {"observations", "certaindex", "answer", "tokens"}}``.
@@ -28,13 +31,14 @@ import time
 import uuid
 from typing import Any, Literal
 
+from ..endpoints import ToolCall
 from ..program import TokenUsage
 from ._sse import event
 
 Kind = Literal["completions", "chat"]
 
 
-def usage_body(tokens: TokenUsage, saved: int | None) -> dict[str, Any]:
+def usage_body(tokens: TokenUsage, saved: int | None, extra: int = 0) -> dict[str, Any]:
     completion = tokens.generated + tokens.probe + tokens.reward
     return {
         "prompt_tokens": tokens.prompt,
@@ -43,6 +47,7 @@ def usage_body(tokens: TokenUsage, saved: int | None) -> dict[str, Any]:
         "prompt_tokens_details": {"cached_tokens": tokens.cached_prompt},
         "dynasor_tokens": {"generated": tokens.generated, "probe": tokens.probe, "reward": tokens.reward},
         "dynasor_saved_tokens": saved,
+        "dynasor_extra_tokens": extra,
     }
 
 
@@ -75,9 +80,15 @@ class Answer:
         )
 
     def delta(
-        self, content: str = "", *, reasoning: str | None = None, finish: str | None = None, **fields: Any
+        self,
+        content: str = "",
+        *,
+        reasoning: str | None = None,
+        finish: str | None = None,
+        tool_calls: tuple[ToolCall, ...] = (),
+        **fields: Any,
     ) -> bytes:
-        """A chunk adding ``content`` (and ``reasoning``); the first one carries the role."""
+        """A chunk adding ``content`` (and ``reasoning``, ``tool_calls``); the first one carries the role."""
         if self.kind == "completions":
             choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": finish}
             return self._chunk([choice], **fields)
@@ -87,8 +98,10 @@ class Answer:
             self.role_sent = True
         if reasoning:
             delta["reasoning_content"] = reasoning
-        if content or finish is None:
+        if content or (finish is None and not tool_calls):
             delta["content"] = content
+        if tool_calls:
+            delta["tool_calls"] = [call.as_dict(i) for i, call in enumerate(tool_calls)]
         return self._chunk(
             [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **fields
         )
@@ -107,11 +120,14 @@ class Answer:
         finish: str,
         usage: dict[str, Any],
         dynasor: dict[str, Any],
+        tool_calls: tuple[ToolCall, ...] = (),
     ) -> dict[str, Any]:
         if self.kind == "chat":
-            message: dict[str, Any] = {"role": "assistant", "content": text}
+            message: dict[str, Any] = {"role": "assistant", "content": text or (None if tool_calls else "")}
             if reasoning:
                 message["reasoning_content"] = reasoning
+            if tool_calls:
+                message["tool_calls"] = [call.as_dict() for call in tool_calls]
             choice: dict[str, Any] = {
                 "index": 0,
                 "message": message,

@@ -5,7 +5,8 @@ A :class:`Run` submits the request's program to the proxy's runtime. The program
 reason, an end marker follows. :class:`RunResponse` serves the run:
 
 - it sends nothing until the first event or the end arrives, so a request that fails before its
-  first event gets a proper HTTP error (status and OpenAI error body), streaming or not;
+  first event gets a proper HTTP error (status and OpenAI error body), streaming or not, and so
+  does a result the renderer refuses (a deadline missed with nothing to answer);
 - once the first event is there it starts the SSE stream and forwards events as they come (events
   queued meanwhile go out together); the renderer then adds the tail (final chunks, usage,
   ``[DONE]``), or an error event if the program failed mid-stream;
@@ -61,6 +62,14 @@ class Renderer(Protocol):
 
     def error(self, exc: BaseException) -> ProxyError:
         """The error answered for a failed run."""
+        ...
+
+    def refusal(self, result: ProgramResult) -> ProxyError | None:
+        """The error answered instead of a result, before any event was sent (None: none)."""
+        ...
+
+    def headers(self, result: ProgramResult | None) -> dict[str, str]:
+        """Extra headers of a stream that starts once the run ended (``result``) or before (None)."""
         ...
 
 
@@ -186,10 +195,13 @@ class RunResponse(Response):
             if gone():
                 return
             outcome = self.run.outcome()
+            refused = None if isinstance(outcome, BaseException) else self.renderer.refusal(outcome)
             if isinstance(outcome, BaseException):
                 response: Response = self.renderer.error(outcome).response()
+            elif refused is not None:
+                response = refused.response()
             elif self.stream:
-                await _start_stream(send)
+                await _start_stream(send, self.renderer.headers(outcome))
                 for data in self.renderer.tail(outcome):
                     await send({"type": "http.response.body", "body": data, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -198,7 +210,7 @@ class RunResponse(Response):
                 response = self.renderer.whole(outcome)
             await response(scope, _never, send)
             return
-        await _start_stream(send)
+        await _start_stream(send, self.renderer.headers(None))
         pending, ended = [first], False
         while True:
             while not self.run.events.empty():  # whatever queued meanwhile goes out together
@@ -264,9 +276,9 @@ def _retrieve(task: asyncio.Task[ProgramResult]) -> None:
         task.exception()
 
 
-async def _start_stream(send: Send) -> None:
+async def _start_stream(send: Send, extra: dict[str, str]) -> None:
     headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
-    headers += [(k.encode(), v.encode()) for k, v in _sse.HEADERS.items()]
+    headers += [(k.encode(), v.encode()) for k, v in {**_sse.HEADERS, **extra}.items()]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
 
 

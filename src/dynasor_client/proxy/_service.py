@@ -280,7 +280,7 @@ class ProxyService:
         if isinstance(exc, ProxyError):
             return exc
         if isinstance(exc, EndpointError):
-            return endpoint_error(exc)
+            return endpoint_error(exc, self.upstream_display)
         if isinstance(exc, httpx.HTTPError):
             return transport_error(exc, self.upstream_display)
         if isinstance(exc, BudgetExhausted):
