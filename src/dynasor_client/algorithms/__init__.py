@@ -7,10 +7,12 @@ with :func:`~dynasor_client.as_program` and run it alone (``.run(endpoint)``) or
 So far: :func:`self_consistency`, :func:`best_of_n` (with weighted
 majority) and reward-model clients (:class:`PoolingRewardModel` for vLLM's ``/pooling`` PRMs and the
 replay engine, :class:`JudgeRewardModel` on any chat endpoint) and :func:`dynasor_cot` (long chain
-of thought with concurrent probes), :func:`rebase` (reward-weighted tree expansion) and :func:`mcts`.
+of thought with concurrent probes), :func:`deer` (DEER-style trial answers at "Wait"-type points of
+one streamed chain of thought), :func:`rebase` (reward-weighted tree expansion) and :func:`mcts`.
 """
 
 from ._best_of_n import best_of_n, best_of_n_rule
+from ._deer import DEER_POINTS, TRIAL_SUFFIX, deer, trial_confidence
 from ._dynasor_cot import dynasor_cot
 from ._mcts import mcts
 from ._prompting import DEFAULT_SYSTEM, Prompting
@@ -21,7 +23,9 @@ from ._rounds import RoundPlan, round_sizes
 from ._self_consistency import self_consistency, self_consistency_rule
 
 __all__ = [
+    "DEER_POINTS",
     "DEFAULT_SYSTEM",
+    "TRIAL_SUFFIX",
     "JudgeRewardModel",
     "MeteredRewardModel",
     "PoolingRewardModel",
@@ -31,10 +35,12 @@ __all__ = [
     "RoundPlan",
     "best_of_n",
     "best_of_n_rule",
+    "deer",
     "dynasor_cot",
     "mcts",
     "rebase",
     "round_sizes",
     "self_consistency",
     "self_consistency_rule",
+    "trial_confidence",
 ]
