@@ -22,6 +22,7 @@ RANKS = {
     "runtime": 5,
     "local": 6,
     "replay": 6,
+    "distributed": 6,
     "calibration": 7,
     "proxy": 8,
     "benchmarks": 8,

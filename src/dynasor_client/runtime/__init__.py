@@ -5,11 +5,13 @@
   together) and a :class:`~dynasor_client.budget.BudgetManager`; deadlines return the best answer
   so far and abort in-flight requests.
 - Scheduling policies compose like stop rules: ``shortest_remaining_work() + aging(0.5)``.
+- ``run_batch(..., backend=)``: the same batch elsewhere (:class:`BatchBackend`; over Ray:
+  :mod:`dynasor_client.distributed`), reporting through a :class:`BatchRecorder`.
 - Observability: :class:`EventLog` (JSON lines), :class:`RuntimeMetrics` (counters, Prometheus text,
   summary table).
 """
 
-from ._batch import BatchResult, run_batch_sync
+from ._batch import BatchBackend, BatchRecorder, BatchResult, run_batch_sync
 from ._context import RuntimeContext
 from ._events import Event, EventLog, RuntimeMetrics
 from ._policies import (
@@ -32,6 +34,8 @@ from ._states import ProgramRecord, ProgramState
 
 __all__ = [
     "Aging",
+    "BatchBackend",
+    "BatchRecorder",
     "BatchResult",
     "DemoteInfeasible",
     "Event",

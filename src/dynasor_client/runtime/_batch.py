@@ -3,6 +3,10 @@
 On interruption (Ctrl-C, an exception, a cancelled notebook cell) every finished result is kept:
 in ``runtime.last_batch``, in the JSON lines of ``save_to`` (written as programs finish), and, from
 :func:`run_batch_sync`, in the partial :class:`BatchResult` it returns.
+
+A :class:`BatchBackend` runs the batch elsewhere (``backend=``: over a Ray cluster with
+:class:`dynasor_client.distributed.RayBackend`); it reports through the same :class:`BatchRecorder`
+(results in input order, progress bar, ``save_to``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from ..endpoints import Endpoint, EndpointPool
 from ..program import ProgramResult
@@ -65,6 +69,79 @@ def result_record(index: int, result: ProgramResult | None, error: BaseException
     return {"index": index, **out}
 
 
+class BatchBackend(Protocol):
+    """Where a batch runs when not in the runtime's own process (``run_batch(..., backend=)``): it
+    takes the runtime's endpoint, budget and options, and returns the same :class:`BatchResult`."""
+
+    async def run_batch(
+        self,
+        runtime: Runtime,
+        programs: Sequence[Program],
+        *,
+        concurrency: int | None,
+        progress: bool,
+        desc: str | None,
+        save_to: str | Path | None,
+        deadline_s: float | None,
+    ) -> BatchResult: ...
+
+
+class BatchRecorder:
+    """The bookkeeping of one batch wherever its programs run: results in input order (each index
+    settled once: a second result for it is an error), the progress bar, the ``save_to`` JSON lines;
+    ``await wait()`` until every program settled."""
+
+    def __init__(self, total: int, *, progress: bool, desc: str | None, save_to: str | Path | None) -> None:
+        from tqdm.auto import tqdm
+
+        self.batch = BatchResult([None] * total)
+        self.started = time.perf_counter()
+        self._settled = [False] * total
+        self._count = 0
+        self._all_done = asyncio.Event()
+        if total == 0:
+            self._all_done.set()
+        self._sink: IO[str] | None = Path(save_to).open("a", encoding="utf-8") if save_to else None  # noqa: SIM115
+        self._bar = tqdm(total=total, desc=desc or "programs", disable=not progress, leave=True)
+
+    @property
+    def settled(self) -> int:
+        """How many programs settled so far."""
+        return self._count
+
+    def is_settled(self, index: int) -> bool:
+        return self._settled[index]
+
+    def settle(self, index: int, result: ProgramResult | None, error: BaseException | None) -> None:
+        """Program ``index`` ended with ``result`` or ``error``."""
+        if self._settled[index]:
+            raise RuntimeError(f"program {index} of the batch settled twice")
+        self._settled[index] = True
+        if result is not None:
+            self.batch.results[index] = result
+        else:
+            self.batch.errors[index] = error = error or RuntimeError("no result")
+        if self._sink is not None:
+            self._sink.write(json.dumps(result_record(index, result, error), default=str) + "\n")
+            self._sink.flush()
+        self._bar.update(1)
+        self._count += 1
+        if self._count == len(self._settled):
+            self._all_done.set()
+
+    async def wait(self) -> None:
+        """Until every program settled."""
+        await self._all_done.wait()
+
+    def close(self, metrics: dict[str, Any], summary: str) -> BatchResult:
+        self._bar.close()
+        if self._sink is not None:
+            self._sink.close()
+        self.batch.elapsed_s = time.perf_counter() - self.started
+        self.batch.metrics, self.batch.summary = metrics, summary
+        return self.batch
+
+
 async def run_batch(
     runtime: Runtime,
     programs: Sequence[Program],
@@ -74,37 +151,31 @@ async def run_batch(
     desc: str | None = None,
     save_to: str | Path | None = None,
     deadline_s: float | None = None,
+    backend: BatchBackend | None = None,
 ) -> BatchResult:
     """Run ``programs`` on ``runtime`` (module docs); per-program failures are recorded, not raised."""
-    from tqdm.auto import tqdm
-
     if concurrency is not None and concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    batch = BatchResult([None] * len(programs))
-    runtime.last_batch = batch
-    started = time.perf_counter()
+    if backend is not None:
+        return await backend.run_batch(
+            runtime, programs, concurrency=concurrency, progress=progress, desc=desc, save_to=save_to,
+            deadline_s=deadline_s,
+        )  # fmt: skip
+    recorder = BatchRecorder(len(programs), progress=progress, desc=desc, save_to=save_to)
+    runtime.last_batch = recorder.batch
     slots = asyncio.Semaphore(concurrency) if concurrency else None
-    sink: IO[str] | None = Path(save_to).open("a", encoding="utf-8") if save_to else None  # noqa: ASYNC230, SIM115
     handles: list[ProgramHandle] = []
-    settled: list[int] = []
-    all_done = asyncio.Event()
-    bar = tqdm(total=len(programs), desc=desc or "programs", disable=not progress, leave=True)
 
     def done(index: int, handle: ProgramHandle) -> None:
+        result: ProgramResult | None = None
         error: BaseException | None = None
         try:
-            batch.results[index] = handle.result()
+            result = handle.result()
         except BaseException as exc:
-            batch.errors[index] = error = exc
-        if sink is not None:
-            sink.write(json.dumps(result_record(index, batch.results[index], error), default=str) + "\n")
-            sink.flush()
+            error = exc
+        recorder.settle(index, result, error)
         if slots is not None:
             slots.release()
-        bar.update(1)
-        settled.append(index)
-        if len(settled) == len(programs):
-            all_done.set()
 
     try:
         for index, program in enumerate(programs):
@@ -113,21 +184,15 @@ async def run_batch(
             handle = runtime.submit(program, deadline_s=deadline_s)
             handle.add_done_callback(functools.partial(_call_done, done, index))
             handles.append(handle)
-        if programs:
-            await all_done.wait()
+        await recorder.wait()
     except BaseException:
-        batch.interrupted = True
+        recorder.batch.interrupted = True
         for handle in handles:
             handle.cancel()
         raise
     finally:
-        bar.close()
-        if sink is not None:
-            sink.close()
-        batch.elapsed_s = time.perf_counter() - started
-        batch.metrics = runtime.metrics.as_dict()
-        batch.summary = runtime.metrics.summary()
-    return batch
+        recorder.close(runtime.metrics.as_dict(), runtime.metrics.summary())
+    return recorder.batch
 
 
 def _call_done(done: Callable[[int, ProgramHandle], None], index: int, handle: ProgramHandle) -> None:
@@ -143,11 +208,13 @@ def run_batch_sync(
     desc: str | None = None,
     save_to: str | Path | None = None,
     deadline_s: float | None = None,
+    backend: BatchBackend | None = None,
     **runtime_options: Any,
 ) -> BatchResult:
     """:func:`run_batch` for scripts: its own event loop and :class:`Runtime`. Ctrl-C returns the
     partial result (``interrupted=True``) instead of losing it. In a notebook or other async code,
-    ``await runtime.run_batch(...)`` instead."""
+    ``await runtime.run_batch(...)`` instead. ``backend``: where the batch runs (a
+    :class:`BatchBackend`; None: in this process)."""
     from ._runtime import Runtime
 
     try:
@@ -166,7 +233,7 @@ def run_batch_sync(
             return await run_batch(
                 runtime,
                 programs, concurrency=concurrency, progress=progress, desc=desc, save_to=save_to,
-                deadline_s=deadline_s,
+                deadline_s=deadline_s, backend=backend,
             )  # fmt: skip
 
     try:
