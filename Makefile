@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[local,math,server,plot,notebooks,peers,redis,ray,test]'
+	$(BIN)/python -m pip install --quiet -e '.[local,math,server,plot,notebooks,peers,redis,ray,router,test]'
 	# The Redis-backed proxy budgets (tests/test_proxy_redis.py) need a redis-server: the Debian package
 	# where it is missing and apt-get can be run as root; elsewhere those tests skip, saying why.
 	if ! command -v redis-server > /dev/null && command -v apt-get > /dev/null && [ "$$(id -u)" = 0 ]; then \
