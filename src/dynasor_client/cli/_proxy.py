@@ -164,6 +164,20 @@ def add_proxy_parser(sub: Subparsers) -> None:
         default=5.0,
         help="seconds an idle keep-alive connection is kept (default 5)",
     )
+    shared = p.add_argument_group("replicas", "see docs/distributed.md, 'Proxy replicas sharing budgets'")
+    shared.add_argument(
+        "--redis",
+        default=None,
+        metavar="URL",
+        help="keep key budgets and usage in this Redis (redis://HOST:PORT/DB), shared by every replica "
+        "on it; budgeted keys get 503 while it cannot be reached (default: in this process)",
+    )
+    shared.add_argument(
+        "--reservation-ttl",
+        type=_seconds,
+        default=30.0,
+        help="with --redis: seconds a request's reservation outlives a replica that died (default 30)",
+    )
     p.add_argument("--access-log", action="store_true", help="uvicorn's access log (paths only, never keys)")
     p.set_defaults(func=proxy_command)
 
@@ -211,6 +225,8 @@ def build_config(args: argparse.Namespace) -> ProxyConfig:
         max_header_bytes=args.max_header_bytes,
         max_connections=args.max_connections,
         keep_alive_s=args.keep_alive,
+        redis=args.redis,
+        reservation_ttl_s=args.reservation_ttl,
     )
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, Literal
 
 import httpx
@@ -44,10 +44,18 @@ from ._config import ProxyConfig
 from ._errors import ProxyError, RedactingMiddleware, transport_error, upstream_http_error
 from ._keys import KeyAccount
 from ._options import DEADLINE_HEADER, DynasorOptions, parse_options
-from ._passthrough import Forward, PassThrough, PassThroughRenderer, prepare, read_bounded
+from ._passthrough import (
+    Forward,
+    PassThrough,
+    PassThroughRenderer,
+    prepare,
+    read_bounded,
+    request_prompt_tokens,
+)
 from ._programs import DynasorProgram, DynasorRenderer, DynasorRequest
 from ._run import Run, RunResponse
 from ._service import ProxyService
+from ._store import Lease, dynasor_reservation, passthrough_reservation
 
 Kind = Literal["completions", "chat"]
 
@@ -121,7 +129,7 @@ def create_proxy_app(config: ProxyConfig, *, retry: RetryPolicy | None = None) -
     @app.get("/dynasor/stats")
     async def stats(request: Request) -> Response:
         account = service.authenticate(request.headers)
-        return JSONResponse(service.stats(account))
+        return JSONResponse(service.stats(account, await service.spending(account)))
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
@@ -200,8 +208,18 @@ async def _generate(service: ProxyService, kind: Kind, request: Request) -> Resp
         options = parse_options(body, request.headers.get(DEADLINE_HEADER))
         stream = body.get("stream") is True
         if options.algorithm is None:
-            return _passthrough(service, kind, request, raw, body, options, stream, account)
-        return _dynasor(service, kind, body, options, stream, account)
+            wants = _wants(
+                service, account, lambda: passthrough_reservation(body, request_prompt_tokens(body))
+            )
+            lease = await service.lease(account, wants)
+            with _released_on_error(service, lease):
+                return _passthrough(service, kind, request, raw, body, options, stream, lease)
+        service.check_options(options)
+        wants = _wants(service, account, lambda: dynasor_reservation(options.token_budget))
+        request_ = dynasor_request(kind, body, options, stream)  # 400s before anything is reserved
+        lease = await service.lease(account, wants)
+        with _released_on_error(service, lease):
+            return _dynasor(service, request_, options, stream, lease)
     except ProxyError:
         service.counters.refused += 1
         raise
@@ -267,6 +285,25 @@ def _check_limits(body: Mapping[str, Any], config: ProxyConfig) -> None:
             )
 
 
+@contextlib.contextmanager
+def _released_on_error(service: ProxyService, lease: Lease | None) -> Iterator[None]:
+    """Give a lease back when its run could not be started (else the run's end settles it)."""
+    try:
+        yield
+    except BaseException:
+        if lease is not None:
+            service.store.settle(lease, 0, 0)
+        raise
+
+
+def _wants(
+    service: ProxyService, account: KeyAccount | None, wants: Callable[[], tuple[int, int]]
+) -> tuple[int, int] | None:
+    """A request's ``(most, least)`` tokens, worked out only for a shared store's budgeted key."""
+    shared = service.store.shared and account is not None and account.budget.limit is not None
+    return wants() if shared else None
+
+
 def _passthrough(
     service: ProxyService,
     kind: Kind,
@@ -275,7 +312,7 @@ def _passthrough(
     body: dict[str, Any],
     options: DynasorOptions,
     stream: bool,
-    account: KeyAccount | None,
+    lease: Lease | None,
 ) -> Response:
     service.counters.passthrough += 1
     content, strip = prepare(body, raw, meter_streams=service.config.meter_streams)
@@ -292,8 +329,8 @@ def _passthrough(
         deadline_s=options.deadline_s,
         token_cap=None,
         name=f"passthrough-{kind}",
-        on_end=lambda r: service.ended(r, account, f"pass-through {kind}"),
-        budget=account.budget if account is not None else None,
+        on_end=lambda r: service.ended(r, lease, f"pass-through {kind}"),
+        budget=lease.pool if lease is not None else None,
         buffer=service.config.stream_buffer,
         stall_s=service.config.stall_timeout_s,
     )
@@ -328,14 +365,12 @@ class _PassThroughChecked(PassThroughRenderer):
 
 def _dynasor(
     service: ProxyService,
-    kind: Kind,
-    body: dict[str, Any],
+    request: DynasorRequest,
     options: DynasorOptions,
     stream: bool,
-    account: KeyAccount | None,
+    lease: Lease | None,
 ) -> Response:
-    service.check_options(options)
-    request = dynasor_request(kind, body, options, stream)
+    kind = request.kind
     algorithm = str(options.algorithm)
     service.counters.programs[algorithm] = service.counters.programs.get(algorithm, 0) + 1
     program = DynasorProgram(request, service.reward_model)
@@ -343,10 +378,10 @@ def _dynasor(
         service.runtime,
         program,
         deadline_s=options.deadline_s,
-        token_cap=service.token_cap(account, options.token_budget),
+        token_cap=service.token_cap(lease, options.token_budget),
         name=f"{algorithm}-{kind}",
-        on_end=lambda r: service.ended(r, account, f"{algorithm} {kind}"),
-        budget=account.budget if account is not None else None,
+        on_end=lambda r: service.ended(r, lease, f"{algorithm} {kind}"),
+        budget=lease.pool if lease is not None else None,
         buffer=service.config.stream_buffer,
         stall_s=service.config.stall_timeout_s,
     )

@@ -41,6 +41,10 @@ class ProxyConfig:
             so that their tokens can be counted (the usage chunk is removed before the client sees
             it); False forwards such streams byte for byte and counts ~1 token per content event.
         extra_headers: sent upstream with every request.
+        redis: ``redis://[:password@]host:port/db``: key budgets and usage live in this Redis,
+            shared by every proxy replica on it (docs/distributed.md); None: in this process.
+        reservation_ttl_s: with ``redis``: how long a request's reservation outlives its replica
+            (a replica refreshes its reservations every third of it while it runs).
 
     Limits (docs/proxy.md, "Limits"; each one a flag of ``dynasor-client proxy``):
 
@@ -93,6 +97,8 @@ class ProxyConfig:
     max_header_bytes: int = 64 * 1024
     max_connections: int | None = 1024
     keep_alive_s: float = 5.0
+    redis: str | None = field(default=None, repr=False)
+    reservation_ttl_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.upstream.startswith(("http://", "https://")):
@@ -111,7 +117,10 @@ class ProxyConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or None")
-        for name in ("stall_timeout_s", "header_timeout_s", "keep_alive_s"):
+        if self.redis is not None and not self.redis.startswith(("redis://", "rediss://", "unix://")):
+            shown = self.redis_display
+            raise ValueError(f"redis must be a redis://, rediss:// or unix:// URL, got {shown!r}")
+        for name in ("stall_timeout_s", "header_timeout_s", "keep_alive_s", "reservation_ttl_s"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a positive, finite number of seconds")
         object.__setattr__(self, "upstream", self.upstream.rstrip("/"))
@@ -122,18 +131,29 @@ class ProxyConfig:
         (``http://***@host/v1``)."""
         return mask_credentials(self.upstream)
 
+    @property
+    def redis_display(self) -> str | None:
+        """``redis`` as logs show it (credentials masked)."""
+        return None if self.redis is None else mask_credentials(self.redis)
+
     def secrets(self) -> list[str]:
-        """What no client may see: the upstream key and the upstream URL's credentials (as written,
-        decoded and as the HTTP Basic header carries them). Client keys are the key store's."""
+        """What no client may see: the upstream key and the upstream and Redis URLs' credentials (as
+        written, decoded and as the HTTP Basic header carries them). Client keys are the key store's."""
         found = [s for s in (self.upstream_api_key,) if s]
-        parts = urlsplit(self.upstream)
-        userinfo = parts.netloc.rpartition("@")[0]
-        if userinfo:
-            user, _, password = userinfo.partition(":")
-            plain = f"{unquote(user)}:{unquote(password)}"
-            found += [userinfo, plain, base64.b64encode(plain.encode("utf-8")).decode("ascii")]
-            found += [p for p in (password, unquote(password)) if p]
+        for url in (self.upstream, self.redis):
+            found += _url_secrets(url) if url else []
         return found
+
+
+def _url_secrets(url: str) -> list[str]:
+    """A URL's credentials: as written, decoded and as the HTTP Basic header carries them."""
+    userinfo = urlsplit(url).netloc.rpartition("@")[0]
+    if not userinfo:
+        return []
+    user, _, password = userinfo.partition(":")
+    plain = f"{unquote(user)}:{unquote(password)}"
+    found = [userinfo, plain, base64.b64encode(plain.encode("utf-8")).decode("ascii")]
+    return found + [p for p in (password, unquote(password)) if p]
 
 
 def mask_credentials(url: str) -> str:

@@ -111,6 +111,8 @@ class KeyAccount:
     budget: Budget
     requests: int = 0
     admin: bool = False
+    #: The key's SHA-256 (hex): how a shared budget store names it (never the key itself).
+    digest: str = dataclasses.field(default="", repr=False)
 
 
 class KeyStore:
@@ -139,8 +141,9 @@ class KeyStore:
             if budget is not None and budget < 1:
                 raise ValueError(f"token budget of {fingerprint(key)} must be >= 1")
             limit = budget if budget is not None else default_budget
-            self._accounts[_digest(key)] = KeyAccount(
-                fingerprint(key), Budget(limit), admin=key in admin_keys
+            digest = _digest(key)
+            self._accounts[digest] = KeyAccount(
+                fingerprint(key), Budget(limit), admin=key in admin_keys, digest=digest
             )
             self._secrets.add(key)
         if not self._accounts:

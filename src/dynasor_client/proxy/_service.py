@@ -25,6 +25,7 @@ from ._options import DynasorOptions
 from ._pool import direct, upstream_transport
 from ._responses import billed_tokens
 from ._run import Run
+from ._store import BudgetStore, Lease, MemoryStore, Spending
 
 log = get_logger("dynasor_client.proxy")
 _NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -61,6 +62,8 @@ class ProxyService:
         self.config = config
         self.keys = config.keys
         self.budget = Budget(config.token_budget)
+        #: Where key budgets and usage live (in this process, or shared through Redis).
+        self.store: BudgetStore = _store(config)
         self.counters = Counters()
         self.endpoint = Endpoint(
             config.upstream,
@@ -111,6 +114,7 @@ class ProxyService:
     async def start(self) -> None:
         # Log records carry upstream error text, which may echo the proxy's key: redacted from now.
         self._unredact_logs = redact_logs(self.redactor)
+        await self.store.start()
         await self.runtime.__aenter__()
 
     async def aclose(self) -> None:
@@ -124,6 +128,7 @@ class ProxyService:
             run.cancel()
         self.runtime.cancel_all()
         await self.runtime.__aexit__(None, None, None)
+        await self.store.aclose()  # after the runs: their settlements go out first
         await self.http.aclose()
         await self.endpoint.aclose()
         if self._reward_endpoint is not None:
@@ -194,12 +199,24 @@ class ProxyService:
                     code="max_tokens_too_large",
                 )
 
-    def token_cap(self, account: KeyAccount | None, requested: int | None) -> int | None:
-        """The most tokens a new program may spend: its own budget, the key's and the proxy's left."""
+    async def lease(self, account: KeyAccount | None, wants: tuple[int, int] | None) -> Lease | None:
+        """The request's hold on its key's budget (None: no key); ``wants``: its ``(most, least)``
+        tokens (:mod:`._store`; only a shared store reserves them before the request runs)."""
+        if account is None:
+            return None
+        want, least = wants if wants is not None else (0, 0)
+        return await self.store.reserve(account, want, least)
+
+    def token_cap(self, lease: Lease | None, requested: int | None) -> int | None:
+        """The most tokens a new program may spend: its own budget, the key's (or its lease's) and
+        the proxy's left."""
         caps = [c for c in (requested, self.budget.remaining) if c is not None]
-        if account is not None and account.budget.remaining is not None:
-            caps.append(account.budget.remaining)
+        if lease is not None and lease.pool is not None and lease.pool.remaining is not None:
+            caps.append(lease.pool.remaining)
         return max(min(caps), 1) if caps else None
+
+    def _accounts(self) -> list[KeyAccount]:
+        return self.keys.accounts() if self.keys is not None else []
 
     # ------------------------------------------------------------------ runs
 
@@ -207,18 +224,15 @@ class ProxyService:
         self._runs.add(run)
         self.counters.running += 1
 
-    def ended(self, run: Run, account: KeyAccount | None, what: str) -> None:
+    def ended(self, run: Run, lease: Lease | None, what: str) -> None:
         """Charge a finished (failed, cancelled) run's tokens to its key and the proxy budget."""
         self._runs.discard(run)
         self.counters.running -= 1
         tokens = billed_tokens(run.context.usage) if run.context is not None else 0
         self.budget.charge(tokens)
         self.counters.tokens += tokens
-        if account is not None:
-            # What the run's requests charged as they settled is already on the key: the rest
-            # (cached prompt tokens, which the runtime's budget does not count) is added now.
-            account.budget.charge(tokens - (run.share.charged if run.share is not None else 0))
-            account.requests += 1
+        if lease is not None:
+            self.store.settle(lease, tokens, run.share.charged if run.share is not None else 0)
         final = run.state.get("final")
         if final is not None:
             self.counters.saved_tokens += final.saved
@@ -236,7 +250,7 @@ class ProxyService:
             outcome,
             tokens,
             time.monotonic() - run.started,
-            account.fingerprint if account is not None else "-",
+            lease.account.fingerprint if lease is not None else "-",
         )
 
     # ------------------------------------------------------------------ upstream
@@ -294,15 +308,26 @@ class ProxyService:
         """``text`` without the proxy's secrets (logs)."""
         return redact(text, self.secrets)
 
-    def stats(self, viewer: KeyAccount | None = None) -> dict[str, Any]:
-        """What ``GET /dynasor/stats`` answers ``viewer``: everything (no keys configured, an admin
-        key, or None: the proxy itself), or a key's own spending only (any other key)."""
+    async def spending(self, viewer: KeyAccount | None) -> Mapping[str, Spending]:
+        """The key spending ``viewer`` may read (:meth:`stats`), from the store: every replica's
+        under a shared store."""
         if viewer is not None and not viewer.admin:
-            return {"keys": {viewer.fingerprint: _spending(viewer)}}
+            return await self.store.spending([viewer])
+        return await self.store.spending(self._accounts())
+
+    def stats(
+        self, viewer: KeyAccount | None = None, spending: Mapping[str, Spending] | None = None
+    ) -> dict[str, Any]:
+        """What ``GET /dynasor/stats`` answers ``viewer``: everything (no keys configured, an admin
+        key, or None: the proxy itself), or a key's own spending only (any other key). ``spending``:
+        :meth:`spending` (default: this process's view of the keys)."""
+        if spending is None:
+            accounts = [viewer] if viewer is not None and not viewer.admin else self._accounts()
+            spending = MemoryStore.view(accounts)
+        if viewer is not None and not viewer.admin:
+            return {"keys": {fp: s.as_json() for fp, s in spending.items()}}
         c = self.counters
-        keys: Mapping[str, Any] = {}
-        if self.keys is not None:
-            keys = {a.fingerprint: _spending(a) for a in self.keys.accounts()}
+        keys = {fp: s.as_json() for fp, s in spending.items()}
         return {
             "upstream": self.upstream_display,
             "uptime_s": round(time.time() - self.started, 3),
@@ -320,5 +345,12 @@ class ProxyService:
         }
 
 
-def _spending(account: KeyAccount) -> dict[str, Any]:
-    return {"requests": account.requests, "spent": account.budget.spent, "budget": account.budget.limit}
+def _store(config: ProxyConfig) -> BudgetStore:
+    if config.redis is None:
+        return MemoryStore()
+    try:
+        from ._redis import RedisStore
+    except ImportError as exc:
+        raise ValueError(f"--redis needs redis-py: pip install 'dynasor-client[redis]' ({exc})") from None
+    accounts = config.keys.accounts() if config.keys is not None else ()
+    return RedisStore(config.redis, ttl_s=config.reservation_ttl_s, accounts=accounts)
