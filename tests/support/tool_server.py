@@ -13,7 +13,9 @@ first path segment names a scenario (``upstream.url("vote")``):
   Paris, ... (a vote of three samples: 2 to 1 for Paris).
 - ``hang``: no answer until the client leaves (or 30 s): a deadline always passes first.
 
-As llama.cpp does, a request with ``tools``, ``stream`` and ``logprobs`` is refused with 400
+Each request gets one choice (``n`` is ignored: a proxy in front of it without tools needs
+``Capabilities(max_n=1)``). As llama.cpp does, a request with ``tools``, ``stream`` and
+``logprobs`` is refused with 400
 ("logprobs is not supported with tools + stream"). Answers report ``usage``
 (:data:`COMPLETION_TOKENS` per answer); streams stream the call's arguments in two pieces and add
 the usage chunk when ``stream_options.include_usage`` asks for it. Every request body is recorded
