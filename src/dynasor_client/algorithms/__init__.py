@@ -8,10 +8,12 @@ So far: :func:`self_consistency`, :func:`best_of_n` (with weighted
 majority) and reward-model clients (:class:`PoolingRewardModel` for vLLM's ``/pooling`` PRMs and the
 replay engine, :class:`JudgeRewardModel` on any chat endpoint) and :func:`dynasor_cot` (long chain
 of thought with concurrent probes), :func:`deer` (DEER-style trial answers at "Wait"-type points of
-one streamed chain of thought), :func:`rebase` (reward-weighted tree expansion) and :func:`mcts`.
+one streamed chain of thought), :func:`rebase` (reward-weighted tree expansion), :func:`mcts`
+and :func:`deepconf_online` (DeepConf: weak traces stopped while they stream).
 """
 
 from ._best_of_n import best_of_n, best_of_n_rule
+from ._deepconf import deepconf_online
 from ._deer import DEER_POINTS, TRIAL_SUFFIX, deer, trial_confidence
 from ._dynasor_cot import dynasor_cot
 from ._mcts import mcts
@@ -35,6 +37,7 @@ __all__ = [
     "RoundPlan",
     "best_of_n",
     "best_of_n_rule",
+    "deepconf_online",
     "deer",
     "dynasor_cot",
     "mcts",

@@ -1,0 +1,133 @@
+"""DeepConf online (issue 19, part 2) against the real llama.cpp server: later traces are closed
+mid-stream by their group confidence, every generated token is accounted (the program's count, the
+per-trace counts and llama.cpp's own ``/metrics`` agree), and the deadline and the budget stop it
+as they stop self-consistency."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import httpx
+import numpy as np
+import pytest
+
+from dynasor_client import Endpoint, LocalLlamaServer, Runtime, SamplingParams, as_program
+from dynasor_client.algorithms import deepconf_online
+from dynasor_client.certainty import cap
+from dynasor_client.program import StopReason
+
+QUESTION = "Tom has 27 apples and buys 21 more. How many apples does he have?"
+SMALL = {"group": 8, "max_tokens": 40, "top_logprobs": 3, "parallel": 4}
+
+
+async def _predicted(server: LocalLlamaServer) -> float:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{server.root_url}/metrics", timeout=5)).text
+    prefix = "llamacpp:tokens_predicted_total "
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+async def _idle_within(server: LocalLlamaServer, seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    async with httpx.AsyncClient() as client:
+        while any(s["is_processing"] for s in (await client.get(f"{server.root_url}/slots")).json()):
+            assert loop.time() < deadline, f"a slot still generates {seconds}s on"
+            await asyncio.sleep(0.02)
+
+
+async def test_weak_traces_are_closed_mid_stream_and_every_token_is_accounted(
+    local_server: LocalLlamaServer, local_endpoint: Endpoint
+) -> None:
+    await _idle_within(local_server, 10)
+    before = await _predicted(local_server)
+    program = as_program(
+        deepconf_online,
+        QUESTION,
+        n=8,
+        warmup=4,
+        variant="low",
+        params=SamplingParams(temperature=0.8, seed=1),
+        **SMALL,
+    )
+    result = await program.run(local_endpoint)
+    details = result.details
+    traces = details["traces"]
+    # DeepConf-low: the threshold is the warm-up's 90th percentile, so most later traces fall under it.
+    assert details["stopped_early"] >= 1
+    warm = [c for _, c, _, _ in traces[:4]]
+    assert details["threshold"] == pytest.approx(float(np.percentile(warm, 90)))
+    for tokens, conf, answer, reason in traces:
+        if reason == "low_confidence":
+            assert answer is None and tokens < SMALL["max_tokens"]
+            assert conf < details["threshold"]  # the window that closed it is under the threshold
+    # Every token: per trace, as the program charged it, and as the server generated it.
+    assert details["generated_tokens"] == sum(t[0] for t in traces) == result.tokens.generated
+    await _idle_within(local_server, 3.0)
+    closed = sum(t[3] is not None for t in traces)
+    server = await _predicted(local_server) - before
+    # llama.cpp makes a token or two after a close before it sees the connection gone.
+    assert result.tokens.generated <= server <= result.tokens.generated + 4 * closed, (server, traces)
+    # The answer: the confidence-weighted vote over the traces at or above the threshold.
+    votes: dict[str, float] = {}
+    for _, conf, answer, reason in traces:
+        if reason is None and answer is not None and conf >= details["threshold"]:
+            votes[answer] = votes.get(answer, 0.0) + conf
+    assert result.answer == max(votes, key=votes.__getitem__)
+    assert result.stop_reason in (StopReason.CAP, StopReason.CONFIDENT)
+
+
+async def test_a_rule_stops_drawing_after_the_warm_up(local_endpoint: Endpoint) -> None:
+    program = as_program(
+        deepconf_online, QUESTION, n=20, warmup=0.1, rule=cap(2), params=SamplingParams(seed=2), **SMALL
+    )
+    result = await program.run(local_endpoint)
+    assert result.stop_reason is StopReason.CAP
+    assert result.details["warmup"] == 2 and len(result.details["traces"]) == 2
+    assert math.isfinite(result.details["threshold"])
+    with pytest.raises(ValueError, match="variant"):
+        await as_program(deepconf_online, QUESTION, variant="medium").run(local_endpoint)  # type: ignore[arg-type]
+
+
+async def test_the_deadline_closes_the_streams_and_returns_the_best_answer_so_far(
+    local_server: LocalLlamaServer, local_endpoint: Endpoint
+) -> None:
+    await _idle_within(local_server, 10)
+    before = await _predicted(local_server)
+    program = as_program(
+        deepconf_online,
+        QUESTION,
+        n=200,
+        warmup=2,
+        rule=cap(1000),
+        params=SamplingParams(seed=3),
+        **{**SMALL, "parallel": 2},
+    )
+    result = await program.run(local_endpoint, deadline_s=4.0)
+    assert result.stop_reason is StopReason.DEADLINE and result.partial
+    assert result.certaindex, "the warm-up finished within the deadline and reported"
+    assert result.answer == result.certaindex[-1].answer
+    await _idle_within(local_server, 3.0)  # the traces in flight were aborted
+    server = await _predicted(local_server) - before
+    assert 0 < result.tokens.generated <= server <= result.tokens.generated + 4 * 2
+
+
+async def test_under_the_runtime_a_token_cap_stops_it(local_endpoint: Endpoint) -> None:
+    async with Runtime(local_endpoint) as runtime:
+        handle = runtime.submit(
+            as_program(
+                deepconf_online,
+                QUESTION,
+                n=200,
+                warmup=2,
+                rule=cap(1000),
+                params=SamplingParams(seed=4),
+                **SMALL,
+            ),
+            token_cap=400,
+        )
+        result = await handle
+    assert result.stop_reason is StopReason.BUDGET
+    assert result.tokens.total <= 400 + 16
+    assert result.tokens.generated > 0
