@@ -290,3 +290,17 @@ async def test_unreachable_redis_fails_closed_for_budgeted_keys(faulty: FaultySe
         )
         assert served.status_code == 200, served.text  # an unlimited key has nothing to overspend
     assert faulty.generation_count("ok") == 1  # the refused request never went upstream
+
+
+# ---------------------------------------------------------------------------- the latency figure
+
+
+async def test_reservation_latency_reports_percentiles(redis_url: str) -> None:
+    from dynasor_client.proxy import redis_latency_table, reservation_latency
+
+    result = await reservation_latency(redis_url, requests=40, concurrency=(1, 4))
+    assert [run["clients"] for run in result["runs"]] == [1, 4]
+    for run in result["runs"]:
+        assert 0 < run["reserve_ms"]["p50"] <= run["reserve_ms"]["p99"]
+        assert run["reserve_and_settle_ms"]["p50"] >= run["reserve_ms"]["p50"]
+    assert "reserve+settle" in redis_latency_table(result)

@@ -40,6 +40,7 @@ from ..benchmarks import (
 )
 from ._bench_cot import add_cot_parser
 from ._bench_racing import add_racing_parser
+from ._bench_redis import add_redis_parser
 
 if TYPE_CHECKING:
     from ._common import Subparsers
@@ -60,6 +61,7 @@ def add_bench_parser(sub: Subparsers) -> None:
     add_cot_parser(bench_sub)
     _add_overhead_parser(bench_sub)
     _add_proxy_parser(bench_sub)
+    add_redis_parser(bench_sub)
 
 
 def finish_command(

@@ -29,7 +29,9 @@ Routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (streaming or no
   ``usage.dynasor_saved_tokens``, ``usage.dynasor_tokens`` (:mod:`._responses`).
 - **Errors** in OpenAI's shape, upstream ones with their status (:mod:`._errors`).
 - **Keys and budgets**: client keys with per-key token budgets, 401 / 429 ``insufficient_quota``;
-  the upstream key is the proxy's own or the client's (:mod:`._keys`, :class:`ProxyConfig`).
+  the upstream key is the proxy's own or the client's (:mod:`._keys`, :class:`ProxyConfig`). The
+  budgets and usage live in this process, or in Redis shared by every replica (``--redis URL``;
+  :mod:`._store`, :class:`RedisStore`; needs the ``[redis]`` extra).
 - **Runtime**: every request, pass-through included, runs as one program of the proxy's runtime
   (global token budget, deadlines from ``X-Dynasor-Deadline-S`` or ``dynasor.deadline_s``, one
   request window across all clients); a client that disconnects has its program cancelled and
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
     from ._config import ProxyConfig
     from ._keys import KeyStore
     from ._options import DynasorOptions, parse_options
+    from ._redis import RedisStore
+    from ._redis_bench import local_redis, redis_latency_table, reservation_latency
     from ._server import ProxyServer, serve_proxy
 
 _LAZY = {
@@ -59,6 +63,10 @@ _LAZY = {
     "parse_options": "._options",
     "ProxyServer": "._server",
     "serve_proxy": "._server",
+    "RedisStore": "._redis",
+    "local_redis": "._redis_bench",
+    "redis_latency_table": "._redis_bench",
+    "reservation_latency": "._redis_bench",
 }
 
 
@@ -70,7 +78,11 @@ __all__ = [
     "KeyStore",
     "ProxyConfig",
     "ProxyServer",
+    "RedisStore",
     "create_proxy_app",
+    "local_redis",
     "parse_options",
+    "redis_latency_table",
+    "reservation_latency",
     "serve_proxy",
 ]

@@ -228,11 +228,14 @@ class RedisStore:
 
     def settle(self, lease: Lease, tokens: int, charged: int) -> None:
         lease.account.requests += 1
-        task = asyncio.get_running_loop().create_task(self._settled(lease, max(tokens, 0)))
+        task = asyncio.get_running_loop().create_task(self.settle_now(lease, tokens))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settled(self, lease: Lease, tokens: int) -> None:
+    async def settle_now(self, lease: Lease, tokens: int) -> None:
+        """:meth:`settle` in this task: retried for a while, then logged (the reservation then
+        expires with its TTL, and the tokens are not counted)."""
+        tokens = max(tokens, 0)
         held, amounts, usage = self.keys(lease.account.digest)
         done = f"{self.prefix}:{{{lease.account.digest}}}:done:{lease.id}"
         args: list[str | int] = [lease.id, tokens, max(self.ttl_ms * 4, 60_000)]
