@@ -28,6 +28,9 @@
   Dynasor-CoT, DeepConf online and DEER-style trial answers on one server, same questions and seeds:
   accuracy, tokens including probes, requests, wall time with 95% intervals (:class:`CotConfig`,
   :func:`cot_table`, ``docs/cot-benchmark.md``).
+- :func:`run_ray_benchmark` (``dynasor-client bench ray``): batch throughput in one process and over
+  1 and 2 Ray workers against the replay server, lease messages per program per lease size;
+  :func:`ray_table` (``docs/distributed.md``; needs the ``[ray]`` extra).
 - :func:`bench_replay` (``dynasor-client bench replay``): the concurrent streams and tokens/s the
   replay server sustains on one core; :func:`bench_replay_summary`.
 - Shared plumbing for every benchmark (:mod:`._common`): :func:`run_metadata` (versions, git commit,
@@ -70,6 +73,7 @@ from ._overhead import (
 from ._peer_rules import DoublingSupermajority, its_hub_adaptive
 from ._peers import PEER_METHODS, peers_table, run_peers_benchmark
 from ._proxy import proxy_table, run_proxy_benchmark
+from ._ray import ray_table, run_ray_benchmark
 from ._replay import bench_replay
 from ._replay import bench_summary as bench_replay_summary
 
@@ -103,6 +107,7 @@ __all__ = [
     "plot_online",
     "proxy_table",
     "racing_table",
+    "ray_table",
     "real_online_table",
     "replay_in_orders",
     "run_batch_benchmark",
@@ -112,6 +117,7 @@ __all__ = [
     "run_peers_benchmark",
     "run_proxy_benchmark",
     "run_racing_benchmark",
+    "run_ray_benchmark",
     "run_real_online_benchmark",
     "with_extracted_answers",
     "write_json",

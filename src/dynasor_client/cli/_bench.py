@@ -1,4 +1,5 @@
-"""``dynasor-client bench``: the benchmarks (certaindex, replay, batch, peers, online, overhead, proxy, cot).
+"""``dynasor-client bench``: the benchmarks (certaindex, replay, batch, peers, online, overhead, proxy, cot,
+ray).
 
 Each subcommand runs one benchmark of :mod:`dynasor_client.benchmarks` (``bench certaindex``: of
 calibration), prints its table and writes its JSON (and plot).
@@ -40,6 +41,7 @@ from ..benchmarks import (
 )
 from ._bench_cot import add_cot_parser
 from ._bench_racing import add_racing_parser
+from ._bench_ray import add_ray_parser
 from ._bench_redis import add_redis_parser
 
 if TYPE_CHECKING:
@@ -59,6 +61,7 @@ def add_bench_parser(sub: Subparsers) -> None:
     _add_online_parser(bench_sub)
     add_racing_parser(bench_sub)
     add_cot_parser(bench_sub)
+    add_ray_parser(bench_sub)
     _add_overhead_parser(bench_sub)
     _add_proxy_parser(bench_sub)
     add_redis_parser(bench_sub)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,9 @@ class RayBackend:
             ``run_batch(concurrency=)`` bounds the batch's total.
         lease_tokens: tokens of the global budget a worker takes per lease: the cost of
             distribution (a worker may hold up to about one lease unspent that others cannot use;
-            pressure and reallocation see other workers' spending one message late).
+            pressure and reallocation see other workers' spending one message late). Make it
+            larger than one request's reservation (``n x max_tokens`` plus its prompt; 1,024 a
+            sequence without ``max_tokens``), else such requests wait for a message each.
         endpoint: builds the endpoint in each worker (default: the runtime's :class:`Endpoint`
             rebuilt from its URL and settings; give one for a pool, an API key or headers).
         worker_options: Ray actor options of each worker (default one CPU each).
@@ -46,7 +49,7 @@ class RayBackend:
 
     workers: int = 2
     in_flight: int = 16
-    lease_tokens: int = 4096
+    lease_tokens: int = 32768
     endpoint: EndpointFactory | None = None
     worker_options: Mapping[str, Any] = field(default_factory=lambda: {"num_cpus": 1})
     init_options: Mapping[str, Any] = field(default_factory=dict)
@@ -84,7 +87,9 @@ class RayBackend:
         recorder = BatchRecorder(len(programs), progress=progress, desc=desc, save_to=save_to)
         runtime.last_batch = recorder.batch
         try:
+            started = time.perf_counter()
             pids = await asyncio.gather(*(actor.start.remote() for actor in actors))
+            run.startup_s = time.perf_counter() - started
             named = enumerate(zip(pids, actors, strict=True))
             run.states = [WorkerState(f"w{i}", pid, actor) for i, (pid, actor) in named]
             await run.drive(recorder)
@@ -123,6 +128,7 @@ class _Run:
         self.refs: dict[asyncio.Future[Outcome], Any] = {}
         self.states: list[WorkerState] = []
         self.reruns = 0
+        self.startup_s: float | None = None  # until every worker's runtime was up
 
     def program_id(self, index: int, attempt: int) -> str:
         return f"{self.prefix}-{index}" + (f".{attempt}" if attempt else "")
@@ -219,6 +225,7 @@ def _stats(run: _Run, reports: list[dict[str, Any]], ledger: dict[str, Any]) -> 
         "workers": len(run.states),
         "workers_lost": sum(not w.alive for w in run.states),
         "reruns": run.reruns,
+        "startup_s": run.startup_s,
         "programs": sum(outcomes.values()),
         "outcomes": dict(outcomes),
         "requests": sum(int(r["metrics"]["requests"]) for r in reports),
