@@ -79,47 +79,50 @@ def test_tool_calls_are_parsed_whole_and_from_stream_pieces() -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_sc_votes_over_tool_calls(upstream: ToolServer, stream: bool) -> None:
+@pytest.mark.parametrize("algorithm", ["sc", "bon"])
+async def test_votes_over_tool_calls(upstream: ToolServer, algorithm: str, stream: bool) -> None:
     async with _proxy(upstream.url("vote")) as proxy, httpx.AsyncClient(timeout=30) as http:
         client = openai.AsyncOpenAI(base_url=proxy.base_url, api_key="none", max_retries=0, http_client=http)
-        args: dict[str, Any] = {"model": "m+sc3", "messages": QUESTION, "tools": TOOLS, "max_tokens": 32}
+        args: dict[str, Any] = {"model": f"m+{algorithm}3", "messages": QUESTION, "tools": TOOLS}
         if stream:
-            chunks = [
-                c
-                async for c in await client.chat.completions.create(
-                    **args, stream=True, stream_options={"include_usage": True}
-                )
-            ]
+            response: Any = await client.chat.completions.with_raw_response.create(
+                **args, max_tokens=32, stream=True, stream_options={"include_usage": True}
+            )
+            chunks = [c async for c in response.parse()]
             calls = [t for c in chunks if c.choices for t in (c.choices[0].delta.tool_calls or [])]
             finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
             usage = chunks[-1].usage
-            dynasor = next(c for c in chunks if c.choices and c.choices[0].finish_reason).dynasor  # type: ignore[attr-defined]
+            dynasor = next(c for c in chunks if c.choices and c.choices[0].finish_reason).dynasor
             assert not any(c.choices[0].delta.content for c in chunks if c.choices)
         else:
-            response = await client.chat.completions.with_raw_response.create(**args)
-            headers, answer = response.headers, response.parse()
+            response = await client.chat.completions.with_raw_response.create(**args, max_tokens=32)
+            answer = response.parse()
             calls = list(answer.choices[0].message.tool_calls or [])
             finish = [answer.choices[0].finish_reason]
             usage, dynasor = answer.usage, answer.dynasor  # type: ignore[attr-defined]
             assert answer.choices[0].message.content is None
-            assert headers["x-dynasor-technique"] == "sc" and headers["x-dynasor-partial"] == "false"
-            assert headers["x-dynasor-stop-reason"] == "cap" and headers["x-dynasor-saved-tokens"] == "0"
+    # A vote ends before anything is streamed: the headers tell the outcome, streamed or not.
+    headers = response.headers
+    assert headers["x-dynasor-technique"] == {"sc": "sc", "bon": "best_of_n"}[algorithm]
+    assert headers["x-dynasor-partial"] == "false" and headers["x-dynasor-stop-reason"] == "cap"
+    assert headers["x-dynasor-saved-tokens"] == "0" and headers["x-dynasor-extra-tokens"] == "0"
     assert finish == ["tool_calls"]
     (call,) = calls
     assert call.id and call.id.startswith("call_") and call.function is not None
-    assert call.function.name == "get_weather" and json.loads(call.function.arguments or "") == {
-        "city": "Paris"
-    }
-    # The vote: Paris 2, Rome 1; the answers are the calls, by name and canonical arguments.
-    assert dynasor["answer"] == 'get_weather({"city":"Paris"})'
-    assert sorted(dynasor["answers"]) == sorted(
-        ['get_weather({"city":"Paris"})'] * 2 + ['get_weather({"city":"Rome"})']
-    )
-    assert usage is not None and usage.completion_tokens == 3 * COMPLETION_TOKENS
-    assert usage.prompt_tokens == 3 * PROMPT_TOKENS
-    # One sample per upstream request, never logprobs (refused with tools + stream).
-    assert len(upstream.requests) == 3
-    assert all(r.get("n") == 1 and "logprobs" not in r and r["tools"] == TOOLS for r in upstream.requests)
+    assert call.function.name == "get_weather"
+    city = json.loads(call.function.arguments or "")["city"]
+    # The answers are the calls, by name and canonical arguments; the vote: Paris 2, Rome 1 (best-of-N
+    # takes the best-scored sample instead).
+    paris, rome = 'get_weather({"city":"Paris"})', 'get_weather({"city":"Rome"})'
+    assert sorted(dynasor["answers"]) == [paris, paris, rome]
+    assert dynasor["answer"] == f'get_weather({{"city":"{city}"}})'
+    assert city == "Paris" or algorithm == "bon"
+    assert usage is not None and usage.model_extra is not None
+    assert usage.model_extra["dynasor_tokens"]["generated"] == 3 * COMPLETION_TOKENS
+    # One sample per upstream request, with the tools and never logprobs (refused with tools + stream).
+    sampled = [r for r in upstream.requests if "tools" in r]
+    assert len(sampled) == 3 and usage.prompt_tokens >= 3 * PROMPT_TOKENS
+    assert all(r.get("n") == 1 and "logprobs" not in r and r["tools"] == TOOLS for r in sampled)
 
 
 async def test_sc_with_tools_answers_text_after_the_tool_result(upstream: ToolServer) -> None:

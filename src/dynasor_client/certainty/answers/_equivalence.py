@@ -13,7 +13,9 @@ method (:class:`Keyed`) lets clustering skip the pairwise check for answers with
 3. **symbolic**: math-verify in a worker process under a hard timeout (:class:`~.SymbolicChecker`);
    a timeout is "not equal". Skipped when math-verify is not installed, when ``symbolic=False``,
    and for answers that are plain words (``Monday``, ``B``: sympy would read them as products of
-   symbols, so ``ab`` would equal ``ba``) or longer than 300 characters.
+   symbols, so ``ab`` would equal ``ba``), longer than 300 characters, or JSON-like (a ``"`` or
+   ``({``: tool calls such as ``get_weather({"city":"Paris"})``, which math-verify would spend its
+   whole timeout on).
 
 **Percentages** are compared as written, never converted: ``50%`` equals ``50%`` and ``50 percent``
 and never ``0.5`` or ``1/2``. A percent answer also equals the bare number (``50%`` == ``50``,
@@ -163,7 +165,12 @@ class MathEquivalence:
 
 
 def _unsuitable_for_symbolic(answer: str) -> bool:
-    return len(answer) > _MAX_SYMBOLIC_LEN or _PLAIN_WORDS.fullmatch(answer) is not None
+    return (
+        len(answer) > _MAX_SYMBOLIC_LEN
+        or _PLAIN_WORDS.fullmatch(answer) is not None
+        or '"' in answer
+        or "({" in answer
+    )
 
 
 _default: MathEquivalence | None = None
