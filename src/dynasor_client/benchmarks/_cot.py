@@ -76,20 +76,27 @@ class CotConfig:
     deer_threshold: float = 0.95
     deepconf_traces: int = 8
     deepconf_warmup: int = 4
+    deepconf_group: int | None = None  # None: max_tokens / 8 within [16, 2048] (the paper: 2048)
     concurrency: int = 1
     slots: int = 4  # the embedded server's parallel sequences
     timeout_s: float = 600.0
     time_scale: float = 1.0  # the replay engine's pace (1: the GPU profile's real time)
     quick: bool = False
 
+    def group(self) -> int:
+        """DeepConf's sliding window: the paper's 2048 tokens suit chains of 10k+ tokens; a short
+        chain gets an eighth of ``max_tokens`` (at least 16) unless ``deepconf_group`` says."""
+        return self.deepconf_group or min(2048, max(16, self.max_tokens // 8))
+
     def resolved(self) -> CotConfig:
         """``quick`` applied and the methods chosen; raises ValueError on bad settings."""
         config = self
         if self.quick:
-            config = replace(self, questions=min(self.questions, 3), seeds=min(self.seeds, 2),
-                             max_tokens=min(self.max_tokens, 48), chunk_tokens=min(self.chunk_tokens, 16),
-                             deepconf_traces=min(self.deepconf_traces, 4),
-                             deepconf_warmup=min(self.deepconf_warmup, 2))  # fmt: skip
+            config = replace(self, questions=min(self.questions, 2), seeds=1,
+                             max_tokens=min(self.max_tokens, 32), chunk_tokens=min(self.chunk_tokens, 16),
+                             deepconf_traces=min(self.deepconf_traces, 3),
+                             deepconf_warmup=min(self.deepconf_warmup, 2),
+                             concurrency=max(self.concurrency, self.slots))  # fmt: skip
         offered = available_methods()
         methods = config.methods or offered
         unknown = [m for m in methods if m not in COT_METHODS]
@@ -182,13 +189,13 @@ def method_program(
     if method == "dynasor-stream":
         return as_program(algorithms.dynasor_cot, question, decoding="stream", **cot, **common)
     if method == "deepconf":
-        fn: Any = getattr(algorithms, "deepconf_online")  # noqa: B009 (arrives with issue 19)
-        return as_program(fn, question, n=config.deepconf_traces, warmup=config.deepconf_warmup,
-                          max_tokens=config.max_tokens, **common)  # fmt: skip
+        return as_program(algorithms.deepconf_online, question, n=config.deepconf_traces,
+                          warmup=config.deepconf_warmup, group=config.group(),
+                          parallel=min(config.deepconf_traces, config.slots), max_tokens=config.max_tokens,
+                          **common)  # fmt: skip
     if method == "deer":
-        fn = getattr(algorithms, "deer")  # noqa: B009
         return as_program(
-            fn, question, threshold=config.deer_threshold, max_tokens=config.max_tokens, **common
+            algorithms.deer, question, threshold=config.deer_threshold, max_tokens=config.max_tokens, **common
         )
     raise ValueError(f"unknown method {method!r}")
 

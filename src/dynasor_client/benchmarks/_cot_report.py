@@ -43,8 +43,11 @@ def _per_question(outcomes: Sequence[CotOutcome], figure: Callable[[CotOutcome],
     return {q: mean(values) for q, values in by_question.items()}
 
 
-def _with_interval(values: Sequence[float]) -> dict[str, float]:
+def _with_interval(values: Sequence[float], within: tuple[float, float] | None = None) -> dict[str, float]:
+    """The mean and its 95% interval (clipped to ``within``: a t-interval of a rate can leave [0, 1])."""
     low, high = interval95(list(values))
+    if within is not None and math.isfinite(low) and math.isfinite(high):
+        low, high = max(low, within[0]), min(high, within[1])
     return {"mean": mean(values), "low": low, "high": high}
 
 
@@ -83,12 +86,15 @@ def summarize(outcomes: Sequence[CotOutcome], methods: Sequence[str]) -> dict[st
             "programs": len(grouped[method]),
             "questions": len(per_q[method]["accuracy"]),
             **{name: _with_interval(list(per_q[method][name].values())) for name in FIGURES},
+            "accuracy": _with_interval(list(per_q[method]["accuracy"].values()), (0.0, 1.0)),
             "stop_reasons": dict(collections.Counter(o.stop_reason for o in grouped[method])),
         }
         if method != "full" and "full" in per_q:
             acc, base = per_q[method]["accuracy"], per_q["full"]["accuracy"]
             figures["vs_full"] = {
-                "accuracy_diff": _with_interval([acc[q] - base[q] for q in sorted(acc.keys() & base.keys())]),
+                "accuracy_diff": _with_interval(
+                    [acc[q] - base[q] for q in sorted(acc.keys() & base.keys())], (-1.0, 1.0)
+                ),
                 "token_saving": _saving(per_q[method]["tokens"], per_q["full"]["tokens"]),
                 "wall_saving": _saving(per_q[method]["wall_s"], per_q["full"]["wall_s"]),
             }

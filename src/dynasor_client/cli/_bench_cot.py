@@ -54,11 +54,19 @@ def add_cot_parser(bench_sub: Subparsers) -> None:
     parser.add_argument("--deer-threshold", type=float, default=0.95, help="DEER: trial-answer confidence")
     parser.add_argument("--deepconf-traces", type=int, default=8, help="DeepConf online: traces at most")
     parser.add_argument("--deepconf-warmup", type=int, default=4, help="DeepConf online: warm-up traces")
+    parser.add_argument(
+        "--deepconf-group", type=int, default=None,
+        help="DeepConf online: sliding window in tokens (default: max-tokens / 8 within [16, 2048])",
+    )  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=1, help="programs in flight at once")
     parser.add_argument("--slots", type=int, default=4, help="the embedded server's parallel sequences")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per HTTP request at most")
     parser.add_argument("--time-scale", type=float, default=1.0, help="--traces: the replay's pace")
-    parser.add_argument("--quick", action="store_true", help="3 questions, 2 seeds, 48 tokens (a smoke run)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 questions, 1 seed, 32 tokens, 4 programs at once (a smoke run)",
+    )
     parser.set_defaults(func=_cot)
 
 
@@ -69,7 +77,8 @@ def _cot(args: argparse.Namespace) -> int:
         methods=None if args.methods is None else tuple(args.methods), reasoning=args.reasoning,
         temperature=args.temperature, top_p=args.top_p, chunk_tokens=args.chunk_tokens, window=args.window,
         deer_threshold=args.deer_threshold, deepconf_traces=args.deepconf_traces,
-        deepconf_warmup=args.deepconf_warmup, concurrency=args.concurrency, slots=args.slots,
+        deepconf_warmup=args.deepconf_warmup, deepconf_group=args.deepconf_group,
+        concurrency=args.concurrency, slots=args.slots,
         timeout_s=args.timeout, time_scale=args.time_scale, quick=args.quick,
     )  # fmt: skip
     result = run_cot_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
