@@ -80,24 +80,24 @@ async def deepconf_online(
 
     async def draw(index: int, monitor: Monitor | None) -> None:
         trace: Trace | None = None
+        at = -1
         try:
             async with context.watch_trace(
                 messages=chat, params=base.for_sample(index), monitor=monitor
             ) as trace:
                 async for _ in trace:
                     pass
-        finally:
-            if trace is not None and trace.stopped:  # closed by its monitor or cancelled: no answer
-                conf = lowest_group_confidence(trace.token_confidences, group)
+        finally:  # recorded however it ended (closed by its monitor, cancelled): its tokens count
+            if trace is not None:
+                conf, at = lowest_group_confidence(trace.token_confidences, group), len(traces)
                 traces.append((trace.generated_tokens, conf, None, trace.stop_reason))
         if trace.stopped:
             return
-        conf = lowest_group_confidence(trace.token_confidences, group)
         answer = await asyncio.to_thread(extract, trace.answer)
+        traces[at] = (trace.generated_tokens, conf, answer, None)
         labels.append(await asyncio.to_thread(clusters.add, answer))
         confidences.append(conf)
         tokens.append(trace.generated_tokens)
-        traces.append((trace.generated_tokens, conf, answer, None))
 
     def observe() -> Observations:
         obs = Observations.single(labels, tokens=tokens, confidence=confidences)
