@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from dynasor_client import Capabilities
-from dynasor_client.endpoints import ToolCall, tool_calls_key
+from dynasor_client.endpoints import ToolCall, chunk_tokens, tool_calls_key
 from dynasor_client.endpoints._parse import ChoiceAccumulator
 from dynasor_client.proxy import ProxyConfig, ProxyServer
 from tests.support.faulty_server import FaultyServer
@@ -76,6 +76,8 @@ def test_tool_calls_are_parsed_whole_and_from_stream_pieces() -> None:
     assert tool_calls_key((ToolCall("f", '{"a": 3}'),)) != tool_calls_key(b.tool_calls)
     assert tool_calls_key((ToolCall("f", "not json "),)) == "f(not json)"
     assert tool_calls_key(()) is None
+    # An aborted stream's tool-call pieces are billed as text (name and arguments: 4 characters a token).
+    assert chunk_tokens({"choices": [{"index": 0, "delta": {"tool_calls": pieces[:2]}}]}) == 3
 
 
 @pytest.mark.parametrize("stream", [False, True])

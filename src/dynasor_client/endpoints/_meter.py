@@ -8,7 +8,7 @@ billing"):
 - a prompt of token ids is its length; chat messages are their contents' estimate plus
   :data:`MESSAGE_OVERHEAD` tokens each (role and template);
 - a streamed choice counts its logprob tokens where the chunk has them, else the estimate of its
-  text, at least one token per chunk with content.
+  text (a tool call's name and arguments included), at least one token per chunk with content.
 
 A :class:`Meter` set in :data:`meter_var` around a request is told, by the endpoint, when the
 request reached the server (its prompt is then billed) and what each chunk streamed.
@@ -71,6 +71,10 @@ def chunk_tokens(chunk: Mapping[str, Any]) -> int:
                 value = part.get(key)
                 if isinstance(value, str):
                     text += value
+            for call in part.get("tool_calls") or ():  # a call's name and arguments are generated too
+                function = call.get("function") if isinstance(call, Mapping) else None
+                if isinstance(function, Mapping):
+                    text += str(function.get("name") or "") + str(function.get("arguments") or "")
         if text:
             total += max(1, estimate_tokens(text))
     return total
