@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from dynasor_client import BudgetExhausted
+from dynasor_client.budget import Account
 from dynasor_client.distributed import Grant, LeasedBudget, LeaseLedger, LeaseRequest
 from dynasor_client.endpoints import Usage
 from dynasor_client.program import StopReason, TokenKind
@@ -13,19 +14,23 @@ from dynasor_client.program import StopReason, TokenKind
 GENERATED = TokenKind.GENERATED
 
 
-def workers(ledger: LeaseLedger, count: int, **options: object) -> list[LeasedBudget]:
+def workers(
+    ledger: LeaseLedger, count: int, *, lease_tokens: int, per_program: int | None = None
+) -> list[LeasedBudget]:
     async def lessor(request: LeaseRequest) -> Grant:
         return ledger.lease(request)
 
     return [
-        LeasedBudget(lessor, worker=f"w{i}", total=ledger.total, **options)  # type: ignore[arg-type]
+        LeasedBudget(
+            lessor, worker=f"w{i}", total=ledger.total, lease_tokens=lease_tokens, per_program=per_program
+        )
         for i in range(count)
     ]
 
 
-async def fit(budget: LeasedBudget, account: object, n: int, max_tokens: int) -> tuple[int, int | None, int]:
+async def fit(budget: LeasedBudget, account: Account, n: int, max_tokens: int) -> tuple[int, int | None, int]:
     """As a runtime's program context reserves a request: wait while the budget says so."""
-    while (shape := budget.fit(account, GENERATED, n, max_tokens, 10, wait=True)) is None:  # type: ignore[arg-type]
+    while (shape := budget.fit(account, GENERATED, n, max_tokens, 10, wait=True)) is None:
         await budget.settled()
     return shape
 
@@ -76,7 +81,8 @@ async def test_the_global_budget_binds_across_workers() -> None:
         assert ledger.peak_granted <= 3000
     assert spent <= 3000 and ledger.exhausted
     account = a.open()
-    a.charge(account, GENERATED, Usage(0, a.total - a.spent))  # type: ignore[operator]
+    assert a.total is not None
+    a.charge(account, GENERATED, Usage(0, a.total - a.spent))
     assert a.may_dispatch(account) is StopReason.BUDGET  # its leases spent, nothing left to lease
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import statistics
 import tempfile
 import time
 import urllib.request
@@ -151,4 +152,17 @@ def ray_table(result: dict[str, Any]) -> str:
             f"{run['lease_messages_per_program']:.2f}", run.get("lease_waits", "-"),
         ))  # fmt: skip
     headers = ["run", "lease", "rep", "programs", "wall s", "startup s", "programs/s", "msgs/prog", "waits"]
-    return format_table(headers, rows) + f"\nray.init: {result['ray_init_s']:.1f} s"
+    by_config: dict[tuple[int, int | None], list[dict[str, Any]]] = {}
+    for run in result["runs"]:
+        by_config.setdefault((run["workers"], run["lease"] if run["workers"] else None), []).append(run)
+    medians = [
+        (
+            "one process" if not workers else f"ray {workers}", lease or "-",
+            f"{statistics.median(r['startup_s'] for r in runs):.1f}",
+            f"{statistics.median(r['programs_per_s'] for r in runs):.1f}",
+            f"{statistics.median(r['lease_messages_per_program'] for r in runs):.2f}",
+        )
+        for (workers, lease), runs in by_config.items()
+    ]  # fmt: skip
+    summary = format_table(["run (median)", "lease", "startup s", "programs/s", "msgs/prog"], medians)
+    return f"{format_table(headers, rows)}\n\n{summary}\nray.init: {result['ray_init_s']:.1f} s"

@@ -204,7 +204,10 @@ class _Run:
             reports = await asyncio.gather(*(w.actor.stop.remote() for w in live), return_exceptions=True)
         ledger: dict[str, Any] = {}
         if self.ledger is not None:
-            ledger = await self.ledger.stats.remote()
+            try:
+                ledger = await self.ledger.stats.remote()
+            except self.ray.exceptions.RayError:  # the ledger died: its figures with it
+                ledger = {}
             self.ray.kill(self.ledger)
         for actor in actors:
             self.ray.kill(actor)
@@ -219,7 +222,7 @@ def _stats(run: _Run, reports: list[dict[str, Any]], ledger: dict[str, Any]) -> 
         outcomes.update(report["metrics"]["outcomes"])
         tokens.update(report["metrics"]["tokens"])
     programs = len(run.programs)
-    spent = ledger.get("spent") if ledger else sum(int(r["spent"]) for r in reports)
+    spent = int(ledger["spent"]) if "spent" in ledger else sum(int(r["spent"]) for r in reports)
     return {
         "backend": "ray",
         "workers": len(run.states),
