@@ -120,10 +120,12 @@ async def test_close_from_the_loop_and_from_another_task(
     local_server: LocalLlamaServer, local_endpoint: Endpoint
 ) -> None:
     async with local_endpoint.watch(PROMPT, max_tokens=LONG, temperature=1.0, seed=5) as trace:
+        assert local_endpoint.outstanding == 1  # an EndpointPool routes by it
         async for _ in trace:
             if trace.num_tokens >= 5:
                 await trace.close("enough")
         assert trace.stop_reason == "enough" and trace.num_tokens == 5
+    assert local_endpoint.outstanding == 0
     await _idle_within(local_server, 3.0)
 
     async with local_endpoint.watch(PROMPT, max_tokens=LONG, temperature=1.0, seed=6) as trace:

@@ -266,19 +266,25 @@ async def watch(
         body["stream_options"] = {"include_usage": True}
     where = f"{endpoint.name} {'chat/completions' if kind == 'chat' else 'completions'} (watched)"
     trace = Trace(where, _body_prompt_estimate(body), monitor)
-    async with endpoint._slot():
-        with request_scope() as rid:
-            trace.request_id = rid
-            stream = await endpoint.retry.call(lambda: _open(endpoint, kind, body, rid, where), what=where)
-        trace._stream = stream
-        trace._events = _events(stream, where, rid)
-        try:
-            yield trace
-        finally:
-            if not trace.ended:
-                trace.stop_reason = trace.stop_reason or "closed"
-            trace._end()
-            await trace._events.aclose()
+    endpoint.outstanding += 1  # read by EndpointPool's least-outstanding routing
+    try:
+        async with endpoint._slot():
+            with request_scope() as rid:
+                trace.request_id = rid
+                stream = await endpoint.retry.call(
+                    lambda: _open(endpoint, kind, body, rid, where), what=where
+                )
+            trace._stream = stream
+            trace._events = _events(stream, where, rid)
+            try:
+                yield trace
+            finally:
+                if not trace.ended:
+                    trace.stop_reason = trace.stop_reason or "closed"
+                trace._end()
+                await trace._events.aclose()
+    finally:
+        endpoint.outstanding -= 1
 
 
 async def _open(endpoint: Endpoint, kind: Kind, body: dict[str, Any], rid: str, where: str) -> Any:
