@@ -37,6 +37,8 @@ redis_asyncio = pytest.importorskip(
     "redis.asyncio", reason="redis-py is not installed: pip install 'dynasor-client[redis]'"
 )
 
+pytestmark = pytest.mark.redis
+
 SLACK = 32  # tokens of prompt-estimate error allowed per request (tests/test_budget_billing.py)
 
 
@@ -260,7 +262,7 @@ async def test_a_killed_replica_leaves_no_reservation_behind(
         print(
             f"reservation of the killed replica released {released_after:.2f} s after the kill (TTL {ttl} s)"
         )
-        assert released_after < ttl + 5
+        assert released_after < ttl + 10  # the TTL, a sweep (TTL / 3), and a loaded machine's delays
     finally:
         if proc.poll() is None:
             proc.kill()
