@@ -164,7 +164,9 @@ def add_proxy_parser(sub: Subparsers) -> None:
         default=5.0,
         help="seconds an idle keep-alive connection is kept (default 5)",
     )
-    shared = p.add_argument_group("replicas", "see docs/distributed.md, 'Proxy replicas sharing budgets'")
+    shared = p.add_argument_group(
+        "replicas", "see docs/distributed.md, 'Proxy replicas sharing budgets through Redis'"
+    )
     shared.add_argument(
         "--redis",
         default=None,
