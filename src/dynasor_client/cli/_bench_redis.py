@@ -16,8 +16,9 @@ def add_redis_parser(bench_sub: Subparsers) -> None:
     parser = bench_sub.add_parser(
         "redis",
         help="latency of a proxy request's Redis reservation and settlement (p50/p99)",
-        description="See docs/distributed.md, 'Proxy replicas sharing budgets through Redis'. Reserves and settles "
-        "requests of one key as `proxy --redis` does, against --redis or a redis-server started here.",
+        description="See docs/distributed.md, 'Proxy replicas sharing budgets through Redis'. Reserves "
+        "and settles requests of one key as `proxy --redis` does, against --redis or a redis-server "
+        "started here.",
     )
     parser.add_argument("--redis", default=None, metavar="URL", help="default: a local redis-server")
     parser.add_argument("--requests", type=int, default=2000, help="requests per concurrency level")
