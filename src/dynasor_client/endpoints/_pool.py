@@ -238,8 +238,8 @@ class EndpointPool:
         key = program or prefix()
         tried: list[Replica] = []
         while True:
-            candidates = [r for r in self._up() if r not in tried] or self._up()
-            replica = self._choose(key, candidates)
+            up = self._up()
+            replica = self._choose(key, [r for r in up if r not in tried] or up)
             tried.append(replica)
             try:
                 result: Generation = await call(replica.endpoint)
