@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import random
 import re
 import time
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 
-from ._common import run_metadata
+from ._common import jsonable, run_metadata
 
 if TYPE_CHECKING:
     from ..algorithms import Prompting
@@ -81,6 +82,7 @@ class CotConfig:
     slots: int = 4  # the embedded server's parallel sequences
     timeout_s: float = 600.0
     time_scale: float = 1.0  # the replay engine's pace (1: the GPU profile's real time)
+    outcomes_log: str | None = None  # append each outcome here as a JSON line as it finishes
     quick: bool = False
 
     def group(self) -> int:
@@ -254,6 +256,11 @@ async def _thinking(endpoint: Endpoint, config: CotConfig, model: str) -> bool:
     return False
 
 
+def _append_line(path: str, outcome: CotOutcome) -> None:
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(json.dumps(jsonable({**asdict(outcome), "tokens": outcome.tokens})) + "\n")
+
+
 def _correct(answer: str | None, gold: str) -> bool:
     from ..certainty import cluster_answers
 
@@ -300,6 +307,8 @@ async def _run_all(
                 usage.probe, usage.prompt - usage.cached_prompt, counting.requests[program_id], wall,
                 result.stop_reason.value, details,
             ))  # fmt: skip
+            if config.outcomes_log is not None:
+                await asyncio.to_thread(_append_line, config.outcomes_log, outcomes[-1])
             say(f"  {method:>14} q{index} seed {seed}: {'ok ' if outcomes[-1].correct else 'bad'} "
                 f"{outcomes[-1].tokens} tokens, {outcomes[-1].requests} requests, {wall:.1f} s")  # fmt: skip
 

@@ -79,7 +79,7 @@ def _cot(args: argparse.Namespace) -> int:
         deer_threshold=args.deer_threshold, deepconf_traces=args.deepconf_traces,
         deepconf_warmup=args.deepconf_warmup, deepconf_group=args.deepconf_group,
         concurrency=args.concurrency, slots=args.slots,
-        timeout_s=args.timeout, time_scale=args.time_scale, quick=args.quick,
+        timeout_s=args.timeout, time_scale=args.time_scale, outcomes_log=args.log_outcomes, quick=args.quick,
     )  # fmt: skip
     result = run_cot_benchmark(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     from ._bench import finish_command  # _bench adds this subcommand: imported when it runs
