@@ -276,3 +276,20 @@ async def test_probes_back_off_exponentially_while_the_replica_is_down() -> None
             assert await pool.check() == [False]  # nothing listens on port 9
             waits.append(state.retry_at - clock.now)
         assert waits == [2, 4, 4, 4]  # doubling, capped at max_backoff_s
+
+
+async def test_each_replica_plans_with_its_own_capabilities(faulty_server: FaultyServer) -> None:
+    # A fleet of two kinds: one replica takes at most n=2 per request, the other any n.
+    small = Endpoint(
+        faulty_server.base_url("max-n-2"), model=MODEL_ID, capabilities=Capabilities(max_n=2), retry=ONCE
+    )
+    large = replica(faulty_server, "ok")
+    async with EndpointPool([small, large]) as pool:
+        assert pool.endpoint_for("p1") is small and pool.endpoint_for("p2") is large
+        assert (await pool.capabilities("p1")).max_n == 2
+        assert (await pool.capabilities("p2")).max_n is None
+        on_small = await pool.complete(PROMPT, affinity="p1", n=3)
+        on_large = await pool.complete(PROMPT, affinity="p2", n=3)
+        assert len(on_small.choices) == len(on_large.choices) == 3
+        assert (on_small.requests, on_large.requests) == (2, 1)  # split only where the replica needs it
+        assert counts(faulty_server, "max-n-2", "ok") == [2, 1]
