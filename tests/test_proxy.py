@@ -508,9 +508,12 @@ async def test_deadlines_stop_programs_and_abort_passthrough(
         # ahead when they came back before the program stopped (paid for, so reported).
         assert info["samples"] in (5, 7) and info["answer"] is not None
         assert info["certaindex"][-1][0] == 5  # the rule read the detect round only
-        assert usage is not None and usage.completion_tokens == sum(info["sample_tokens"])
+        # Billed: the samples kept, plus what the aborted requests had streamed before the deadline
+        # (how much is a race), never more than the server generated.
+        assert usage is not None and usage.completion_tokens >= sum(info["sample_tokens"])
         assert answer.choices[0].message.content in {s.text for s in split.samples}
         assert await _until(lambda: replay.metrics()["running"] == 0)  # the second round was aborted
+        assert usage.completion_tokens <= replay.metrics()["tokens_generated"]
 
         with pytest.raises(openai.APIStatusError) as late:
             await client.chat.completions.create(
