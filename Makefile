@@ -28,7 +28,7 @@ demo: install
 	$(BIN)/dynasor-client demo
 
 lint: install
-	$(BIN)/ruff check src tests notebooks
+	$(BIN)/ruff check src tests notebooks examples
 	$(BIN)/mypy
 
 test: lint
