@@ -27,15 +27,17 @@ def _dataset() -> str:
 def test_bench_cot_quick(
     local_server: LocalLlamaServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "cot.json"
+    out, lines = tmp_path / "cot.json", tmp_path / "outcomes.jsonl"
     rc = main(["bench", "cot", "--dataset", _dataset(), "--endpoint", local_server.base_url, "--quick",
-               "--json", str(out)])  # fmt: skip
+               "--json", str(out), "--log-outcomes", str(lines)])  # fmt: skip
     assert rc == 0
     table = capsys.readouterr().out
     result = json.loads(out.read_text())
     methods = result["config"]["methods"]
     assert {"full", "dynasor", "deer"} <= set(methods) <= set(COT_METHODS)
     assert all(m in table for m in methods)
+    logged = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert sorted(map(json.dumps, logged)) == sorted(map(json.dumps, result["outcomes"]))  # as they ended
     asked = {(o["question"], o["seed"]) for o in result["outcomes"]}
     assert len(asked) == 2  # --quick: 2 questions, 1 seed
     for method in methods:
@@ -59,3 +61,4 @@ def test_bench_cot_quick(
 def test_bench_cot_refuses_bad_settings(tmp_path: Path) -> None:
     assert main(["bench", "cot", "--dataset", str(tmp_path / "none.jsonl"), "--quick"]) == 2
     assert main(["bench", "cot", "--dataset", _dataset(), "--window", "0"]) == 2
+    assert main(["bench", "cot", "--quick"]) == 2  # neither --dataset nor --traces

@@ -29,7 +29,14 @@ from typing import Any
 
 from .._probe import CLOSE_THINK, PROBE_MAX_TOKENS, PROBE_SUFFIX, in_thinking
 from ..certainty.signals import is_hesitant
-from ..endpoints import SamplingParams, TokenContinuation, TokenLogprob, Trace, Trajectory
+from ..endpoints import (
+    PrefillContinuation,
+    SamplingParams,
+    TokenContinuation,
+    TokenLogprob,
+    Trace,
+    Trajectory,
+)
 from ..program import ProgramContext, ProgramResult, StopReason, TokenKind, algorithm
 from ._prompting import DEFAULT_PROMPTING, Prompting
 
@@ -73,25 +80,31 @@ async def deer(
     ctx, extract = context, prompting.extractor()
     trajectory = await Trajectory.start(ctx.endpoint, messages=prompting.chat(question))
     cont = trajectory.continuation
-    by_tokens = isinstance(cont, TokenContinuation)
-    prompt: Any = cont.prompt_ids if isinstance(cont, TokenContinuation) else getattr(cont, "prompt", None)
-    if prompt is None:
-        raise ValueError(f"{ctx.endpoint.name}: DEER streams on /v1/completions (a chat template is needed)")
+    by_tokens, prefill = isinstance(cont, TokenContinuation), isinstance(cont, PrefillContinuation)
+    # The chain's prompt: token ids, text, or (a server without chat templates) the chat continued.
+    prompt: Any = cont.prompt_ids if isinstance(cont, TokenContinuation) else getattr(cont, "prompt", "")
     suffix_ids: dict[str, list[int]] = {}
     trials: list[tuple[int, str | None, float]] = []
     best: tuple[float, str | None] = (-1.0, None)
     reason: StopReason | None = None
 
     async def trial(prefix: Any, suffix: str = TRIAL_SUFFIX) -> tuple[str | None, float]:
-        if by_tokens:
-            if suffix not in suffix_ids:
-                suffix_ids[suffix] = await ctx.endpoint.tokenize(suffix)
-            ask: Any = [*prefix, *suffix_ids[suffix]]
-        else:
-            ask = prefix + suffix
         sampling = SamplingParams(max_tokens=PROBE_MAX_TOKENS, temperature=0.0, logprobs=True)
-        generation = await ctx.generate(ask, params=sampling, kind=TokenKind.PROBE)
-        return trial_confidence(generation.choices[0].logprobs or ())
+        if isinstance(cont, PrefillContinuation):  # the chain so far as the assistant's turn, continued
+            chat = [*cont.messages, {"role": "assistant", "content": prefix + suffix}]
+            extra = {"continue_final_message": True, "add_generation_prompt": False}
+            sampling = dataclasses.replace(sampling, extra_body=extra)
+            generation = await ctx.generate(messages=chat, params=sampling, kind=TokenKind.PROBE)
+        else:
+            if by_tokens and suffix not in suffix_ids:
+                suffix_ids[suffix] = await ctx.endpoint.tokenize(suffix)
+            ask = [*prefix, *suffix_ids[suffix]] if by_tokens else prefix + suffix
+            generation = await ctx.generate(ask, params=sampling, kind=TokenKind.PROBE)
+        logprobs = list(generation.choices[0].logprobs or ())
+        echoed = len(prefix + suffix) if isinstance(cont, PrefillContinuation) and cont.echoes else 0
+        while echoed > 0 and logprobs:  # a server that echoes the prefill: its tokens come first
+            echoed -= len(logprobs.pop(0).token)
+        return trial_confidence(logprobs)
 
     async def judged(trace: Trace, prefix: Any, offset: int) -> None:
         nonlocal best, reason
@@ -106,7 +119,9 @@ async def deer(
             await trace.close(reason.value)  # the server aborts the chain
 
     chain = dataclasses.replace(params or SamplingParams(temperature=0.6), max_tokens=max_tokens)
-    async with asyncio.TaskGroup() as tg, ctx.watch_trace(prompt, params=chain) as trace:
+    messages = cont.messages if isinstance(cont, PrefillContinuation) else None
+    watching = ctx.watch_trace(None if prefill else prompt, messages=messages, params=chain)
+    async with asyncio.TaskGroup() as tg, watching as trace:
         sent = 0
         async for piece in trace:
             if sent < max_trials and trace.num_tokens > piece.num_tokens and is_hesitant(piece.text, points):

@@ -85,7 +85,7 @@ def summarize(outcomes: Sequence[CotOutcome], methods: Sequence[str]) -> dict[st
         figures: dict[str, Any] = {
             "programs": len(grouped[method]),
             "questions": len(per_q[method]["accuracy"]),
-            **{name: _with_interval(list(per_q[method][name].values())) for name in FIGURES},
+            **{name: _with_interval(list(per_q[method][name].values()), (0.0, math.inf)) for name in FIGURES},
             "accuracy": _with_interval(list(per_q[method]["accuracy"].values()), (0.0, 1.0)),
             "stop_reasons": dict(collections.Counter(o.stop_reason for o in grouped[method])),
         }

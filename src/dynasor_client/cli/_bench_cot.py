@@ -23,7 +23,11 @@ def add_cot_parser(bench_sub: Subparsers) -> None:
         "one program at a time (or --concurrency), against --endpoint URL, the embedded llama.cpp model "
         "(--local, the default) or recorded traces through the replay engine (--traces).",
     )
-    parser.add_argument("--dataset", required=True, help="questions (JSON lines, e.g. gsm8k/test.jsonl)")
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="questions (JSON lines, e.g. gsm8k/test.jsonl; default: the --traces file)",
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--local", action="store_true", help="the embedded llama.cpp server (the default)")
     where.add_argument("--endpoint", default=None, help="an OpenAI-compatible base URL (vLLM, SGLang, ...)")
@@ -62,6 +66,7 @@ def add_cot_parser(bench_sub: Subparsers) -> None:
     parser.add_argument("--slots", type=int, default=4, help="the embedded server's parallel sequences")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per HTTP request at most")
     parser.add_argument("--time-scale", type=float, default=1.0, help="--traces: the replay's pace")
+    parser.add_argument("--log-outcomes", default=None, help="append each outcome (a JSON line) as it ends")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -71,8 +76,11 @@ def add_cot_parser(bench_sub: Subparsers) -> None:
 
 
 def _cot(args: argparse.Namespace) -> int:
+    if args.dataset is None and args.traces is None:
+        raise ValueError("bench cot needs --dataset (or --traces, whose questions are then asked)")
     config = CotConfig(
-        args.dataset, endpoint=args.endpoint, model=args.model, api_key=args.api_key, traces=args.traces,
+        args.dataset or args.traces, endpoint=args.endpoint, model=args.model, api_key=args.api_key,
+        traces=args.traces,
         questions=args.questions, seeds=args.seeds, seed=args.seed, max_tokens=args.max_tokens,
         methods=None if args.methods is None else tuple(args.methods), reasoning=args.reasoning,
         temperature=args.temperature, top_p=args.top_p, chunk_tokens=args.chunk_tokens, window=args.window,
