@@ -87,3 +87,20 @@ async def test_budget_stops_the_chain(local_endpoint: Endpoint) -> None:
     result = await program.run(local_endpoint, token_budget=300)
     assert result.stop_reason is StopReason.BUDGET
     assert result.tokens.total <= 300
+
+
+async def test_on_a_server_without_chat_templates_the_chat_is_continued() -> None:
+    # The replay engine renders no chat template: the chain streams as a chat, trials continue the
+    # assistant's turn (prefill). Its probe rule answers only what the partial text already holds.
+    from tests.support.replay import replay_endpoint, traces_or_skip
+
+    questions = traces_or_skip("gsm8k-qwen25coder05b-sc8-logprobs.jsonl")[:3]
+    async with replay_endpoint(questions) as endpoint:
+        for question in questions:
+            program = as_program(deer, question.question, threshold=1.0, max_tokens=200, points=COMMON)
+            result = await program.run(endpoint)
+            d = result.details
+            assert d["trials"] and result.tokens.probe >= len(d["trials"])
+            for _, answer, confidence in d["trials"]:
+                assert 0.0 <= confidence <= 1.0 and (answer is None or answer in d["text"])
+            assert d["finished"] or d["forced"]

@@ -141,7 +141,7 @@ async def deer(
         whole = [*prompt, *trace.token_ids] if by_tokens else prompt + text
         close = CLOSE_THINK if in_thinking(text, prompt if isinstance(prompt, str) else "") else ""
         forced_answer = answer = (await trial(whole, close + PROBE_SUFFIX))[0]
-    details = {"trials": trials, "finished": finished, "forced": forced_answer is not None,
+    details = {"trials": trials, "finished": finished, "forced": reason is None and not finished,
                "forced_answer": forced_answer, "generated_tokens": trace.generated_tokens,
                "text": text}  # fmt: skip
     return ctx.result(answer, reason, answers=tuple(t[1] for t in trials), steps=len(trials), details=details)
