@@ -98,6 +98,7 @@ class BatchRecorder:
         self.started = time.perf_counter()
         self._settled = [False] * total
         self._count = 0
+        self._closed = False
         self._all_done = asyncio.Event()
         if total == 0:
             self._all_done.set()
@@ -113,7 +114,8 @@ class BatchRecorder:
         return self._settled[index]
 
     def settle(self, index: int, result: ProgramResult | None, error: BaseException | None) -> None:
-        """Program ``index`` ended with ``result`` or ``error``."""
+        """Program ``index`` ended with ``result`` or ``error``. After :meth:`close` (a batch
+        interrupted twice: programs still ending) only the batch records it: the file is closed."""
         if self._settled[index]:
             raise RuntimeError(f"program {index} of the batch settled twice")
         self._settled[index] = True
@@ -121,6 +123,8 @@ class BatchRecorder:
             self.batch.results[index] = result
         else:
             self.batch.errors[index] = error = error or RuntimeError("no result")
+        if self._closed:
+            return
         if self._sink is not None:
             self._sink.write(json.dumps(result_record(index, result, error), default=str) + "\n")
             self._sink.flush()
@@ -134,6 +138,7 @@ class BatchRecorder:
         await self._all_done.wait()
 
     def close(self, metrics: dict[str, Any], summary: str) -> BatchResult:
+        self._closed = True
         self._bar.close()
         if self._sink is not None:
             self._sink.close()
@@ -189,6 +194,9 @@ async def run_batch(
         recorder.batch.interrupted = True
         for handle in handles:
             handle.cancel()
+        # How each one ended (a result that came in meanwhile, or its cancellation) is recorded
+        # before the file closes.
+        await asyncio.gather(*handles, return_exceptions=True)
         raise
     finally:
         recorder.close(runtime.metrics.as_dict(), runtime.metrics.summary())
