@@ -56,6 +56,8 @@ def test_bench_cot_quick(
             assert (o["probe"] > 0) == o["details"]["forced"]
         if o["method"] == "dynasor" and not o["details"]["finished"]:  # 32 tokens, a probe per 16
             assert o["probe"] > 0 and o["requests"] >= 3
+        if o["method"] in ("dynasor", "dynasor-stream") and "decoding" in o["details"]:
+            assert o["details"]["decoding"] == ("chunked" if o["method"] == "dynasor" else "stream")
 
 
 def test_bench_cot_refuses_bad_settings(tmp_path: Path) -> None:

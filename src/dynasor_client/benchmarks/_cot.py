@@ -51,7 +51,16 @@ COT_METHODS = ("full", "dynasor", "dynasor-stream", "deepconf", "deer")
 THINKING_MODELS = re.compile(r"r1|qwen3|qwq|think|reason|gpt-oss", re.IGNORECASE)
 #: How a reasoning model is asked (DeepSeek-R1's advice: no system prompt, the instruction in the turn).
 #: The programs' details kept in each outcome.
-KEPT_DETAILS = ("finished", "forced", "probes", "trials", "generated_tokens", "traces", "stopped_traces")
+KEPT_DETAILS = (
+    "finished",
+    "forced",
+    "decoding",
+    "probes",
+    "trials",
+    "generated_tokens",
+    "traces",
+    "stopped_early",
+)
 THINK_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -183,11 +192,13 @@ def method_program(
 
     common: dict[str, Any] = {"params": params, "prompting": prompting}
     cot = {"chunk_tokens": config.chunk_tokens, "window": config.window, "max_tokens": config.max_tokens}
-    if method == "full":  # one chunk of max_tokens: no probe, the answer forced only when cut
+    # Chunked decoding named where the library also streams (its "auto" streams where it can).
+    chunked: dict[str, Any] = {"decoding": "chunked"} if "dynasor-stream" in available_methods() else {}
+    if method == "full":  # one chunk of max_tokens: one request, no probe, the answer forced only when cut
         return as_program(algorithms.dynasor_cot, question, chunk_tokens=config.max_tokens,
-                          max_tokens=config.max_tokens, **common)  # fmt: skip
+                          max_tokens=config.max_tokens, **chunked, **common)  # fmt: skip
     if method == "dynasor":
-        return as_program(algorithms.dynasor_cot, question, **cot, **common)
+        return as_program(algorithms.dynasor_cot, question, **cot, **chunked, **common)
     if method == "dynasor-stream":
         return as_program(algorithms.dynasor_cot, question, decoding="stream", **cot, **common)
     if method == "deepconf":
