@@ -10,10 +10,12 @@ have let through; only when the ledger has nothing left to lease do requests shr
 stop, as in one process.
 
 Each message to the ledger (:class:`LeaseRequest`) also reports what the worker spent since its
-last one and returns the per-program allowance its finished programs freed beyond one lease's
-worth; it may ask for freed allowance (an extension) for an uncertain program whose own allowance
-ran out. So certaindex-driven reallocation crosses workers: a program on one worker is extended
-with what programs on another left over.
+last one and, once its finished programs freed more than twice what it keeps for its own (a
+lease's worth, or one extension when larger), returns the excess; it may ask for freed allowance
+(an extension) for an uncertain program whose own allowance ran out. So certaindex-driven
+reallocation crosses workers: a program on one worker is extended with what programs on another
+left over. A request's lease need is capped by what its own allowance lets it reserve, so a
+program about to stop on its allowance does not take the global budget from other workers.
 """
 
 from __future__ import annotations
@@ -204,8 +206,8 @@ class LeasedBudget(BudgetManager):
         """Send a message now (one at a time: None while one is on its way)."""
         if self._pending is not None:
             return None
-        keep = 0 if leaving else self.lease_tokens
-        freed = max(0, self.freed - keep) if self.reallocate else 0
+        keep = 0 if leaving else self._keep()
+        freed = max(0, self.freed - keep) if self.reallocate and (leaving or self.freed > 2 * keep) else 0
         self.freed -= freed
         request = LeaseRequest(self.worker, self.spent - self.reported, freed, tokens, extension, leaving)
         self.reported = self.spent
@@ -277,10 +279,26 @@ class LeasedBudget(BudgetManager):
         need = (prompt_tokens if "prompt" in self.count else 0) + (
             (max_tokens or DEFAULT_RESERVATION) * n if counted else 0
         )
+        own = self._own_free(account)  # the request shrinks to that anyway: no lease beyond it
+        if own is not None:
+            if own <= 0 and self.freed > 0 and account.allowance is not None and self._eligible(account):
+                own += min(self.freed, self._step(account))  # what extending it here will add
+            need = min(need, max(own, 0))
         if wait and self._short(account, need):
             self.waits += 1
             return None  # the ledger's answer wakes it (settled())
         return super().fit(account, kind, n, max_tokens, prompt_tokens, wait=wait)
+
+    @staticmethod
+    def _own_free(account: Account) -> int | None:
+        """What ``account`` may still reserve by its own allowance and pools (None: no limit)."""
+        left = None if account.allowance is None else account.allowance - account.spent - account.reserved
+        for pool in account.pools:
+            room = pool.room()
+            if room is not None:
+                room -= pool.held()
+                left = room if left is None else min(left, room)
+        return left
 
     def _short(self, account: Account, need: int) -> bool:
         """Whether a request of ``need`` tokens must wait for the ledger (a message is sent or on
@@ -304,6 +322,10 @@ class LeasedBudget(BudgetManager):
         own = account.allowance - account.spent - account.reserved
         return own <= 0 and self._eligible(account)
 
+    def _keep(self) -> int:
+        """Freed allowance kept for this worker's own programs: a lease's worth, or one extension."""
+        return max(self.lease_tokens, self.extension or (self.per_program or 0) // 2)
+
     def _step(self, account: Account) -> int:
         return self.extension or max(1, (self.per_program or account.allowance or 1) // 2)
 
@@ -322,7 +344,7 @@ class LeasedBudget(BudgetManager):
 
     def close(self, account: Account) -> None:
         super().close(account)
-        if self.reallocate and self.freed > 2 * self.lease_tokens:
+        if self.reallocate and self.freed > 2 * self._keep():
             self._ask()  # give the excess back for other workers' uncertain programs
 
     def remaining(self) -> int | None:
