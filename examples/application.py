@@ -73,7 +73,8 @@ def describe(result: ProgramResult | None, error: BaseException | None) -> str:
     if result.partial:
         flags.append("partial")
     if result.abstained:
-        flags.append(f"its vote was {result.details['unconfident_answer']}")
+        vote = str(result.details["unconfident_answer"])
+        flags.append(f"its vote was {vote if len(vote) <= 30 else vote[:27] + '...'}")
     return f"{answer}  ({', '.join(flags)}; {result.tokens.total} tokens)"
 
 
