@@ -107,3 +107,23 @@ async def test_allowance_freed_on_one_worker_extends_an_uncertain_program_on_ano
     sure_b.certainty, sure_b.steps = 0.95, 2
     b.charge(sure_b, GENERATED, Usage(0, 1000))
     assert b.may_dispatch(sure_b) is StopReason.BUDGET  # a sure program gets no extension
+
+
+async def test_a_spent_budget_leases_nothing() -> None:
+    ledger = LeaseLedger(0)
+    (budget,) = workers(ledger, 1, lease_tokens=100)
+    await budget.start()
+    assert budget.exhausted and budget.total == 0
+    with pytest.raises(BudgetExhausted):
+        await fit(budget, budget.open(), 1, 50)
+
+
+async def test_an_empty_batch_starts_no_workers() -> None:
+    from dynasor_client import Endpoint
+    from dynasor_client.distributed import RayBackend
+    from dynasor_client.runtime import Runtime
+
+    backend = RayBackend()
+    async with Endpoint("http://127.0.0.1:9/v1") as endpoint, Runtime(endpoint) as runtime:
+        batch = await runtime.run_batch([], backend=backend, progress=False)
+    assert len(batch) == 0 and batch.metrics["programs"] == 0 and not backend.last_stats

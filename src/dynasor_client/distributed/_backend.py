@@ -73,6 +73,10 @@ class RayBackend:
         save_to: str | Path | None,
         deadline_s: float | None,
     ) -> BatchResult:
+        if not programs:
+            empty = BatchRecorder(0, progress=False, desc=desc, save_to=save_to)
+            runtime.last_batch = empty.batch
+            return empty.close({"backend": "ray", "programs": 0}, "")
         ray = import_ray()
         if not ray.is_initialized():
             ray.init(**{"include_dashboard": False, "log_to_driver": False, **self.init_options})

@@ -181,8 +181,10 @@ class LeasedBudget(BudgetManager):
     ) -> None:
         if lease_tokens < 1:
             raise ValueError(f"lease_tokens must be >= 1, got {lease_tokens}")
+        if total is not None and total < 0:
+            raise ValueError(f"total must be >= 0 tokens, got {total}")
         super().__init__(
-            total, per_program, count=ALL_KINDS if count is None else count, low_water=low_water,
+            None, per_program, count=ALL_KINDS if count is None else count, low_water=low_water,
             confident_at=confident_at, hopeless=hopeless, extension=extension, reallocate=reallocate,
             cached=cached,
         )  # fmt: skip

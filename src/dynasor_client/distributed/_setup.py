@@ -68,9 +68,11 @@ class BudgetSettings:
 
     @classmethod
     def of(cls, budget: BudgetManager) -> BudgetSettings:
+        remaining = budget.remaining()
         return cls(
-            budget.remaining(), budget.per_program, budget.count, budget.low_water, budget.confident_at,
-            budget.hopeless_rule, budget.extension, budget.reallocate, budget.cached,
+            None if remaining is None else max(remaining, 0), budget.per_program, budget.count,
+            budget.low_water, budget.confident_at, budget.hopeless_rule, budget.extension,
+            budget.reallocate, budget.cached,
         )  # fmt: skip
 
     @property
