@@ -1,4 +1,5 @@
-"""Dynasor-CoT: chunked decoding with concurrent probes, on the local model and the replay engine.
+"""Dynasor-CoT: chunked decoding with concurrent probes, on the local model and the replay engine
+(streamed decoding: tests/test_dynasor_cot_stream.py).
 
 SmolLM2-135M tests mechanics only (probe offsets, token accounting, overlap, the stop rule's meaning,
 the forced answer); the replay engine runs the program end to end on recorded GSM8K samples. No
@@ -35,6 +36,7 @@ async def test_probes_follow_chunks_and_overlap_decoding(local_endpoint: Endpoin
         chunk_tokens=16,
         window=2,
         max_tokens=96,
+        decoding="chunked",
         params=SamplingParams(temperature=0.7, seed=1),
     ).run(local_endpoint)
     d = result.details
@@ -72,6 +74,7 @@ async def test_rule_firing_cancels_the_chunk_and_forces_the_answer(local_endpoin
         window=1,
         max_tokens=96,
         rule=probe_consistency_at_least(0.0, 1),
+        decoding="chunked",
         params=SamplingParams(temperature=0.0),
     ).run(local_endpoint)
     d = result.details
@@ -89,7 +92,9 @@ async def test_replay_end_to_end() -> None:
     async with replay_endpoint(questions) as endpoint:
         stops = []
         for question in questions:
-            result = await as_program(dynasor_cot, question.question, chunk_tokens=32, window=2).run(endpoint)
+            result = await as_program(
+                dynasor_cot, question.question, chunk_tokens=32, window=2, decoding="chunked"
+            ).run(endpoint)
             d = result.details
             stops.append(result.stop_reason)
             assert d["probes"] and result.tokens.probe > 0

@@ -5,6 +5,13 @@ decode in chunks of T tokens; after each chunk, while the next chunk decodes, pr
 certaindex = ProbeConsistency(window) over the probes; stop when the rule fires (default: the last
     ``window`` probes identical and none hesitant), cancel the chunk in flight, force the answer
 
+**Decoding** (``decoding=``): ``"chunked"`` is the loop above; ``"stream"`` decodes the chain as
+one streamed trace probed every ``chunk_tokens`` streamed tokens, probes overlapping the trace
+(:mod:`._dynasor_cot_stream`: one generation request, every generated token counted); ``"auto"``
+streams where the server reveals each generated token (``Capabilities.generated_token_ids``:
+llama.cpp, vLLM, SGLang, the replay server) and keeps chunks elsewhere. The definitions below hold
+for both, chunks aside.
+
 Definitions:
 
 - **Probe** of the prefix at ``offset`` generated tokens: a completion of the trajectory's prompt, the
@@ -32,38 +39,38 @@ Definitions:
   closed); whatever the server generated for it is not counted (the server never reported it). A chunk that
   finished before the firing probe's reply is kept (already paid for) and the answer forced after it.
 
-``details``: ``probes`` [(offset, answer, hesitant)], ``forced``, ``forced_answer``, ``finished``,
-``probe_times`` and ``chunk_times`` ((start, end) seconds after the program started, one per probe and
-per decoded chunk: probe ``i`` overlaps chunk ``i + 1``), ``cancelled_chunk``, ``generated_tokens``
-and ``text`` (the chunks kept, think tags inline).
+``details``: ``decoding`` ("chunked" or "stream"), ``probes`` [(offset, answer, hesitant)],
+``forced``, ``forced_answer``, ``finished``, ``probe_times`` and ``chunk_times`` ((start, end)
+seconds after the program started, one per probe and per decoded chunk: probe ``i`` overlaps chunk
+``i + 1``), ``cancelled_chunk``, ``generated_tokens`` and ``text`` (the chunks kept, think tags
+inline).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Literal, TypeVar
 
 from .._exceptions import ContextTooLong
 from .._log import get_logger, program_scope
-from .._probe import CLOSE_THINK, PROBE_MAX_TOKENS, PROBE_SUFFIX, in_thinking, probe_answer
+from .._probe import CLOSE_THINK, PROBE_SUFFIX, in_thinking
 from ..certainty import Observations, ProbeConsistency, StopRule, probe_consistency_at_least
 from ..certainty.signals import is_hesitant
 from ..endpoints import (
-    Generation,
-    PrefillContinuation,
     SamplingParams,
     TextContinuation,
-    TokenContinuation,
     Trajectory,
 )
 from ..program import ProgramContext, ProgramResult, StopReason, TokenKind, algorithm
+from ._cot_probe import prober
+from ._dynasor_cot_stream import stream_chain
 from ._prompting import DEFAULT_PROMPTING, Prompting
 
 log = get_logger("dynasor_client.algorithms")
 T = TypeVar("T")
+Decoding = Literal["auto", "stream", "chunked"]
 
 
 @algorithm
@@ -78,16 +85,23 @@ async def dynasor_cot(
     params: SamplingParams | None = None,
     prompting: Prompting = DEFAULT_PROMPTING,
     on_text: Callable[[str], None] | None = None,
+    decoding: Decoding = "auto",
 ) -> ProgramResult:
     """Decode one chain of thought in chunks, probing each prefix, until the probes agree (see the
     module docs). ``rule`` defaults to ``probe_consistency_at_least(1.0, window)``.
     ``on_text`` (streaming) is called with the text of each decoded chunk as it is kept, in order:
     together they make ``details["text"]`` (a cancelled chunk is never passed).
+    ``decoding``: ``"stream"`` decodes the chain as one streamed trace probed every
+    ``chunk_tokens`` streamed tokens (:mod:`._dynasor_cot_stream`), ``"chunked"`` in chunked
+    requests (below), ``"auto"`` streams where the server reveals each generated token (token ids
+    or one logprob per token: llama.cpp, vLLM, SGLang), so that every token is counted.
 
     Alone: ``await as_program(dynasor_cot, question).run(endpoint)``.
     """
     if chunk_tokens < 1 or max_tokens < 1:
         raise ValueError("chunk_tokens and max_tokens must be >= 1")
+    if decoding not in ("auto", "stream", "chunked"):
+        raise ValueError(f"decoding must be 'auto', 'stream' or 'chunked', got {decoding!r}")
     stop_rule = rule or probe_consistency_at_least(1.0, window)
     context.bind(stop_rule)
     ctx = context
@@ -123,9 +137,21 @@ async def dynasor_cot(
             on_text(chunk.text)
         return chunk.num_tokens
 
+    params = params or SamplingParams(temperature=0.6)
     with program_scope(ctx.program_id):
-        trajectory = await Trajectory.start(
-            ctx.endpoint, messages=chat, params=params or SamplingParams(temperature=0.6)
+        trajectory = await Trajectory.start(ctx.endpoint, messages=chat, params=params)
+    if decoding == "stream" or (
+        decoding == "auto" and (await ctx.endpoint.capabilities()).generated_token_ids is not None
+    ):
+        return await stream_chain(
+            ctx,
+            trajectory,
+            every=chunk_tokens,
+            window=window,
+            max_tokens=max_tokens,
+            params=params,
+            prompting=prompting,
+            on_text=on_text,
         )
     suffix_ids: list[int] = []
     reason: StopReason | None = None
@@ -133,7 +159,10 @@ async def dynasor_cot(
     last = await decode(min(chunk_tokens, max_tokens))
     while not trajectory.finished and 0 < trajectory.num_tokens < max_tokens and last > 0:
         offset, hesitant = trajectory.num_tokens, is_hesitant(trajectory.pieces[-1])
-        send = await _prober(ctx, trajectory, PROBE_SUFFIX, suffix_ids)  # the prefix as it is now
+        # the prefix as it is now
+        send = await prober(
+            ctx, trajectory.continuation, trajectory.text, trajectory.token_ids, PROBE_SUFFIX, suffix_ids
+        )
         async with asyncio.TaskGroup() as tg:
             chunk = tg.create_task(decode(min(chunk_tokens, max_tokens - offset)))
             answer = await timed(send(), probe_times)
@@ -152,7 +181,8 @@ async def dynasor_cot(
     if not trajectory.finished:  # stopped early or cut at max_tokens: force the final answer
         opened = isinstance(trajectory.continuation, TextContinuation) and trajectory.continuation.prompt
         close = CLOSE_THINK if in_thinking(trajectory.text, opened or "") else ""
-        force = await _prober(ctx, trajectory, close + PROBE_SUFFIX, [])
+        suffix = close + PROBE_SUFFIX
+        force = await prober(ctx, trajectory.continuation, trajectory.text, trajectory.token_ids, suffix, [])
         forced_answer = await force()
     return ctx.result(
         extract(trajectory.answer) if trajectory.finished else forced_answer,
@@ -160,6 +190,7 @@ async def dynasor_cot(
         steps=len(probes),
         answers=tuple(p[1] for p in probes),
         details={
+            "decoding": "chunked",
             "probes": probes,
             "forced": not trajectory.finished,
             "forced_answer": forced_answer,
@@ -174,55 +205,4 @@ async def dynasor_cot(
     )
 
 
-async def _prober(
-    ctx: ProgramContext, trajectory: Trajectory, suffix: str, suffix_ids: list[int]
-) -> Callable[[], Awaitable[str | None]]:
-    """A probe of the trajectory as it is now (prompt + text + ``suffix``), counted as probe tokens.
-
-    The request is built here, before the next chunk changes the trajectory; ``suffix_ids`` caches
-    the suffix's token ids across calls (token continuation).
-    """
-    cont, endpoint = trajectory.continuation, ctx.endpoint
-    params = SamplingParams(max_tokens=PROBE_MAX_TOKENS, temperature=0.0)
-    echoes = False
-    request: Callable[[SamplingParams], Awaitable[Generation]]
-    if isinstance(cont, TokenContinuation):
-        if not suffix_ids:
-            suffix_ids.extend(await endpoint.tokenize(suffix))
-        ids = [*cont.prompt_ids, *trajectory.token_ids, *suffix_ids]
-        request = lambda p: endpoint.complete(ids, params=p)  # noqa: E731
-    elif isinstance(cont, TextContinuation):
-        prompt = cont.prompt + trajectory.text + suffix
-        request = lambda p: endpoint.complete(prompt, params=p)  # noqa: E731
-    elif isinstance(cont, PrefillContinuation):
-        chat: list[Any] = [*cont.messages, {"role": "assistant", "content": trajectory.text + suffix}]
-        extra = {"continue_final_message": True, "add_generation_prompt": False}
-        params, echoes = dataclasses.replace(params, extra_body=extra), cont.echoes
-        request = lambda p: endpoint.chat(chat, params=p)  # noqa: E731
-    else:  # pragma: no cover
-        raise TypeError(f"cannot probe a {type(cont).__name__}")
-    estimate = trajectory.prompt_estimate(suffix)
-
-    def sized(most: int | None) -> SamplingParams:  # shrunk to what the budget has left
-        return dataclasses.replace(params, max_tokens=most)
-
-    async def send() -> str | None:
-        try:
-            async with ctx.request_slot(
-                max_tokens=params.max_tokens, prompt_tokens=estimate, kind=TokenKind.PROBE
-            ) as most:
-                with program_scope(ctx.program_id):
-                    generation = await request(params if most == params.max_tokens else sized(most))
-        except ContextTooLong as exc:
-            log.warning("probe skipped, the prompt no longer fits: %s", exc)
-            return None
-        ctx.charge(TokenKind.PROBE, generation.usage, estimate=estimate)
-        reply = generation.choices[0].raw_text
-        if echoes and (at := reply.rfind(PROBE_SUFFIX)) >= 0:  # an echoed assistant prefill
-            reply = reply[at + len(PROBE_SUFFIX) :]
-        return probe_answer(reply)
-
-    return send
-
-
-__all__ = ["dynasor_cot", "in_thinking"]
+__all__ = ["Decoding", "dynasor_cot", "in_thinking"]
