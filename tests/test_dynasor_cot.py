@@ -82,8 +82,11 @@ async def test_rule_firing_cancels_the_chunk_and_forces_the_answer(local_endpoin
         pytest.skip("the model finished within the first chunk")
     assert result.stop_reason is StopReason.CONFIDENT and result.steps == 1
     assert d["forced"] and result.answer == d["forced_answer"]
-    assert d["cancelled_chunk"] and result.tokens.generated == 16 == d["generated_tokens"]
-    assert len(d["chunk_times"]) == 1 and len(d["probe_times"]) == 1
+    if d["cancelled_chunk"]:  # the usual case: the probe answered while the second chunk decoded
+        assert result.tokens.generated == 16 == d["generated_tokens"] and len(d["chunk_times"]) == 1
+    else:  # the second chunk (16 tokens) finished before the probe (up to 20): kept, paid for
+        assert result.tokens.generated == d["generated_tokens"] <= 32 and len(d["chunk_times"]) == 2
+    assert len(d["probe_times"]) == 1
 
 
 async def test_replay_end_to_end() -> None:
