@@ -18,6 +18,9 @@ from dynasor_client.certainty import cap
 from dynasor_client.program import StopReason
 
 QUESTION = "Tom has 27 apples and buys 21 more. How many apples does he have?"
+# Tokens llama.cpp may make after a close before it sees the connection gone, and tokens it had sent
+# that the cancelled client never read: 0-2 on an idle machine, 11 seen on a loaded CI run.
+ABORT_LAG = 20
 SMALL = {"group": 8, "max_tokens": 40, "top_logprobs": 3, "parallel": 4}
 
 
@@ -67,8 +70,7 @@ async def test_weak_traces_are_closed_mid_stream_and_every_token_is_accounted(
     await _idle_within(local_server, 3.0)
     closed = sum(t[3] is not None for t in traces)
     server = await _predicted(local_server) - before
-    # llama.cpp makes a token or two after a close before it sees the connection gone.
-    assert result.tokens.generated <= server <= result.tokens.generated + 4 * closed, (server, traces)
+    assert result.tokens.generated <= server <= result.tokens.generated + ABORT_LAG * closed, (server, traces)
     # The answer: the confidence-weighted vote over the traces at or above the threshold.
     votes: dict[str, float] = {}
     for _, conf, answer, reason in traces:
@@ -111,7 +113,7 @@ async def test_the_deadline_closes_the_streams_and_returns_the_best_answer_so_fa
     assert result.answer == (result.certaindex[-1].answer if result.certaindex else None)
     await _idle_within(local_server, 3.0)  # the traces in flight were aborted
     server = await _predicted(local_server) - before
-    assert 0 < result.tokens.generated <= server <= result.tokens.generated + 4 * 2
+    assert 0 < result.tokens.generated <= server <= result.tokens.generated + ABORT_LAG * 2
 
 
 async def test_under_the_runtime_a_token_cap_stops_it(local_endpoint: Endpoint) -> None:
