@@ -8,15 +8,16 @@ at each transition point (a streamed piece holding "Wait", "Alternatively" or "H
     logprobs; the chain keeps streaming meanwhile (the paper pauses it)
 confidence = the mean probability of the trial answer's tokens (those before the brace that closes
     the box: the paper's default, an arithmetic mean)
-a trial with confidence >= threshold (the paper's 0.95) closes the chain (the server aborts it) and
-    its answer is the program's; else the chain runs to its end (its own answer) or to
-    ``max_tokens`` (answer forced as Dynasor-CoT forces it)
+a trial with confidence >= threshold (the paper's 0.95) closes the chain (the server aborts it):
+    the most confident trial's answer is the program's; else the chain runs to its end (its own
+    answer) or to ``max_tokens`` (answer forced as Dynasor-CoT forces it)
 
 Every trial, and the forced answer, counts as probe tokens; a trial sent before the chain ends is
 always awaited, so none goes uncounted. After each trial the program reports the most confident
 answer so far: a deadline (the runtime cancels the program) returns it; the budget stops the chain
-as it stops self-consistency. ``details``: ``trials`` [(offset, answer, confidence)], ``finished``,
-``forced``, ``forced_answer``, ``generated_tokens``, ``text``.
+as it stops self-consistency. On a server that renders no chat template the chain streams as a chat
+and each trial continues the assistant's turn. ``details``: ``trials`` [(offset, answer,
+confidence)], ``finished``, ``forced``, ``forced_answer``, ``generated_tokens``, ``text``.
 """
 
 from __future__ import annotations
