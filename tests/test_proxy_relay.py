@@ -79,6 +79,13 @@ def test_the_splitter_refuses_invalid_utf8_and_an_endless_event() -> None:
     with pytest.raises(ProxyError) as caught:
         _split([b"data: ok\n\ndata: \xc3"])  # cut inside a character
     assert caught.value.code == "upstream_invalid_utf8"
+    # The events whole before a bad byte go out, however the reads were cut; the error comes next.
+    for parts in ([b"data: a\n\ndata: b\n\ndata: \xff\n\n"], [b"data: a\n\n", b"data: b\n\ndata: \xff"]):
+        splitter = _sse.EventSplitter()
+        assert [e for part in parts for e in splitter.feed(part)] == [b"data: a\n\n", b"data: b\n\n"]
+        with pytest.raises(ProxyError) as caught:
+            splitter.close()
+        assert caught.value.code == "upstream_invalid_utf8"
     splitter = _sse.EventSplitter(1000)
     assert splitter.feed(b"data: " + b"x" * 900) == []
     with pytest.raises(ProxyError) as caught:

@@ -105,8 +105,13 @@ class EventSplitter:
             return []
         try:  # one check of every whole event (a block never ends inside a character)
             buffer[: len(buffer) - len(self._rest)].decode("utf-8")
-        except UnicodeDecodeError:
-            raise invalid_utf8("a stream") from None
+        except UnicodeDecodeError as error:
+            # The events whole before the bad byte go out first, however the reads were cut; the
+            # bad one stays in ``_rest``, to fail the next feed (or close).
+            cut = buffer.rfind(b"\n\n", 0, error.start)
+            if cut < 0:
+                raise invalid_utf8("a stream") from None
+            blocks, self._rest = buffer[:cut].split(b"\n\n"), buffer[cut + 2 :]
         out: list[bytes | ServerSentEvent] = []
         for block in blocks:
             if len(block) > self.limit:
