@@ -118,6 +118,7 @@ async def test_the_deadline_closes_the_streams_and_returns_the_best_answer_so_fa
 
 async def test_under_the_runtime_a_token_cap_stops_it(local_endpoint: Endpoint) -> None:
     async with Runtime(local_endpoint) as runtime:
+        prior = runtime.seconds_per_token
         handle = runtime.submit(
             as_program(
                 deepconf_online,
@@ -131,6 +132,8 @@ async def test_under_the_runtime_a_token_cap_stops_it(local_endpoint: Endpoint) 
             token_cap=400,
         )
         result = await handle
+        # The watched traces taught the scheduler this server's decoding speed.
+        assert runtime.seconds_per_token != prior
     assert result.stop_reason is StopReason.BUDGET
     assert result.tokens.total <= 400 + 16
     assert result.tokens.generated > 0

@@ -42,7 +42,7 @@ from ._errors import translate
 from ._meter import estimate_tokens
 from ._monitor import Monitor
 from ._parse import parse_logprobs, parse_usage, split_reasoning
-from ._types import Kind, Message, Prompt, SamplingParams, TokenLogprob, Usage
+from ._types import Choice, Generation, Kind, Message, Prompt, SamplingParams, TokenLogprob, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +175,23 @@ class Trace:
             if self.stop_reason is None:  # else closed under us from another task: that is the end
                 raise
         self._end()
+
+    def generation(self, model: str = "") -> Generation:
+        """What streamed so far as one :class:`Generation` of one choice (the form every other
+        request returns; ``finish_reason`` None when it was closed before the server ended it)."""
+        reasoning, answer = split_reasoning(self.text)
+        choice = Choice(
+            index=0,
+            text=answer,
+            num_tokens=self.num_tokens,
+            finish_reason=self.finish_reason,
+            reasoning="".join(self._reasoning) if self._reasoning else reasoning,
+            logprobs=tuple(self.logprobs) or None,
+            token_ids=tuple(self.token_ids) or None,
+            raw_text=self.text,
+        )
+        latency = self.latency_s if self.latency_s is not None else time.perf_counter() - self._started
+        return Generation((choice,), self.usage, model, self.request_id or "", latency, self.ttft_s)
 
     async def close(self, reason: str = "closed") -> None:
         """Close the stream now (the server aborts the request); ``stop_reason`` becomes ``reason``.

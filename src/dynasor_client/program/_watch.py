@@ -40,6 +40,7 @@ async def watch_trace(
         if most != params.max_tokens:
             params = dataclasses.replace(params, max_tokens=most)
         trace: Trace | None = None
+        started = context.clock()
         try:
             watching = context.endpoint.watch(prompt, messages=messages, params=params, monitor=monitor)
             with program_scope(context.program_id):  # X-Program-Id: one program, one replica
@@ -48,3 +49,5 @@ async def watch_trace(
         finally:
             if trace is not None:
                 context.charge(kind, trace.usage, estimate=estimate)
+        # The scheduler's decoding-speed estimate learns from watched traces as from any response.
+        context.observed(trace.generation(), context.clock() - started)
