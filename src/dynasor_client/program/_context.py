@@ -109,6 +109,7 @@ class PromptScale:
     def apply(self, estimate: int) -> int:
         return estimate if self.ratio == 1.0 else math.ceil(estimate * self.ratio)
 
+
 GenerationListener = Callable[[TokenKind, Generation], None]
 ReportListener = Callable[[CertaindexPoint], None]
 RequestRewrite = Callable[
