@@ -70,8 +70,9 @@ def test_a_floor_must_be_a_number() -> None:
 
 
 async def test_self_consistency_on_the_local_model(local_endpoint: Endpoint) -> None:
-    # Confidence is at most 1.0: above it every answer is refused, at 0.0 none is.
-    params = SamplingParams(max_tokens=8, temperature=1.0)
+    # Confidence is at most 1.0: above it every answer is refused, at 0.0 none is. Greedy, so the
+    # model answers the same way every run (sampled 8-token replies sometimes held no answer).
+    params = SamplingParams(max_tokens=16, temperature=0.0)
     refused = await as_program(self_consistency, "2 + 2 =", n=2, params=params, min_confidence=1.01).run(
         local_endpoint
     )
