@@ -13,7 +13,7 @@ from typing import Any
 
 from .._exceptions import ContextTooLong
 from .._log import get_logger, program_scope
-from .._probe import PROBE_MAX_TOKENS, PROBE_SUFFIX, probe_answer
+from .._probe import CLOSE_THINK, PROBE_MAX_TOKENS, PROBE_SUFFIX, in_thinking, probe_answer
 from ..endpoints import (
     Continuation,
     Generation,
@@ -84,3 +84,14 @@ async def prober(
         return probe_answer(reply)
 
     return send
+
+
+async def force_answer(
+    ctx: ProgramContext, cont: Continuation, text: str, token_ids: Sequence[int]
+) -> str | None:
+    """The forced answer of a chain stopped before it finished: a probe of the whole prefix, after
+    ``</think>`` when the prefix is inside an unclosed ``<think>``."""
+    opened = isinstance(cont, TextContinuation) and cont.prompt
+    close = CLOSE_THINK if in_thinking(text, opened or "") else ""
+    force = await prober(ctx, cont, text, token_ids, close + PROBE_SUFFIX, [])
+    return await force()

@@ -55,16 +55,15 @@ from typing import Literal, TypeVar
 
 from .._exceptions import ContextTooLong
 from .._log import get_logger, program_scope
-from .._probe import CLOSE_THINK, PROBE_SUFFIX, in_thinking
+from .._probe import PROBE_SUFFIX, in_thinking
 from ..certainty import Observations, ProbeConsistency, StopRule, probe_consistency_at_least
 from ..certainty.signals import is_hesitant
 from ..endpoints import (
     SamplingParams,
-    TextContinuation,
     Trajectory,
 )
 from ..program import ProgramContext, ProgramResult, StopReason, TokenKind, algorithm
-from ._cot_probe import prober
+from ._cot_probe import force_answer, prober
 from ._dynasor_cot_stream import stream_chain
 from ._prompting import DEFAULT_PROMPTING, Prompting
 
@@ -179,11 +178,9 @@ async def dynasor_cot(
         last = chunk.result()
     forced_answer = None
     if not trajectory.finished:  # stopped early or cut at max_tokens: force the final answer
-        opened = isinstance(trajectory.continuation, TextContinuation) and trajectory.continuation.prompt
-        close = CLOSE_THINK if in_thinking(trajectory.text, opened or "") else ""
-        suffix = close + PROBE_SUFFIX
-        force = await prober(ctx, trajectory.continuation, trajectory.text, trajectory.token_ids, suffix, [])
-        forced_answer = await force()
+        forced_answer = await force_answer(
+            ctx, trajectory.continuation, trajectory.text, trajectory.token_ids
+        )
     return ctx.result(
         extract(trajectory.answer) if trajectory.finished else forced_answer,
         reason,

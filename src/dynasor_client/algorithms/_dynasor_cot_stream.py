@@ -29,12 +29,12 @@ from collections.abc import Callable
 from typing import Any
 
 from .._exceptions import BadRequest
-from .._probe import CLOSE_THINK, PROBE_SUFFIX, in_thinking
+from .._probe import PROBE_SUFFIX
 from ..certainty import Observations, ProbeConsistency
 from ..certainty.signals import is_hesitant
 from ..endpoints import SamplingParams, TextContinuation, TokenContinuation, Trace, Trajectory
 from ..program import ProgramContext, ProgramResult, StopReason
-from ._cot_probe import Prober, prober
+from ._cot_probe import Prober, force_answer, prober
 from ._prompting import Prompting
 
 
@@ -100,10 +100,7 @@ async def stream_chain(
     forced_answer = None
     forced = not trace.finished and reason is not StopReason.CONFIDENT
     if forced:  # cut at max_tokens, or stopped by the budget: force the final answer
-        opened = isinstance(cont, TextContinuation) and cont.prompt
-        close = CLOSE_THINK if in_thinking(trace.text, opened or "") else ""
-        force = await prober(ctx, cont, trace.text, trace.token_ids, close + PROBE_SUFFIX, [])
-        forced_answer = await force()
+        forced_answer = await force_answer(ctx, cont, trace.text, trace.token_ids)
     answer = extract(trace.answer) if trace.finished else agreed if not forced else forced_answer
     return ctx.result(
         answer,
