@@ -5,10 +5,8 @@ as they stop self-consistency."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 
-import httpx
 import numpy as np
 import pytest
 
@@ -16,28 +14,13 @@ from dynasor_client import Endpoint, LocalLlamaServer, Runtime, SamplingParams, 
 from dynasor_client.algorithms import deepconf_online
 from dynasor_client.certainty import cap
 from dynasor_client.program import StopReason
+from tests.test_stream_monitor import _idle_within, _predicted
 
 QUESTION = "Tom has 27 apples and buys 21 more. How many apples does he have?"
 # Tokens llama.cpp may make after a close before it sees the connection gone, and tokens it had sent
 # that the cancelled client never read: 0-2 on an idle machine, 11 seen on a loaded CI run.
 ABORT_LAG = 20
 SMALL = {"group": 8, "max_tokens": 40, "top_logprobs": 3, "parallel": 4}
-
-
-async def _predicted(server: LocalLlamaServer) -> float:
-    async with httpx.AsyncClient() as client:
-        text = (await client.get(f"{server.root_url}/metrics", timeout=5)).text
-    prefix = "llamacpp:tokens_predicted_total "
-    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(prefix))
-
-
-async def _idle_within(server: LocalLlamaServer, seconds: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    async with httpx.AsyncClient() as client:
-        while any(s["is_processing"] for s in (await client.get(f"{server.root_url}/slots")).json()):
-            assert loop.time() < deadline, f"a slot still generates {seconds}s on"
-            await asyncio.sleep(0.02)
 
 
 async def test_weak_traces_are_closed_mid_stream_and_every_token_is_accounted(
