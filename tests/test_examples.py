@@ -79,7 +79,8 @@ def examples(
 
 def test_readme_application_example(examples: dict[str, Example]) -> None:
     out = examples["readme"].output().splitlines()
-    shown = re.compile(rf"(no answer|\S+) \(({REASONS})(, partial)?, confidence [01]\.\d\d\)")
+    # An answer may hold spaces ("48 apples"); the model decides what it writes.
+    shown = re.compile(rf"(no answer|.+?) \(({REASONS})(, partial)?, confidence [01]\.\d\d\)")
     assert shown.match(out[0]) and out[0].endswith(" tokens")  # one program alone
     answers = [line for line in out if " -> " in line]
     assert len(answers) == 3 and all(shown.search(line) for line in answers)  # the batch, in order
@@ -96,7 +97,11 @@ def test_application_example(examples: dict[str, Example]) -> None:
     saved = [json.loads(line) for line in saved_to.read_text().splitlines()]
     assert sorted(record["index"] for record in saved) == [0, 1, 2]  # --quick: three questions
     for record in saved:  # the floor: no answer below 0.5, the vote kept aside
-        assert (record["answer"] is None and record["abstained"]) or record["confidence"] >= 0.5
+        abstained, details = record["abstained"], record["details"]
+        assert record["answer"] is None or record["confidence"] >= 0.5
+        # Abstaining is refusing an answer the samples held; samples that held none abstain from nothing.
+        assert abstained == ("unconfident_answer" in details)
+        assert not abstained or (record["answer"] is None and record["confidence"] < 0.5)
     assert "3 of 3 finished" in out and out.count("confidence ") == 3
 
 
@@ -115,6 +120,7 @@ def test_agent_pipeline_example(examples: dict[str, Example]) -> None:
     steps = [line.split(" ", 1)[0] for line in out.splitlines() if line[:2] in ("1.", "2.", "3.", "4.")]
     assert steps == ["1.", "2.", "3.", "4."], out
     assert re.search(r"2\. sc, n=3: answer .*, stopped \w+ after \d samples", out), out
-    assert re.search(r"4\. deadline 1 s: (504, no answer in time|answer .*, partial True, deadline)", out), (
-        out
-    )
+    # A machine fast enough finishes all 2n short samples inside the second: then not partial.
+    late = r"4\. deadline 1 s: (504, no answer in time|answer .*, partial (True, deadline|False, \w+))"
+    assert re.search(late, out), out
+    assert "partial False, deadline" not in out

@@ -806,6 +806,7 @@ async def test_local_passthrough_equals_upstream_and_streams_token_by_token(
         "seed": 7,
         "temperature": 0.8,
         "max_tokens": 32,
+        "extra_body": {"ignore_eos": True},  # llama.cpp's, passed through: all 32 tokens on any machine
     }
     theirs = await direct.chat.completions.create(**kwargs)
     mine = await proxy.chat.completions.create(**kwargs)
@@ -871,11 +872,15 @@ async def test_local_cot_streams_and_forces_the_answer(
     tokens = (usage.model_extra or {})["dynasor_tokens"]
     if not info["forced"]:
         pytest.skip("the model finished before any probe answered")
-    assert info["stop_reason"] == "confident" and info["answer"] is not None
-    assert "".join(parts).endswith("\\boxed{" + info["answer"] + PROBE_CLOSE)
     assert tokens["probe"] > 0 and usage.completion_tokens == tokens["generated"] + tokens["probe"]
     saved = (usage.model_extra or {})["dynasor_saved_tokens"]
-    assert saved == 96 - info["generated_tokens"] - tokens["probe"] > 0
+    assert saved == 96 - info["generated_tokens"] - tokens["probe"]
+    # Which probe answers first (if any does) is the model's choice, so it varies by machine.
+    if info["stop_reason"] == "confident":
+        assert info["answer"] is not None and info["generated_tokens"] < 96  # stopped before the cap
+        assert "".join(parts).endswith("\\boxed{" + info["answer"] + PROBE_CLOSE)
+    else:
+        assert info["stop_reason"] == "cap" and info["generated_tokens"] > 96 - 16  # the last chunk ran
     assert await _until(lambda: _slots_busy(local_server) == 0, 5.0)
 
 
