@@ -152,7 +152,8 @@ def test_sync_context_manager_serves_and_stops() -> None:
             assert all(s["n_ctx"] == 512 and "is_processing" in s for s in slots)
 
             reply = client.post(
-                f"{srv.base_url}/completions", json={"model": srv.model, "prompt": "Hello", "max_tokens": 4}
+                f"{srv.base_url}/completions",
+                json={"model": srv.model, "prompt": "Hello", "max_tokens": 4, "ignore_eos": True},
             )
             assert reply.status_code == 200, reply.text
             body = reply.json()
@@ -189,7 +190,7 @@ async def test_async_context_manager() -> None:
         async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
             assert (await client.get(f"{srv.root_url}/health")).status_code == 200
             reply = await client.post(
-                f"{srv.base_url}/completions", json={"prompt": "Hello", "max_tokens": 4}
+                f"{srv.base_url}/completions", json={"prompt": "Hello", "max_tokens": 4, "ignore_eos": True}
             )
             assert reply.json()["usage"]["completion_tokens"] == 4
     assert not srv.running

@@ -11,11 +11,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from dynasor_client import Endpoint, LocalLlamaServer
+from dynasor_client import Capabilities, Endpoint, LocalLlamaServer
 from dynasor_client.cli import main
 from dynasor_client.traces import (
     DatasetError,
@@ -44,6 +46,43 @@ def _env() -> dict[str, str]:
 
 def _lines(path: Path) -> list[bytes]:
     return path.read_bytes().splitlines(keepends=True)
+
+
+class IgnoreEos(httpx.AsyncBaseTransport):
+    """The real HTTP transport, adding llama.cpp's ``ignore_eos`` to every generation request: each
+    sample then runs to its max_tokens, wherever the model would have ended it (which differs
+    between CPUs). The recorder's options have no server extras, so the test adds it here."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.content:
+            body = json.loads(request.content)
+            if "max_tokens" in body:
+                headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
+                request = httpx.Request(
+                    request.method,
+                    request.url,
+                    headers=headers,
+                    json={**body, "ignore_eos": True},
+                    extensions=request.extensions,
+                )
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.fixture
+async def full_length_endpoint(
+    local_server: LocalLlamaServer, local_capabilities: Capabilities
+) -> AsyncIterator[Endpoint]:
+    """The local server, every sample generated to its max_tokens."""
+    async with Endpoint(
+        local_server.base_url, capabilities=local_capabilities, timeout=60, transport=IgnoreEos()
+    ) as endpoint:
+        yield endpoint
 
 
 # ------------------------------------------------------------------------------------ datasets
@@ -111,10 +150,10 @@ def test_cli_reports_bad_input_without_traceback(tmp_path: Path, capsys: pytest.
 
 
 @needs_data
-async def test_records_samples_with_logprobs(local_endpoint: Endpoint, tmp_path: Path) -> None:
+async def test_records_samples_with_logprobs(full_length_endpoint: Endpoint, tmp_path: Path) -> None:
     items = load_dataset(GSM8K)[:3]
     out = tmp_path / "traces.jsonl"
-    summary = await record(local_endpoint, items, out, **QUICK, top_logprobs=3)
+    summary = await record(full_length_endpoint, items, out, **QUICK, top_logprobs=3)
     assert (summary.recorded, summary.already_recorded, summary.skipped) == (3, 0, ())
     traces = load_traces(out)
     assert sorted(q.id for q in traces) == sorted(i.id for i in items)
@@ -126,8 +165,7 @@ async def test_records_samples_with_logprobs(local_endpoint: Endpoint, tmp_path:
         assert q.system is not None and "boxed" in q.system
         assert len(q.samples) == 2
         for s in q.samples:
-            assert s.text and 0 < s.num_tokens <= 16
-            assert s.finish_reason in ("stop", "length")
+            assert s.text and s.num_tokens == 16 and s.finish_reason == "length"
             assert s.token_logprobs is not None and len(s.token_logprobs) == s.num_tokens
             assert s.top_logprobs is not None and len(s.top_logprobs) == s.num_tokens
             assert all(1 <= len(top) <= 3 for top in s.top_logprobs)
@@ -138,20 +176,20 @@ async def test_records_samples_with_logprobs(local_endpoint: Endpoint, tmp_path:
 
 
 @needs_data
-async def test_probes_every_t_tokens(local_endpoint: Endpoint, tmp_path: Path) -> None:
+async def test_probes_every_t_tokens(full_length_endpoint: Endpoint, tmp_path: Path) -> None:
     items = load_dataset(GSM8K)[:1]
     out = tmp_path / "probed.jsonl"
-    summary = await record(local_endpoint, items, out, **{**QUICK, "max_tokens": 24}, probe_every=8)
+    summary = await record(full_length_endpoint, items, out, **{**QUICK, "max_tokens": 24}, probe_every=8)
     (question,) = load_traces(out)
     assert question.prompt_tokens is not None and question.prompt_tokens > 10
     probes = 0
     for s in question.samples:
         assert s.token_logprobs is not None and len(s.token_logprobs) == s.num_tokens
-        assert s.probes is not None
-        assert [offset for offset, _ in s.probes] == list(range(8, s.num_tokens, 8))
+        assert s.probes is not None and s.num_tokens == 24
+        assert [offset for offset, _ in s.probes] == [8, 16]  # after each chunk that left it unfinished
         assert all(answer is None or isinstance(answer, str) for _, answer in s.probes)
         probes += len(s.probes)
-    assert summary.probes == probes > 0
+    assert summary.probes == probes == 4
 
 
 @needs_data

@@ -4,6 +4,7 @@ mid-stream, the server's slots show the request aborted, and what was generated 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 
 import httpx
@@ -23,6 +24,8 @@ from dynasor_client.program import ProgramContext, ProgramResult, StopReason, To
 PROMPT = "Once upon a time, in a small village by the sea,"
 QUESTION = [{"role": "user", "content": "Tom has 27 apples and buys 21 more. How many apples does he have?"}]
 LONG = 900  # tokens: several seconds of generation, so an idle slot soon after a close means aborted
+# llama.cpp then generates to max_tokens: where the model would end its reply differs between CPUs.
+IGNORE_EOS = {"ignore_eos": True}
 
 
 async def _busy_slots(server: LocalLlamaServer) -> int:
@@ -57,7 +60,13 @@ async def test_monitor_closes_the_stream_and_the_server_aborts(
     before = await _predicted(local_server)
     pieces: list[Piece] = []
     async with local_endpoint.watch(
-        PROMPT, max_tokens=LONG, temperature=1.0, seed=3, top_logprobs=3, monitor=tokens_at_least(24)
+        PROMPT,
+        max_tokens=LONG,
+        temperature=1.0,
+        seed=3,
+        top_logprobs=3,
+        extra_body=IGNORE_EOS,
+        monitor=tokens_at_least(24),
     ) as trace:
         async for piece in trace:
             pieces.append(piece)
@@ -81,15 +90,28 @@ async def test_a_trace_run_to_its_end_counts_the_servers_usage(
     await _idle_within(local_server, 10)
     before = await _predicted(local_server)
     async with local_endpoint.watch(
-        messages=QUESTION, max_tokens=12, temperature=0.0, top_logprobs=2
+        messages=QUESTION, max_tokens=12, temperature=0.0, top_logprobs=2, extra_body=IGNORE_EOS
     ) as trace:
         texts = [piece.text async for piece in trace]
-    assert trace.stop_reason is None and trace.finish_reason in ("length", "stop")
+    assert trace.stop_reason is None and trace.finish_reason == "length"
     assert trace.server_usage is not None
-    assert trace.usage.completion_tokens == trace.server_usage.completion_tokens
+    assert trace.usage.completion_tokens == trace.server_usage.completion_tokens == 12
     assert trace.text == "".join(texts) and trace.text
-    await asyncio.sleep(0)  # the metrics settle when the reply is sent
-    assert await _predicted(local_server) - before == trace.generated_tokens
+    # llama.cpp counts a request's tokens in /metrics just after it sends the reply's last chunk.
+    assert await _predicted_settles(local_server, before + trace.generated_tokens) == (
+        before + trace.generated_tokens
+    )
+
+
+async def _predicted_settles(server: LocalLlamaServer, expected: float, within: float = 10.0) -> float:
+    """llama.cpp's count of generated tokens once it reaches ``expected`` (or after ``within`` s)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while (predicted := await _predicted(server)) < expected:
+        if loop.time() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    return predicted
 
 
 async def test_group_confidence_monitor_reads_top_k_confidences(local_endpoint: Endpoint) -> None:
@@ -102,7 +124,7 @@ async def test_group_confidence_monitor_reads_top_k_confidences(local_endpoint: 
     # An unreachable threshold: the first full window of 4 tokens closes it.
     watching = monitor_when(record) | lowest_group_confidence_below(1e9, group=4)
     async with local_endpoint.watch(
-        PROMPT, max_tokens=64, temperature=0.0, top_logprobs=4, monitor=watching
+        PROMPT, max_tokens=64, temperature=0.0, top_logprobs=4, extra_body=IGNORE_EOS, monitor=watching
     ) as trace:
         async for _ in trace:
             pass
@@ -119,7 +141,8 @@ async def test_group_confidence_monitor_reads_top_k_confidences(local_endpoint: 
 async def test_close_from_the_loop_and_from_another_task(
     local_server: LocalLlamaServer, local_endpoint: Endpoint
 ) -> None:
-    async with local_endpoint.watch(PROMPT, max_tokens=LONG, temperature=1.0, seed=5) as trace:
+    params = SamplingParams(max_tokens=LONG, temperature=1.0, seed=5, extra_body=IGNORE_EOS)
+    async with local_endpoint.watch(PROMPT, params=params) as trace:
         assert local_endpoint.outstanding == 1  # an EndpointPool routes by it
         async for _ in trace:
             if trace.num_tokens >= 5:
@@ -128,7 +151,7 @@ async def test_close_from_the_loop_and_from_another_task(
     assert local_endpoint.outstanding == 0
     await _idle_within(local_server, 3.0)
 
-    async with local_endpoint.watch(PROMPT, max_tokens=LONG, temperature=1.0, seed=6) as trace:
+    async with local_endpoint.watch(PROMPT, params=dataclasses.replace(params, seed=6)) as trace:
         first = asyncio.Event()
 
         async def read() -> int:
@@ -190,37 +213,44 @@ def test_vllm_shapes_are_parsed() -> None:
 
 
 async def test_trajectory_watch_appends_what_streamed(local_endpoint: Endpoint) -> None:
-    trajectory = await Trajectory.start(local_endpoint, messages=QUESTION)
-    async with trajectory.watch(LONG, temperature=0.0, monitor=tokens_at_least(6)) as trace:
+    greedy = SamplingParams(temperature=0.0, extra_body=IGNORE_EOS)
+    trajectory = await Trajectory.start(local_endpoint, messages=QUESTION, params=greedy)
+    async with trajectory.watch(LONG, monitor=tokens_at_least(6)) as trace:
         async for _ in trace:
             pass
     assert trajectory.num_tokens == 6 and len(trajectory.token_ids) == 6 and not trajectory.finished
     assert trajectory.text == trace.text
-    await trajectory.extend(6, temperature=0.0)
-    one_shot = await Trajectory.start(local_endpoint, messages=QUESTION)
-    await one_shot.extend(12, temperature=0.0)
+    await trajectory.extend(6)
+    one_shot = await Trajectory.start(local_endpoint, messages=QUESTION, params=greedy)
+    await one_shot.extend(12)
     assert trajectory.token_ids == one_shot.token_ids  # closed mid-stream, continued exactly there
 
 
 async def test_the_deadline_stops_a_watched_trace_and_its_tokens_are_charged(
     local_server: LocalLlamaServer, local_endpoint: Endpoint
 ) -> None:
-    await _idle_within(local_server, 10)
-    before = await _predicted(local_server)
-
     async def program(context: ProgramContext) -> ProgramResult:
         async with context.watch_trace(PROMPT, params=_params(LONG)) as trace:
             async for _ in trace:
                 context.report(0.0, trace.num_tokens, trace.text)
         return context.result(trace.text, None)
 
-    result = await run(program, local_endpoint, deadline_s=0.8)
-    assert result.stop_reason is StopReason.DEADLINE and result.partial
-    assert 0 < result.tokens.generated < LONG
+    # The trace (LONG tokens, no end of its own) outlasts the deadline. A loaded machine may stream
+    # no token by it: that run shows only the stop, and a longer deadline is tried.
+    for deadline in (0.8, 1.6, 3.2):
+        await _idle_within(local_server, 10)
+        before = await _predicted(local_server)
+        result = await run(program, local_endpoint, deadline_s=deadline)
+        assert result.stop_reason is StopReason.DEADLINE and result.partial
+        assert result.tokens.generated < LONG
+        await _idle_within(local_server, 3.0)
+        assert result.tokens.generated <= await _predicted(local_server) - before
+        if result.certaindex:
+            break
+    else:
+        pytest.fail("no token streamed before a deadline of 0.8, 1.6 or 3.2 s")
     # Charged on cancellation: every streamed token, at least those reported before the deadline.
-    assert result.tokens.generated >= result.certaindex[-1].observations
-    await _idle_within(local_server, 3.0)
-    assert result.tokens.generated <= await _predicted(local_server) - before
+    assert result.tokens.generated >= result.certaindex[-1].observations > 0
 
 
 async def test_the_budget_shrinks_a_watched_trace(local_endpoint: Endpoint) -> None:
@@ -237,4 +267,4 @@ async def test_the_budget_shrinks_a_watched_trace(local_endpoint: Endpoint) -> N
 
 
 def _params(max_tokens: int) -> SamplingParams:
-    return SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=11)
+    return SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=11, extra_body=IGNORE_EOS)
