@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from dynasor_client import Endpoint, SamplingParams, as_program
 from dynasor_client.algorithms import deer, trial_confidence
 from dynasor_client.endpoints import TokenLogprob
@@ -16,7 +18,11 @@ from dynasor_client.program import StopReason
 
 QUESTION = "Tom has 3 apples and buys 4 more. Then he gives 2 away. How many apples does he have now?"
 COMMON = ("the", "so", "is", "and", "he", "of")
-CHAIN = SamplingParams(temperature=0.7, seed=3)
+# The chain runs to max_tokens whatever the model writes (llama.cpp's ignore_eos, passed through to
+# the chain only; trials and the forced answer stop at the model's end): an early end of its own
+# (58-207 tokens here, other text on another CPU) would make "trials happen", "a trial closes it",
+# the deadline and the budget depend on the text.
+CHAIN = SamplingParams(temperature=0.7, seed=3, extra_body={"ignore_eos": True})
 
 
 def _lp(token: str, p: float) -> TokenLogprob:
@@ -48,13 +54,11 @@ async def test_trials_run_while_the_chain_streams_and_never_stop_it_under_thresh
     for offset, answer, confidence in d["trials"]:
         assert 0 < offset < d["generated_tokens"]  # sent from a prefix, the chain went on past it
         assert 0.0 <= confidence < 1.0 and (answer is not None or confidence == 0.0)
-    # No trial reached 1.0: the chain ran its course (its own answer, or forced at max_tokens).
+    # No trial reached 1.0: the chain ran its course, to max_tokens (ignore_eos), the answer forced.
     assert result.stop_reason is StopReason.CAP
-    assert result.tokens.generated == d["generated_tokens"] <= 96
-    assert result.tokens.probe >= len(d["trials"]) + int(d["forced"])  # every trial's tokens counted
-    assert d["finished"] != d["forced"]
-    if d["forced"]:
-        assert result.answer == d["forced_answer"]
+    assert result.tokens.generated == d["generated_tokens"] == 96
+    assert d["forced"] and not d["finished"] and result.answer == d["forced_answer"]
+    assert result.tokens.probe >= len(d["trials"]) + 1  # every trial's tokens, and the forced answer's
     # What was reported: the most confident trial answer so far, after each trial.
     assert [p.observations for p in result.certaindex] == list(range(1, len(d["trials"]) + 1))
     best = max(d["trials"], key=lambda t: t[2])
@@ -76,6 +80,8 @@ async def test_a_confident_trial_closes_the_chain(local_endpoint: Endpoint) -> N
 async def test_deadline_returns_the_best_trial_so_far(local_endpoint: Endpoint) -> None:
     program = as_program(deer, QUESTION, threshold=1.0, max_tokens=900, points=COMMON, params=CHAIN)
     result = await program.run(local_endpoint, deadline_s=2.0)
+    if result.stop_reason is StopReason.CAP and result.tokens.generated == 900:
+        pytest.skip("this machine decoded all 900 tokens of the chain within the 2 s deadline")
     assert result.stop_reason is StopReason.DEADLINE and result.partial
     assert result.tokens.generated > 0  # the cancelled stream's tokens are charged
     if result.certaindex:
