@@ -14,7 +14,7 @@ from dynasor_client import Endpoint, LocalLlamaServer, Runtime, SamplingParams, 
 from dynasor_client.algorithms import deepconf_online
 from dynasor_client.certainty import cap, cluster_answers
 from dynasor_client.program import StopReason
-from tests.test_stream_monitor import _idle_within, _predicted
+from tests.support.llama import IGNORE_EOS, idle_within, predicted
 
 QUESTION = "Tom has 27 apples and buys 21 more. How many apples does he have?"
 # Tokens llama.cpp may make after a close before it sees the connection gone, and tokens it had sent
@@ -27,8 +27,8 @@ WARMUP = 8
 async def test_weak_traces_are_closed_mid_stream_and_every_token_is_accounted(
     local_server: LocalLlamaServer, local_endpoint: Endpoint
 ) -> None:
-    await _idle_within(local_server, 10)
-    before = await _predicted(local_server)
+    await idle_within(local_server, 10)
+    before = await predicted(local_server)
     program = as_program(
         deepconf_online,
         QUESTION,
@@ -36,7 +36,7 @@ async def test_weak_traces_are_closed_mid_stream_and_every_token_is_accounted(
         warmup=WARMUP,
         variant="low",
         rule=cap(16),  # draws all 16 whatever they answer (the paper's rule may stop at the warm-up)
-        params=SamplingParams(temperature=0.8, seed=1, extra_body={"ignore_eos": True}),
+        params=SamplingParams(temperature=0.8, seed=1, extra_body=IGNORE_EOS),
         **SMALL,
     )
     result = await program.run(local_endpoint)
@@ -62,9 +62,9 @@ async def test_weak_traces_are_closed_mid_stream_and_every_token_is_accounted(
             assert conf < details["threshold"]
     # Every token: per trace, as the program charged it, and as the server generated it.
     assert details["generated_tokens"] == sum(t[0] for t in traces) == result.tokens.generated
-    await _idle_within(local_server, 3.0)
+    await idle_within(local_server, 3.0)
     closed = sum(t[3] is not None for t in traces)
-    server = await _predicted(local_server) - before
+    server = await predicted(local_server) - before
     assert result.tokens.generated <= server <= result.tokens.generated + ABORT_LAG * closed, (server, traces)
     # The answer: the confidence-weighted vote over the traces at or above the threshold, by answer
     # class as the program votes ("48" and "48.0" are one answer).
@@ -93,7 +93,7 @@ async def test_a_rule_stops_drawing_after_the_warm_up(local_endpoint: Endpoint) 
         warmup=0.1,
         rule=cap(2),
         # 40 tokens each (ignore_eos): full windows of 8, so the threshold is finite whatever they say
-        params=SamplingParams(seed=2, extra_body={"ignore_eos": True}),
+        params=SamplingParams(seed=2, extra_body=IGNORE_EOS),
         **SMALL,
     )
     result = await program.run(local_endpoint)
@@ -107,8 +107,8 @@ async def test_a_rule_stops_drawing_after_the_warm_up(local_endpoint: Endpoint) 
 async def test_the_deadline_closes_the_streams_and_returns_the_best_answer_so_far(
     local_server: LocalLlamaServer, local_endpoint: Endpoint
 ) -> None:
-    await _idle_within(local_server, 10)
-    before = await _predicted(local_server)
+    await idle_within(local_server, 10)
+    before = await predicted(local_server)
     program = as_program(
         deepconf_online,
         QUESTION,
@@ -123,8 +123,8 @@ async def test_the_deadline_closes_the_streams_and_returns_the_best_answer_so_fa
     # The best answer so far: the last one reported (none when not even the warm-up ended in time,
     # as on a loaded machine).
     assert result.answer == (result.certaindex[-1].answer if result.certaindex else None)
-    await _idle_within(local_server, 3.0)  # the traces in flight were aborted
-    server = await _predicted(local_server) - before
+    await idle_within(local_server, 3.0)  # the traces in flight were aborted
+    server = await predicted(local_server) - before
     assert 0 < result.tokens.generated <= server <= result.tokens.generated + ABORT_LAG * 2
 
 

@@ -15,6 +15,7 @@ from dynasor_client import Endpoint, SamplingParams, as_program
 from dynasor_client.algorithms import deer, trial_confidence
 from dynasor_client.endpoints import TokenLogprob
 from dynasor_client.program import StopReason
+from tests.support.llama import IGNORE_EOS
 
 QUESTION = "Tom has 3 apples and buys 4 more. Then he gives 2 away. How many apples does he have now?"
 COMMON = ("the", "so", "is", "and", "he", "of")
@@ -22,7 +23,7 @@ COMMON = ("the", "so", "is", "and", "he", "of")
 # the chain only; trials and the forced answer stop at the model's end): an early end of its own
 # (58-207 tokens here, other text on another CPU) would make "trials happen", "a trial closes it",
 # the deadline and the budget depend on the text.
-CHAIN = SamplingParams(temperature=0.7, seed=3, extra_body={"ignore_eos": True})
+CHAIN = SamplingParams(temperature=0.7, seed=3, extra_body=IGNORE_EOS)
 
 
 def _lp(token: str, p: float) -> TokenLogprob:

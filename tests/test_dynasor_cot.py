@@ -14,12 +14,12 @@ from dynasor_client.algorithms import dynasor_cot
 from dynasor_client.certainty import cluster_answers, probe_consistency_at_least
 from dynasor_client.certainty.signals import is_hesitant
 from dynasor_client.program import StopReason
+from tests.support.llama import IGNORE_EOS
 from tests.support.replay import replay_endpoint, traces_or_skip
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
-# llama.cpp's ignore_eos, passed through to the chain's chunks only (probes and the forced answer
-# stop at the model's end): the chain runs to max_tokens whatever text this machine's model writes.
-NO_EOS = {"ignore_eos": True}
+# IGNORE_EOS reaches the chain's chunks only (probes and the forced answer stop at the model's end):
+# the chain runs to max_tokens whatever text this machine's model writes.
 
 
 def test_in_thinking() -> None:
@@ -38,7 +38,7 @@ async def test_probes_follow_chunks_and_overlap_decoding(local_endpoint: Endpoin
         window=2,
         max_tokens=96,
         decoding="chunked",
-        params=SamplingParams(temperature=0.7, seed=1, extra_body=NO_EOS),
+        params=SamplingParams(temperature=0.7, seed=1, extra_body=IGNORE_EOS),
     ).run(local_endpoint)
     d = result.details
     offsets = [offset for offset, _, _ in d["probes"]]
@@ -77,7 +77,7 @@ async def test_rule_firing_cancels_the_chunk_and_forces_the_answer(local_endpoin
         max_tokens=96,
         rule=probe_consistency_at_least(0.0, 1),
         decoding="chunked",
-        params=SamplingParams(temperature=0.0, extra_body=NO_EOS),  # never done within one chunk
+        params=SamplingParams(temperature=0.0, extra_body=IGNORE_EOS),  # never done within one chunk
     ).run(local_endpoint)
     d = result.details
     assert result.stop_reason is StopReason.CONFIDENT and result.steps == 1

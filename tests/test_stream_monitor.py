@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import math
 
-import httpx
 import pytest
 
 from dynasor_client import Endpoint, LocalLlamaServer, SamplingParams, Trajectory
@@ -20,44 +19,18 @@ from dynasor_client.endpoints import (
     tokens_at_least,
 )
 from dynasor_client.program import ProgramContext, ProgramResult, StopReason, TokenKind, run
+from tests.support.llama import IGNORE_EOS, idle_within, predicted, predicted_settles
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 QUESTION = [{"role": "user", "content": "Tom has 27 apples and buys 21 more. How many apples does he have?"}]
 LONG = 900  # tokens: several seconds of generation, so an idle slot soon after a close means aborted
-# llama.cpp then generates to max_tokens: where the model would end its reply differs between CPUs.
-IGNORE_EOS = {"ignore_eos": True}
-
-
-async def _busy_slots(server: LocalLlamaServer) -> int:
-    async with httpx.AsyncClient() as client:
-        slots = (await client.get(f"{server.root_url}/slots", timeout=5)).json()
-    return sum(1 for slot in slots if slot["is_processing"])
-
-
-async def _idle_within(server: LocalLlamaServer, seconds: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while await _busy_slots(server):
-        assert loop.time() < deadline, f"a slot still generates {seconds}s after the trace was closed"
-        await asyncio.sleep(0.02)
-
-
-async def _predicted(server: LocalLlamaServer) -> float:
-    """llama.cpp's count of every token it generated (aborted requests' too)."""
-    async with httpx.AsyncClient() as client:
-        text = (await client.get(f"{server.root_url}/metrics", timeout=5)).text
-    return next(
-        float(line.split()[1])
-        for line in text.splitlines()
-        if line.startswith("llamacpp:tokens_predicted_total ")
-    )
 
 
 async def test_monitor_closes_the_stream_and_the_server_aborts(
     local_server: LocalLlamaServer, local_endpoint: Endpoint
 ) -> None:
-    await _idle_within(local_server, 10)
-    before = await _predicted(local_server)
+    await idle_within(local_server, 10)
+    before = await predicted(local_server)
     pieces: list[Piece] = []
     async with local_endpoint.watch(
         PROMPT,
@@ -78,8 +51,8 @@ async def test_monitor_closes_the_stream_and_the_server_aborts(
     assert len(trace.logprobs) == len(trace.token_ids) == 24
     assert all(len(lp.top) == 3 and lp.token_id is not None for lp in trace.logprobs)
     assert trace.text == "".join(p.text for p in pieces)
-    await _idle_within(local_server, 3.0)
-    generated = await _predicted(local_server) - before
+    await idle_within(local_server, 3.0)
+    generated = await predicted(local_server) - before
     # The server's own count: the tokens read, plus the few it made before it saw the close.
     assert 24 <= generated < 24 + 40, generated
 
@@ -87,8 +60,8 @@ async def test_monitor_closes_the_stream_and_the_server_aborts(
 async def test_a_trace_run_to_its_end_counts_the_servers_usage(
     local_server: LocalLlamaServer, local_endpoint: Endpoint
 ) -> None:
-    await _idle_within(local_server, 10)
-    before = await _predicted(local_server)
+    await idle_within(local_server, 10)
+    before = await predicted(local_server)
     async with local_endpoint.watch(
         messages=QUESTION, max_tokens=12, temperature=0.0, top_logprobs=2, extra_body=IGNORE_EOS
     ) as trace:
@@ -98,20 +71,9 @@ async def test_a_trace_run_to_its_end_counts_the_servers_usage(
     assert trace.usage.completion_tokens == trace.server_usage.completion_tokens == 12
     assert trace.text == "".join(texts) and trace.text
     # llama.cpp counts a request's tokens in /metrics just after it sends the reply's last chunk.
-    assert await _predicted_settles(local_server, before + trace.generated_tokens) == (
+    assert await predicted_settles(local_server, before + trace.generated_tokens) == (
         before + trace.generated_tokens
     )
-
-
-async def _predicted_settles(server: LocalLlamaServer, expected: float, within: float = 10.0) -> float:
-    """llama.cpp's count of generated tokens once it reaches ``expected`` (or after ``within`` s)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while (predicted := await _predicted(server)) < expected:
-        if loop.time() > deadline:
-            break
-        await asyncio.sleep(0.02)
-    return predicted
 
 
 async def test_group_confidence_monitor_reads_top_k_confidences(local_endpoint: Endpoint) -> None:
@@ -149,7 +111,7 @@ async def test_close_from_the_loop_and_from_another_task(
                 await trace.close("enough")
         assert trace.stop_reason == "enough" and trace.num_tokens == 5
     assert local_endpoint.outstanding == 0
-    await _idle_within(local_server, 3.0)
+    await idle_within(local_server, 3.0)
 
     async with local_endpoint.watch(PROMPT, params=dataclasses.replace(params, seed=6)) as trace:
         first = asyncio.Event()
@@ -164,7 +126,7 @@ async def test_close_from_the_loop_and_from_another_task(
         await trace.close("from outside")
         streamed = await asyncio.wait_for(reader, 5)
     assert trace.stop_reason == "from outside" and streamed == trace.usage.completion_tokens >= 1
-    await _idle_within(local_server, 3.0)
+    await idle_within(local_server, 3.0)
 
 
 def _streamed(trace: Trace, chunks: list[dict[str, object]]) -> list[Piece]:
@@ -238,13 +200,13 @@ async def test_the_deadline_stops_a_watched_trace_and_its_tokens_are_charged(
     # The trace (LONG tokens, no end of its own) outlasts the deadline. A loaded machine may stream
     # no token by it: that run shows only the stop, and a longer deadline is tried.
     for deadline in (0.8, 1.6, 3.2):
-        await _idle_within(local_server, 10)
-        before = await _predicted(local_server)
+        await idle_within(local_server, 10)
+        before = await predicted(local_server)
         result = await run(program, local_endpoint, deadline_s=deadline)
         assert result.stop_reason is StopReason.DEADLINE and result.partial
         assert result.tokens.generated < LONG
-        await _idle_within(local_server, 3.0)
-        assert result.tokens.generated <= await _predicted(local_server) - before
+        await idle_within(local_server, 3.0)
+        assert result.tokens.generated <= await predicted(local_server) - before
         if result.certaindex:
             break
     else:

@@ -4,12 +4,9 @@ sample and few shared step prefixes."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import AsyncIterator
-from typing import Any
 
-import httpx
 import pytest
 
 from dynasor_client import Capabilities, Endpoint, LocalLlamaServer, SamplingParams, as_program
@@ -20,6 +17,7 @@ from dynasor_client.certainty import cap
 from dynasor_client.endpoints import Message, Trajectory
 from dynasor_client.program import StandaloneContext
 from dynasor_client.traces import TraceQuestion
+from tests.support.llama import SentBodies
 from tests.support.replay import replay_endpoint, traces_or_skip
 
 
@@ -85,22 +83,6 @@ async def test_mcts_local(local_endpoint: Endpoint) -> None:
     assert result.details["root_visits"] == result.details["iterations"] == 4
     assert result.tokens.generated > 0 and result.tokens.reward > 0
     assert result.answer is None or result.answer in result.answers
-
-
-class SentBodies(httpx.AsyncBaseTransport):
-    """The real HTTP transport, keeping the JSON body of every request it sends."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.bodies: list[dict[str, Any]] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.content:
-            self.bodies.append(json.loads(request.content))
-        return await self.inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def test_seeded_siblings_are_sent_different_seeds(
