@@ -18,8 +18,6 @@ from tests.support.llama import IGNORE_EOS
 from tests.support.replay import replay_endpoint, traces_or_skip
 
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
-# IGNORE_EOS reaches the chain's chunks only (probes and the forced answer stop at the model's end):
-# the chain runs to max_tokens whatever text this machine's model writes.
 
 
 def test_in_thinking() -> None:
@@ -38,6 +36,8 @@ async def test_probes_follow_chunks_and_overlap_decoding(local_endpoint: Endpoin
         window=2,
         max_tokens=96,
         decoding="chunked",
+        # IGNORE_EOS reaches the chain's chunks only (probes and the forced answer stop at the
+        # model's end): the chain runs to max_tokens whatever text this machine's model writes.
         params=SamplingParams(temperature=0.7, seed=1, extra_body=IGNORE_EOS),
     ).run(local_endpoint)
     d = result.details

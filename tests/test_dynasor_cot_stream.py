@@ -29,8 +29,6 @@ LONG_QUESTION = (
     "A farmer has 17 fields. Describe in great detail, field by field, what he plants in each and how "
     "many seeds each needs, then give the total number of seeds."
 )
-# IGNORE_EOS reaches the streamed chain only (probes and the forced answer stop at the model's end):
-# the chain runs to max_tokens (or until closed) whatever text the model writes.
 FIXTURE = Path(__file__).parent / "data" / "gsm8k-smollm2-135m-sc4-top5-probe32.jsonl"
 
 
@@ -60,6 +58,8 @@ async def test_probes_overlap_one_streamed_trace_and_every_token_is_counted(
         window=20,  # never agrees within 96 tokens: the trace runs to max_tokens (ignore_eos)
         max_tokens=96,
         decoding="stream",
+        # IGNORE_EOS reaches the streamed chain only (probes and the forced answer stop at the
+        # model's end): the chain runs to max_tokens (or until closed) whatever text the model writes.
         params=SamplingParams(temperature=0.7, seed=1, extra_body=IGNORE_EOS),
     )
     result = await program.run(endpoint)
